@@ -1,0 +1,93 @@
+"""What every backend offers (the scenario API) and what every operation returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from guestmem.spec.terms import Direction
+
+
+class Unavailable(Exception):
+    """The backend cannot run this at all (no ``/dev/kvm``, VM type not offered, no
+    conversion ioctl); the message is the reason a run or step is reported skipped."""
+
+
+@dataclass
+class Outcome:
+    """What one operation did, in the shape of ``guestmem run --format json``.
+
+    ``errno`` names a failed call (``"EAGAIN"``) with ``error_offset`` when the call wrote
+    one back; ``signal`` is ``"SIGBUS"`` for a faulting host access; ``data`` is what a
+    read returned; ``exit`` describes a guest exit to the VMM (``{"reason":
+    "MEMORY_FAULT", "gpa": …, "size": …, "flags": …}``); ``skipped`` is the reason a
+    backend could not perform the operation (never a pass).
+    """
+
+    errno: str | None = None
+    error_offset: int | None = None
+    signal: str | None = None
+    data: bytes | None = None
+    exit: dict[str, Any] | None = None
+    skipped: str | None = None
+    #: Provenance of ``data`` where the backend knows it (the model does).
+    origins: list[tuple[int, int, str]] | None = field(default=None, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.errno is None and self.signal is None and self.exit is None and self.skipped is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "errno": self.errno,
+            "error_offset": self.error_offset,
+            "signal": self.signal,
+            "data": None if self.data is None else self.data.hex(),
+            "exit": self.exit,
+        }
+
+
+class Machine(Protocol):
+    """One VM with one guest_memfd, one host mapping and one vCPU.
+
+    Offsets are guest_memfd file offsets; the guest sees offset ``o`` at GPA
+    ``gpa_base + o``. Host and guest accesses proceed page by page in ascending order,
+    and a fault stops an access at the faulting page with earlier pages done.
+    """
+
+    backend: str
+    platform: str
+    abi: str
+    size: int
+    gpa_base: int
+
+    def host_write(self, offset: int, data: bytes) -> Outcome: ...
+    def host_read(self, offset: int, size: int) -> Outcome: ...
+    def guest_write(self, offset: int, data: bytes, access: str | None = None) -> Outcome: ...
+    def guest_read(self, offset: int, size: int, access: str | None = None) -> Outcome: ...
+    def convert(
+        self,
+        offset: int,
+        size: int,
+        attributes: int,
+        flags: int = 0,
+        *,
+        reserved: tuple[int, ...] = (),
+        error_offset_in: int = 0,
+    ) -> Outcome: ...
+    def punch_hole(self, offset: int, size: int) -> Outcome: ...
+    def pin(self, offset: int, size: int) -> Outcome: ...
+    def unpin(self, offset: int, size: int) -> Outcome: ...
+    def launch(self) -> Outcome: ...
+    def guest_request(self, offset: int, size: int, to: Direction) -> Outcome: ...
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """Opens machines. ``open`` raises :class:`Unavailable` when it cannot run the
+    platform at all, and :class:`~guestmem.errors.IoctlError` when guest_memfd creation
+    itself fails (bad ``size`` or ``flags``)."""
+
+    name: str
+
+    def open(self, platform: str, abi: str, size: int, flags: int) -> Machine: ...

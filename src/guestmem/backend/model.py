@@ -1,0 +1,116 @@
+"""The model backend: :class:`~guestmem.backend.base.Machine` over :mod:`guestmem.model`."""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Callable
+
+from guestmem.backend.base import Outcome
+from guestmem.errors import HostFault, IoctlError, MemoryFault
+from guestmem.model import GuestMemfd, Vm
+from guestmem.spec.terms import Direction
+from guestmem.uapi.kvm import GUEST_MEMFD_FLAG_MMAP
+
+
+def _outcome(action: Callable[[], bytes | None]) -> Outcome:
+    try:
+        data = action()
+    except IoctlError as err:
+        return Outcome(errno=err.name, error_offset=err.error_offset)
+    except HostFault as fault:
+        return Outcome(signal=fault.signal)
+    except MemoryFault as fault:
+        exit_ = {"reason": "MEMORY_FAULT", "gpa": fault.gpa, "size": fault.size, "flags": fault.flags}
+        return Outcome(exit=exit_)
+    return Outcome(data=data)
+
+
+class ModelMachine:
+    """One model VM, guest_memfd, host mapping (when ``MMAP``) and vCPU."""
+
+    backend = "model"
+
+    def __init__(self, platform: str, abi: str, size: int, flags: int, seed: int = 0) -> None:
+        self.vm = Vm(platform, abi, seed=seed)
+        self.gmem: GuestMemfd = self.vm.create_guest_memfd(size, flags)
+        self.mapping = self.gmem.mmap() if flags & GUEST_MEMFD_FLAG_MMAP else None
+        self.platform = self.vm.platform.name
+        self.abi = self.vm.revision.name
+        self.size = size
+        self.gpa_base = self.gmem.gpa
+
+    def _with_origins(self, outcome: Outcome, offset: int, size: int) -> Outcome:
+        if outcome.data is not None:
+            outcome.origins = [(a, b, o.label) for a, b, o in self.gmem.origins(offset, size)]
+        return outcome
+
+    def host_write(self, offset: int, data: bytes) -> Outcome:
+        def act() -> None:
+            if self.mapping is None:
+                raise IoctlError(errno.ENODEV, "mmap")  # no host mapping without MMAP
+            self.mapping.write(offset, data)
+
+        return _outcome(act)
+
+    def host_read(self, offset: int, size: int) -> Outcome:
+        def act() -> bytes:
+            if self.mapping is None:
+                raise IoctlError(errno.ENODEV, "mmap")
+            return self.mapping.read(offset, size)
+
+        return self._with_origins(_outcome(act), offset, size)
+
+    def guest_write(self, offset: int, data: bytes, access: str | None = None) -> Outcome:
+        return _outcome(lambda: self.gmem.guest_write(offset, data, access))
+
+    def guest_read(self, offset: int, size: int, access: str | None = None) -> Outcome:
+        return self._with_origins(_outcome(lambda: self.gmem.guest_read(offset, size, access)), offset, size)
+
+    def convert(
+        self,
+        offset: int,
+        size: int,
+        attributes: int,
+        flags: int = 0,
+        *,
+        reserved: tuple[int, ...] = (),
+        error_offset_in: int = 0,
+    ) -> Outcome:
+        arg = bytearray(128)  # struct kvm_memory_attributes2 (uapi.md §3)
+        words = (offset, size, attributes, flags, error_offset_in, *reserved)
+        if len(words) > 16:
+            raise ValueError(f"reserved has {len(reserved)} words; the struct has 11")
+        struct.pack_into(f"<{len(words)}Q", arg, 0, *words)
+        return _outcome(lambda: self.gmem.set_memory_attributes2(arg))
+
+    def punch_hole(self, offset: int, size: int) -> Outcome:
+        return _outcome(lambda: self.gmem.punch_hole(offset, size))
+
+    def pin(self, offset: int, size: int) -> Outcome:
+        return _outcome(lambda: self.gmem.pin(offset, size))
+
+    def unpin(self, offset: int, size: int) -> Outcome:
+        return _outcome(lambda: self.gmem.unpin(offset, size))
+
+    def launch(self) -> Outcome:
+        return _outcome(self.vm.launch)
+
+    def guest_request(self, offset: int, size: int, to: Direction) -> Outcome:
+        return _outcome(lambda: self.gmem.guest_request(offset, size, to))
+
+    def close(self) -> None:
+        if self.mapping is not None:
+            self.mapping.close()
+
+
+class ModelBackend:
+    """Opens :class:`ModelMachine` s; every platform and revision is available."""
+
+    name = "model"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def open(self, platform: str, abi: str, size: int, flags: int) -> ModelMachine:
+        return ModelMachine(platform, abi, size, flags, seed=self.seed)

@@ -1,0 +1,464 @@
+"""A model guest_memfd: attributes, contents, pins, host mappings and the conversion ioctl.
+
+``set_memory_attributes2`` follows semantics.md §4 step by step; each step's number is in
+a comment. A failing call changes nothing, except that a to-private call has already
+removed host mappings of the range when it fails with ``EAGAIN`` (§3 *All or nothing*).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import struct
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from guestmem.errors import HostFault, IoctlError, MemoryFault
+from guestmem.model.provenance import (
+    FILL_PAGE,
+    INIT_PAGE,
+    ZEROED_PAGE,
+    Origin,
+    Page,
+    Runs,
+    clip,
+    keyed_bytes,
+    paint,
+    relabel,
+)
+from guestmem.model.rangemap import RangeMap
+from guestmem.spec.terms import Direction, Effect, Phase
+from guestmem.uapi.kvm import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    GUEST_MEMFD_FLAG_INIT_SHARED,
+    GUEST_MEMFD_FLAG_MMAP,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE,
+    KVM_MEMORY_EXIT_FLAG_PRIVATE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    KvmMemoryAttributes2,
+)
+
+if TYPE_CHECKING:
+    from guestmem.model.vm import Vm
+
+IOCTL = "KVM_SET_MEMORY_ATTRIBUTES2"
+ARG_SIZE = ctypes.sizeof(KvmMemoryAttributes2)
+_U64 = 1 << 64
+#: Guest requests, per page: none, share (for P→S), unshare (for S→P).
+NO_REQUEST, SHARE_REQUESTED, UNSHARE_REQUESTED = 0, 1, 2
+_REQUEST_FOR = {Direction.TO_SHARED: SHARE_REQUESTED, Direction.TO_PRIVATE: UNSHARE_REQUESTED}
+
+ArgBuffer = bytes | bytearray | memoryview | KvmMemoryAttributes2
+
+
+class HostMapping:
+    """A ``MAP_SHARED`` mapping of the whole file in some host process.
+
+    ``ptes`` holds the pages currently mapped. An access to a present page goes through
+    without asking guest_memfd (it is the MMU); a missing page faults, and
+    ``kvm_gmem_fault_user_mapping`` answers ``SIGBUS`` for a private page or a page past
+    the end (uapi.md §10). Accesses proceed page by page in ascending order; a fault stops
+    the access at the faulting page, earlier pages done.
+    """
+
+    def __init__(self, gmem: GuestMemfd) -> None:
+        self.gmem = gmem
+        self.ptes: set[int] = set()
+        self.closed = False
+
+    def _fault_in(self, index: int) -> None:
+        gmem = self.gmem
+        if index >= gmem.npages:
+            raise HostFault("SIGBUS", index << PAGE_SHIFT, "past the end of the guest_memfd")
+        if gmem.attributes[index] & KVM_MEMORY_ATTRIBUTE_PRIVATE:
+            raise HostFault("SIGBUS", index << PAGE_SHIFT, "page is private")
+        if index not in gmem.pages:
+            gmem.pages[index] = INIT_PAGE
+        self.ptes.add(index)
+
+    def _check(self, offset: int, size: int) -> None:
+        if self.closed:
+            raise ValueError("host mapping is closed")
+        if offset < 0 or size < 0:
+            raise ValueError(f"offset and size must be >= 0: offset={offset} size={size}")
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Read ``size`` bytes at file ``offset``; ``HostFault`` on ``SIGBUS``."""
+        self._check(offset, size)
+        pages, ptes = self.gmem.pages, self.ptes
+        index = offset >> PAGE_SHIFT
+        start = offset & (PAGE_SIZE - 1)
+        if start + size <= PAGE_SIZE and index in ptes:  # fast path: one mapped page
+            return pages[index][0][start : start + size]
+        out = bytearray()
+        end = offset + size
+        while offset < end:
+            index = offset >> PAGE_SHIFT
+            start = offset & (PAGE_SIZE - 1)
+            stop = min(PAGE_SIZE, start + end - offset)
+            if index not in ptes:
+                self._fault_in(index)
+            out += pages[index][0][start:stop]
+            offset += stop - start
+        return bytes(out)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at file ``offset``; ``HostFault`` on ``SIGBUS``."""
+        self._check(offset, len(data))
+        pages, ptes = self.gmem.pages, self.ptes
+        end = offset + len(data)
+        pos = 0
+        while offset < end:
+            index = offset >> PAGE_SHIFT
+            start = offset & (PAGE_SIZE - 1)
+            stop = min(PAGE_SIZE, start + end - offset)
+            if index not in ptes:
+                self._fault_in(index)
+            old, runs = pages[index]
+            chunk = data[pos : pos + stop - start]
+            pages[index] = (old[:start] + chunk + old[stop:], paint(runs, start, stop, Origin.HOST))
+            pos += stop - start
+            offset += stop - start
+
+    def zap(self, lo: int, hi: int) -> None:
+        """``unmap_mapping_pages()`` for pages ``[lo, hi)``."""
+        if self.ptes:
+            self.ptes = {p for p in self.ptes if not lo <= p < hi}
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.gmem.mappings.remove(self)
+
+
+class GuestMemfd:
+    """A guest_memfd file of ``size`` bytes created with ``flags`` on ``vm``."""
+
+    def __init__(self, vm: Vm, size: int, flags: int, gpa: int) -> None:
+        self.vm = vm
+        self.size = size
+        self.flags = flags
+        self.gpa = gpa
+        self.npages = size >> PAGE_SHIFT
+        initial = 0 if flags & GUEST_MEMFD_FLAG_INIT_SHARED else KVM_MEMORY_ATTRIBUTE_PRIVATE
+        self.attributes = RangeMap(self.npages, initial)
+        self.requests = RangeMap(self.npages, NO_REQUEST)
+        self.pages: dict[int, Page] = {}
+        self.pins: dict[int, int] = {}
+        self.stale_pins: dict[int, int] = {}
+        self.mappings: list[HostMapping] = []
+
+    def __repr__(self) -> str:
+        return f"GuestMemfd(size={self.size:#x}, flags={self.flags:#x}, allocated={len(self.pages)})"
+
+    # --- queries ---------------------------------------------------------------------------
+    def is_private(self, offset: int) -> bool:
+        return bool(self.attributes[offset >> PAGE_SHIFT] & KVM_MEMORY_ATTRIBUTE_PRIVATE)
+
+    def allocated(self, lo: int = 0, hi: int | None = None) -> list[int]:
+        """Allocated page indices in ``[lo, hi)``, ascending; cost ``min(range, allocated)``."""
+        hi = self.npages if hi is None else hi
+        pages = self.pages
+        if hi - lo <= len(pages):
+            return [p for p in range(lo, hi) if p in pages]
+        return sorted(p for p in pages if lo <= p < hi)
+
+    def peek(self, offset: int, size: int) -> bytes:
+        """Contents without side effects (unallocated pages read as zeros)."""
+        pages = self.pages
+        return b"".join(pages.get(i, INIT_PAGE)[0][a:b] for i, a, b in self._spans(offset, size))
+
+    def origins(self, offset: int, size: int) -> list[tuple[int, int, Origin]]:
+        """Provenance of ``[offset, offset+size)`` as ``(start, end, origin)`` file offsets."""
+        out: list[tuple[int, int, Origin]] = []
+        for index, a, b in self._spans(offset, size):
+            runs: Runs = self.pages.get(index, INIT_PAGE)[1]
+            out.extend(clip(runs, a, b, index << PAGE_SHIFT))
+        return out
+
+    def digest(self) -> str:
+        """A hash of every piece of state a call may change: attributes, contents,
+        provenance, pins, guest requests and host page-table entries."""
+        h = hashlib.sha256()
+        h.update(repr((self.attributes.key(), self.requests.key())).encode())
+        for index in sorted(self.pages):
+            data, runs = self.pages[index]
+            h.update(index.to_bytes(8, "little") + data + repr(runs).encode())
+        h.update(repr((sorted(self.pins.items()), sorted(self.stale_pins.items()))).encode())
+        h.update(repr([sorted(m.ptes) for m in self.mappings]).encode())
+        return h.hexdigest()
+
+    def _spans(self, offset: int, size: int) -> Iterator[tuple[int, int, int]]:
+        end = offset + size
+        while offset < end:
+            index = offset >> PAGE_SHIFT
+            start = offset & (PAGE_SIZE - 1)
+            stop = min(PAGE_SIZE, start + end - offset)
+            yield index, start, stop
+            offset += stop - start
+
+    # --- host side ---------------------------------------------------------------------------
+    def mmap(self, shared: bool = True) -> HostMapping:
+        """``mmap()`` of the whole file: ``ENODEV`` without ``MMAP``, ``EINVAL`` for private."""
+        if not self.flags & GUEST_MEMFD_FLAG_MMAP:
+            raise IoctlError(errno.ENODEV, "mmap")
+        if not shared:
+            raise IoctlError(errno.EINVAL, "mmap")
+        mapping = HostMapping(self)
+        self.mappings.append(mapping)
+        return mapping
+
+    def fallocate(self, mode: int, offset: int, length: int) -> None:
+        """``fallocate()``: ``PUNCH_HOLE|KEEP_SIZE`` deallocates, ``KEEP_SIZE`` allocates.
+
+        Checks as ``vfs_fallocate`` then ``kvm_gmem_fallocate`` (uapi.md §11): a length
+        of 0 or a negative offset → ``EINVAL``; other modes → ``EOPNOTSUPP``; unaligned →
+        ``EINVAL``; preallocating past the end → ``EINVAL``; punching past it is clipped.
+        """
+        if offset < 0 or length <= 0:
+            raise IoctlError(errno.EINVAL, "fallocate")
+        if not mode & FALLOC_FL_KEEP_SIZE or mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
+            raise IoctlError(errno.EOPNOTSUPP, "fallocate")
+        if offset % PAGE_SIZE or length % PAGE_SIZE:
+            raise IoctlError(errno.EINVAL, "fallocate")
+        lo = offset >> PAGE_SHIFT
+        hi = min(self.npages, (offset + length) >> PAGE_SHIFT)
+        if mode & FALLOC_FL_PUNCH_HOLE:
+            for mapping in self.mappings:
+                mapping.zap(lo, hi)
+            for index in self.allocated(lo, hi):
+                del self.pages[index]
+                count = self.pins.pop(index, 0)
+                if count:
+                    self.stale_pins[index] = self.stale_pins.get(index, 0) + count
+            return
+        if offset + length > self.size:
+            raise IoctlError(errno.EINVAL, "fallocate")
+        for index in range(lo, hi):
+            self.pages.setdefault(index, INIT_PAGE)
+
+    def punch_hole(self, offset: int, length: int) -> None:
+        """``fallocate(PUNCH_HOLE | KEEP_SIZE)``; the attribute is unchanged (§3)."""
+        self.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+
+    def pin(self, offset: int, size: int) -> None:
+        """Take a long-term pin on every page of the range (``PIN_LONGTERM_TEST_START``).
+
+        Pinning goes through a host mapping, so it needs ``MMAP``, faults pages in, and
+        fails with ``EFAULT`` on a private page or past the end; all or nothing.
+        """
+        lo, hi = self._page_span(offset, size, "pin")
+        if not self.flags & GUEST_MEMFD_FLAG_MMAP or hi > self.npages:
+            raise IoctlError(errno.EFAULT, "pin")
+        if self.attributes.first_not(lo, hi, 0) is not None:
+            raise IoctlError(errno.EFAULT, "pin")
+        for index in range(lo, hi):
+            self.pages.setdefault(index, INIT_PAGE)
+            self.pins[index] = self.pins.get(index, 0) + 1
+
+    def unpin(self, offset: int, size: int) -> None:
+        """Drop one pin per page; a page with none → ``EINVAL``, all or nothing.
+
+        A pin whose page was punched out still counts here: the holder keeps the old folio.
+        """
+        lo, hi = self._page_span(offset, size, "unpin")
+        for index in range(lo, hi):
+            if not self.pins.get(index) and not self.stale_pins.get(index):
+                raise IoctlError(errno.EINVAL, "unpin")
+        for index in range(lo, hi):
+            table = self.pins if self.pins.get(index) else self.stale_pins
+            table[index] -= 1
+            if not table[index]:
+                del table[index]
+
+    def _page_span(self, offset: int, size: int, call: str) -> tuple[int, int]:
+        if offset < 0 or size <= 0 or offset % PAGE_SIZE or size % PAGE_SIZE:
+            raise IoctlError(errno.EINVAL, call)
+        return offset >> PAGE_SHIFT, (offset + size) >> PAGE_SHIFT
+
+    # --- guest side ----------------------------------------------------------------------------
+    def guest_read(self, offset: int, size: int, access: str | None = None) -> bytes:
+        """The guest reads through its memslot; ``access`` is ``private``, ``shared`` or
+        None for the page's current state. A mismatch raises :class:`MemoryFault`."""
+        out = bytearray()
+        for index, a, b in self._guest_spans(offset, size, access):
+            out += self.pages[index][0][a:b]
+        return bytes(out)
+
+    def guest_write(self, offset: int, data: bytes, access: str | None = None) -> None:
+        """The guest writes ``data``; a mismatch raises :class:`MemoryFault`."""
+        pos = 0
+        for index, a, b in self._guest_spans(offset, len(data), access):
+            old, runs = self.pages[index]
+            origin = Origin.GUEST_PRIVATE if self.is_private(index << PAGE_SHIFT) else Origin.GUEST_SHARED
+            self.pages[index] = (old[:a] + data[pos : pos + b - a] + old[b:], paint(runs, a, b, origin))
+            pos += b - a
+
+    def _guest_spans(self, offset: int, size: int, access: str | None) -> Iterator[tuple[int, int, int]]:
+        if access not in (None, "private", "shared"):
+            raise ValueError(f"access must be 'private', 'shared' or None, not {access!r}")
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise ValueError(f"guest access [{offset:#x}, +{size:#x}) is outside the memslot")
+        self.vm.require_running()
+        has_private = self.vm.platform.private_memory
+        for index, a, b in self._spans(offset, size):
+            private = bool(self.attributes[index] & KVM_MEMORY_ATTRIBUTE_PRIVATE)
+            want = private if access is None and has_private else access == "private"
+            if want != private:
+                flags = KVM_MEMORY_EXIT_FLAG_PRIVATE if want else 0
+                raise MemoryFault(self.gpa + (index << PAGE_SHIFT), PAGE_SIZE, flags)
+            if index not in self.pages:
+                self.pages[index] = INIT_PAGE
+            yield index, a, b
+
+    def guest_request(self, offset: int, size: int, to: Direction) -> None:
+        """The guest asks to share (P→S) or unshare (S→P) a range: ``KVM_HC_MAP_GPA_RANGE``,
+        pKVM ``MEM_SHARE``/``MEM_UNSHARE``. Recorded until a conversion honours it."""
+        self.vm.require_running()
+        lo, hi = self._page_span(offset, size, "KVM_HC_MAP_GPA_RANGE")
+        if hi > self.npages:
+            raise IoctlError(errno.EINVAL, "KVM_HC_MAP_GPA_RANGE")
+        self.requests.set(lo, hi, _REQUEST_FOR[to])
+
+    # --- the conversion ioctl --------------------------------------------------------------------
+    def convert(self, offset: int, size: int, to: Direction | str, flags: int = 0, **fields: int) -> None:
+        """Build the struct and call :meth:`set_memory_attributes2`."""
+        direction = Direction(to) if isinstance(to, str) else to
+        arg = KvmMemoryAttributes2(
+            offset=offset,
+            size=size,
+            attributes=KVM_MEMORY_ATTRIBUTE_PRIVATE if direction is Direction.TO_PRIVATE else 0,
+            flags=flags,
+        )
+        for name, value in fields.items():
+            if name == "reserved":
+                raise TypeError("pass reserved words through a raw struct")
+            setattr(arg, name, value)
+        self.set_memory_attributes2(arg)
+
+    def try_set_memory_attributes2(self, arg: ArgBuffer) -> int:
+        """As :meth:`set_memory_attributes2`, returning 0 or the errno instead of raising."""
+        try:
+            self.set_memory_attributes2(arg)
+        except IoctlError as err:
+            return err.code
+        return 0
+
+    def set_memory_attributes2(self, arg: ArgBuffer) -> None:
+        """``KVM_SET_MEMORY_ATTRIBUTES2`` on this guest_memfd (semantics.md §4).
+
+        ``arg`` is the 128-byte struct: ``bytes`` (read-only: a failure that writes
+        ``error_offset`` back becomes ``EFAULT``, as a read-only user page would), a
+        ``bytearray``/writable ``memoryview``, or a :class:`KvmMemoryAttributes2`.
+        """
+        vm = self.vm
+        revision, platform = vm.revision, vm.platform
+        # 1. the argument must be readable
+        view = memoryview(arg).cast("B") if not isinstance(arg, memoryview) else arg.cast("B")
+        if view.nbytes < ARG_SIZE:
+            raise IoctlError(errno.EFAULT, IOCTL)
+        offset, size, attributes, flags, error_offset, *reserved = struct.unpack_from("<16Q", view)
+        # 2. flags
+        policy = revision.decode(flags)
+        if policy is None:
+            raise IoctlError(errno.EINVAL, IOCTL)
+        # 3. reserved words, error_offset on input
+        if any(reserved) or (revision.rejects_error_offset_input and error_offset):
+            raise IoctlError(errno.EINVAL, IOCTL)
+        # 4./5. private memory, attributes
+        if not revision.accepts_attributes(platform, attributes):
+            raise IoctlError(errno.EINVAL, IOCTL)
+        # 6. size, overflow
+        if size == 0 or offset + size >= _U64:
+            raise IoctlError(errno.EINVAL, IOCTL)
+        # 7. alignment
+        if offset % PAGE_SIZE or size % PAGE_SIZE:
+            raise IoctlError(errno.EINVAL, IOCTL)
+        # 8. bounds
+        if offset >= self.size or offset + size > self.size:
+            raise IoctlError(errno.EINVAL, IOCTL)
+        lo, hi = offset >> PAGE_SHIFT, (offset + size) >> PAGE_SHIFT
+        to_private = bool(attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        direction = Direction.TO_PRIVATE if to_private else Direction.TO_SHARED
+        if revision.early_return and self.attributes.first_not(lo, hi, attributes) is None:
+            return  # v8 16/46: nothing to change, no side effects
+        # 9. policy supported for platform, direction and phase
+        effect = revision.effect(platform, direction, policy, vm.phase)
+        if effect is None:
+            self._fail(view, errno.EOPNOTSUPP, offset)
+        # 10. consent (pKVM once running)
+        wanted = _REQUEST_FOR[direction]
+        if revision.needs_consent(platform, vm.phase):
+            missing = self.requests.first_not(lo, hi, wanted)
+            if missing is not None:
+                self._fail(view, errno.EPERM, missing << PAGE_SHIFT)
+        # 11. to-private: unmap every host mapping, then look for elevated refcounts
+        if to_private:
+            for mapping in self.mappings:
+                mapping.zap(lo, hi)
+            pinned = [p for p in self.pins if lo <= p < hi]
+            if pinned:
+                self._fail(view, errno.EAGAIN, min(pinned) << PAGE_SHIFT)
+        # 12. point of no return: apply attributes and the content policy
+        assert effect is not None
+        consented = self._consented(lo, hi, wanted)
+        self.attributes.set(lo, hi, attributes)
+        self._apply(effect, direction, self.allocated(lo, hi), consented)
+        for start, end, value in list(self.requests.runs(lo, hi)):
+            if value == wanted:
+                self.requests.set(start, end, NO_REQUEST)
+
+    def _fail(self, view: memoryview, code: int, error_offset: int) -> None:
+        """Write ``error_offset`` back, then fail; an unwritable argument gives ``EFAULT``."""
+        if view.readonly:
+            raise IoctlError(errno.EFAULT, IOCTL)
+        struct.pack_into("<Q", view, 32, error_offset)
+        raise IoctlError(code, IOCTL, error_offset)
+
+    def _consented(self, lo: int, hi: int, wanted: int) -> set[int] | None:
+        """Pages in the range whose conversion the guest asked for (None: all of them)."""
+        if self.requests.first_not(lo, hi, wanted) is None:
+            return None
+        return {
+            p
+            for start, end, value in self.requests.runs(lo, hi)
+            if value == wanted
+            for p in range(start, end)
+        }
+
+    def _apply(
+        self, effect: Effect, direction: Direction, indices: Iterable[int], consented: set[int] | None
+    ) -> None:
+        pages = self.pages
+        if effect is Effect.ZEROS:
+            pages.update(dict.fromkeys(indices, ZEROED_PAGE))
+        elif effect is Effect.FILL_AB:
+            pages.update(dict.fromkeys(indices, FILL_PAGE))
+        elif effect is Effect.PRESERVED:
+            self._carry(direction, indices, consented)
+        else:
+            domain, origin = {
+                Effect.CIPHERTEXT: (b"ciphertext", Origin.CIPHERTEXT),
+                Effect.GARBAGE: (b"garbage", Origin.GARBAGE),
+                Effect.RANDOM: (b"random", Origin.RANDOM),
+            }[effect]
+            key = self.vm.key
+            for index in indices:
+                data = keyed_bytes(key, domain, index << PAGE_SHIFT, pages[index][0])
+                pages[index] = (data, ((0, PAGE_SIZE, origin),))
+
+    def _carry(self, direction: Direction, indices: Iterable[int], consented: set[int] | None) -> None:
+        """Preserved contents change hands: record whether the guest asked (provenance)."""
+        pages = self.pages
+        if direction is Direction.TO_SHARED:
+            old, new = Origin.GUEST_PRIVATE, Origin.DISCLOSED
+        else:
+            old = Origin.HOST
+            new = Origin.PAYLOAD if self.vm.phase is Phase.PRE_LAUNCH else Origin.ACCEPTED
+        for index in indices:
+            if consented is None or index in consented or new is Origin.PAYLOAD:
+                data, runs = pages[index]
+                pages[index] = (data, relabel(runs, old, new))

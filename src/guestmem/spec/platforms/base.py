@@ -1,0 +1,36 @@
+"""What a platform module declares (semantics.md §2-§3, platforms.md §0)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from guestmem.spec.terms import Direction, Effect, Policy, Support
+
+
+@dataclass(frozen=True)
+class Platform:
+    """A confidential-computing platform, as data.
+
+    ``native`` is the content effect when KVM does nothing (v6+ behaviour, and what NONE
+    gives); ``policies`` is the table the review argues for (semantics.md §2, ``seed``),
+    keyed by direction and policy (``Policy.ZERO``, ``PRESERVE``, ``NONE``).
+    """
+
+    name: str
+    title: str
+    vm_type: int | None
+    private_memory: bool
+    launch: bool
+    consent: bool
+    native: Mapping[Direction, Effect]
+    policies: Mapping[tuple[Direction, Policy], Support]
+    payload: str
+    host_access: str
+    sources: tuple[str, ...] = field(default=())
+    #: A pre-launch to-private conversion keeps contents for an in-place populate
+    #: (TDX ``INIT_MEM_REGION``, SNP ``LAUNCH_UPDATE``, CCA ``RMI_POPULATE``).
+    payload_in_place: bool = False
+
+    def support(self, direction: Direction, policy: Policy) -> Support:
+        return self.policies[(direction, policy)]

@@ -1,0 +1,70 @@
+"""``rfc-v5``: the content modes as coded in RFC v3-v5 (uapi.md §4, §7, §12).
+
+- ``flags``: ``ZERO = 1<<0``, ``PRESERVE = 1<<1``; 0 is ``MODE_UNSPECIFIED`` (no
+  guarantees), which is also what a VMM asking for NONE passes; ``ZERO|PRESERVE`` and
+  unknown bits are ``EINVAL``.
+- Checks 4 and 5 are one: ``attributes`` outside what the VM supports is ``EINVAL``, so
+  ``attributes = 0`` passes on a VM without private memory.
+- ZERO on to-private is ``EOPNOTSUPP`` for every VM type; P→S ZERO is a software memset
+  on ``sw_protected``, ``tdx`` and ``snp``. PRESERVE: always on ``sw_protected``; on
+  ``tdx``/``snp`` only to-private before launch. arm64 (``pkvm``, ``cca``) and the
+  default VM support no mode.
+- Unspecified conversions on ``sw_protected`` are scrambled with random bytes; elsewhere
+  contents follow the platform's native effect.
+- A non-zero ``error_offset`` on input is ignored.
+"""
+
+from __future__ import annotations
+
+from guestmem.spec.platforms.base import Platform
+from guestmem.spec.revisions.seed import Seed
+from guestmem.spec.terms import Decoded, Direction, Effect, Phase, Policy
+from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE
+
+MODE_UNSPECIFIED = 0
+MODE_ZERO = 1 << 0
+MODE_PRESERVE = 1 << 1
+
+#: Modes each VM type's arch hook accepts (RFC v5 "Define supported content modes").
+_MODES: dict[str, frozenset[Decoded]] = {
+    "sw_protected": frozenset({Decoded.ZERO, Decoded.PRESERVE}),
+    "tdx": frozenset({Decoded.ZERO, Decoded.PRESERVE}),
+    "snp": frozenset({Decoded.ZERO, Decoded.PRESERVE}),
+}
+
+
+class RfcV5(Seed):
+    name = "rfc-v5"
+    title = "content modes as coded in RFC v3-v5 (2026-04-28)"
+    rejects_error_offset_input = False
+
+    def encode(self, policy: Policy) -> int:
+        return {Policy.ZERO: MODE_ZERO, Policy.PRESERVE: MODE_PRESERVE}.get(policy, MODE_UNSPECIFIED)
+
+    def decode(self, flags: int) -> Decoded | None:
+        return {
+            MODE_UNSPECIFIED: Decoded.UNSPECIFIED,
+            MODE_ZERO: Decoded.ZERO,
+            MODE_PRESERVE: Decoded.PRESERVE,
+        }.get(flags)
+
+    def accepts_attributes(self, platform: Platform, attributes: int) -> bool:
+        supported = KVM_MEMORY_ATTRIBUTE_PRIVATE if platform.private_memory else 0
+        return attributes & ~supported == 0
+
+    def effect(
+        self, platform: Platform, direction: Direction, policy: Decoded, phase: Phase
+    ) -> Effect | None:
+        if policy is Decoded.UNSPECIFIED:
+            return Effect.RANDOM if platform.name == "sw_protected" else platform.native[direction]
+        if policy not in _MODES.get(platform.name, frozenset()):
+            return None
+        if policy is Decoded.ZERO:
+            return Effect.ZEROS if direction is Direction.TO_SHARED else None
+        if platform.name == "sw_protected":
+            return Effect.PRESERVED
+        pre_launch_to_private = direction is Direction.TO_PRIVATE and phase is Phase.PRE_LAUNCH
+        return Effect.PRESERVED if pre_launch_to_private else None
+
+    def guaranteed(self, platform: Platform, direction: Direction, policy: Decoded) -> bool:
+        return policy is not Decoded.UNSPECIFIED

@@ -1,0 +1,67 @@
+"""``seed``: the 2026-03-11 iteration-2 text with the review's three corrections.
+
+- ``flags``: ``CONTENT_POLICY_ZERO = 1<<0``, ``PRESERVE = 1<<1``, ``NONE = 1<<2`` (the text
+  names no values; this encoding is the project's); ``flags = 0`` means ZERO.
+- S→P ZERO is defined: the trusted hypervisor or firmware zeroes before the page is
+  mapped private; a platform that provisions zeroed memory another way says
+  ``EOPNOTSUPP`` (seed-review.txt; semantics.md §1).
+- A non-zero ``error_offset`` on input is ``EINVAL`` (semantics.md §4 step 3).
+- Results per platform are the platform modules' ``policies`` tables (semantics.md §2).
+"""
+
+from __future__ import annotations
+
+from guestmem.spec.platforms.base import Platform
+from guestmem.spec.terms import Decoded, Direction, Effect, Phase, Policy
+from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE
+
+CONTENT_POLICY_ZERO = 1 << 0
+CONTENT_POLICY_PRESERVE = 1 << 1
+CONTENT_POLICY_NONE = 1 << 2
+
+
+class Seed:
+    """The reviewed proposal. Other revisions subclass this and override what differs."""
+
+    name = "seed"
+    title = "iteration 2 with the review's corrections (default)"
+    #: A non-zero ``error_offset`` on input is rejected (check 3).
+    rejects_error_offset_input = True
+    #: A request that matches the current attributes returns 0 and does nothing.
+    early_return = False
+
+    def encode(self, policy: Policy) -> int:
+        """The ``flags`` a VMM passes to ask for ``policy``."""
+        return {
+            Policy.ZERO: CONTENT_POLICY_ZERO,
+            Policy.PRESERVE: CONTENT_POLICY_PRESERVE,
+            Policy.NONE: CONTENT_POLICY_NONE,
+            Policy.DEFAULT: 0,
+        }[policy]
+
+    def decode(self, flags: int) -> Decoded | None:
+        """Check 2: the policy ``flags`` asks for, or None for ``EINVAL``."""
+        return {
+            0: Decoded.ZERO,
+            CONTENT_POLICY_ZERO: Decoded.ZERO,
+            CONTENT_POLICY_PRESERVE: Decoded.PRESERVE,
+            CONTENT_POLICY_NONE: Decoded.NONE,
+        }.get(flags)
+
+    def accepts_attributes(self, platform: Platform, attributes: int) -> bool:
+        """Checks 4 and 5: the VM has private memory and ``attributes`` is 0 or PRIVATE."""
+        return platform.private_memory and attributes in (0, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+
+    def effect(
+        self, platform: Platform, direction: Direction, policy: Decoded, phase: Phase
+    ) -> Effect | None:
+        """Check 9: what the next reader sees, or None for ``EOPNOTSUPP``."""
+        return platform.support(direction, Policy(policy.value)).effect_in(phase)
+
+    def guaranteed(self, platform: Platform, direction: Direction, policy: Decoded) -> bool:
+        """Whether the effect is a promise (semantics.md §5 *Policy*) or only native."""
+        return platform.support(direction, Policy(policy.value)).guaranteed
+
+    def needs_consent(self, platform: Platform, phase: Phase) -> bool:
+        """Check 10: pKVM once running converts only what the guest asked for (§3)."""
+        return platform.consent and phase is Phase.RUNNING

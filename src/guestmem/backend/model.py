@@ -5,12 +5,19 @@ from __future__ import annotations
 import errno
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from guestmem.backend.base import Outcome
 from guestmem.errors import HostFault, IoctlError, MemoryFault
 from guestmem.model import GuestMemfd, Vm
 from guestmem.spec.terms import Direction
-from guestmem.uapi.kvm import GUEST_MEMFD_FLAG_MMAP
+from guestmem.uapi.kvm import (
+    GUEST_MEMFD_FLAG_MMAP,
+    KVM_HC_MAP_GPA_RANGE,
+    KVM_MAP_GPA_RANGE_DECRYPTED,
+    KVM_MAP_GPA_RANGE_ENCRYPTED,
+    PAGE_SIZE,
+)
 
 
 def _outcome(action: Callable[[], bytes | None]) -> Outcome:
@@ -24,6 +31,18 @@ def _outcome(action: Callable[[], bytes | None]) -> Outcome:
         exit_ = {"reason": "MEMORY_FAULT", "gpa": fault.gpa, "size": fault.size, "flags": fault.flags}
         return Outcome(exit=exit_)
     return Outcome(data=data)
+
+
+def hypercall_exit(gpa: int, size: int, to: Direction) -> dict[str, Any]:
+    """The ``KVM_EXIT_HYPERCALL`` record of a ``KVM_HC_MAP_GPA_RANGE`` request."""
+    attributes = KVM_MAP_GPA_RANGE_ENCRYPTED if to is Direction.TO_PRIVATE else KVM_MAP_GPA_RANGE_DECRYPTED
+    return {
+        "reason": "HYPERCALL",
+        "nr": KVM_HC_MAP_GPA_RANGE,
+        "gpa": gpa,
+        "npages": size // PAGE_SIZE,
+        "attributes": attributes,
+    }
 
 
 class ModelMachine:
@@ -97,7 +116,12 @@ class ModelMachine:
         return _outcome(self.vm.launch)
 
     def guest_request(self, offset: int, size: int, to: Direction) -> Outcome:
-        return _outcome(lambda: self.gmem.guest_request(offset, size, to))
+        """The guest's ``KVM_HC_MAP_GPA_RANGE``: on success the outcome carries the
+        ``HYPERCALL`` exit the VMM sees (uapi.md §13)."""
+        outcome = _outcome(lambda: self.gmem.guest_request(offset, size, to))
+        if outcome.errno is None:
+            outcome.exit = hypercall_exit(self.gpa_base + offset, size, to)
+        return outcome
 
     def close(self) -> None:
         if self.mapping is not None:

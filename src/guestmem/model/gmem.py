@@ -314,14 +314,14 @@ class GuestMemfd:
                 self.pages[index] = INIT_PAGE
             yield index, a, b
 
-    def guest_request(self, offset: int, size: int, to: Direction) -> None:
+    def guest_request(self, offset: int, size: int, to: Direction | str) -> None:
         """The guest asks to share (P→S) or unshare (S→P) a range: ``KVM_HC_MAP_GPA_RANGE``,
         pKVM ``MEM_SHARE``/``MEM_UNSHARE``. Recorded until a conversion honours it."""
         self.vm.require_running()
         lo, hi = self._page_span(offset, size, "KVM_HC_MAP_GPA_RANGE")
         if hi > self.npages:
             raise IoctlError(errno.EINVAL, "KVM_HC_MAP_GPA_RANGE")
-        self.requests.set(lo, hi, _REQUEST_FOR[to])
+        self.requests.set(lo, hi, _REQUEST_FOR[Direction(to)])
 
     # --- the conversion ioctl --------------------------------------------------------------------
     def convert(self, offset: int, size: int, to: Direction | str, flags: int = 0, **fields: int) -> None:

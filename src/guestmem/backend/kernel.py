@@ -1,0 +1,303 @@
+"""The kernel backend: :class:`~guestmem.backend.base.Machine` over a real ``/dev/kvm``.
+
+One VM of the platform's type, one guest_memfd bound by ``KVM_SET_USER_MEMORY_REGION2``
+at :data:`~guestmem.model.vm.GPA_BASE`, a host mapping whose accesses run in a helper
+process (``SIGBUS`` → ``Outcome(signal="SIGBUS")``), and the tiny guest program for guest
+accesses. What this kernel cannot do is reported as skipped with the reason found by
+:mod:`guestmem.kvm.facts`, never as passed: conversions without the ioctl (``ENOTTY``),
+pins without ``CONFIG_GUP_TEST``, guest requests when the guest's hypercall does not
+reach userspace. Launch mirrors the model's bookkeeping (semantics.md §3 *Launch*): the
+default VM has no launch ioctl, so the first ``launch`` succeeds and a second is ``EINVAL``.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Callable
+
+from guestmem.backend.base import Outcome, Unavailable
+from guestmem.backend.model import hypercall_exit
+from guestmem.errors import HostFault, IoctlError, MemoryFault
+from guestmem.kvm import facts as kernel_facts
+from guestmem.kvm import pins
+from guestmem.kvm.gmem import GuestMemfd, Mapping
+from guestmem.kvm.guest import TinyGuest
+from guestmem.kvm.hostaccess import HostAccess
+from guestmem.kvm.system import DEVICE, Kvm, KvmUnavailable
+from guestmem.kvm.vcpu import GuestTimeout, UnexpectedExit
+from guestmem.kvm.vm import Vm
+from guestmem.model.vm import GPA_BASE
+from guestmem.spec import platforms
+from guestmem.spec.terms import Direction, Phase
+from guestmem.uapi.kvm import (
+    KVM_CAP_EXIT_HYPERCALL,
+    KVM_HC_MAP_GPA_RANGE,
+    KVM_MAP_GPA_RANGE_DECRYPTED,
+    KVM_MAP_GPA_RANGE_ENCRYPTED,
+    PAGE_SIZE,
+)
+
+GMEM_SLOT = 1
+#: The host mapping reaches this far past the end of the file, so that accesses past
+#: the end are answered by the kernel (``SIGBUS``) rather than by a missing mapping.
+HOST_SLACK = 64 * PAGE_SIZE
+#: How much of a large guest_memfd the guest program maps (its page tables' reach).
+GUEST_WINDOW = 64 << 30
+_U64 = (1 << 64) - 1
+
+
+def _outcome(action: Callable[[], bytes | None]) -> Outcome:
+    try:
+        data = action()
+    except IoctlError as err:
+        return Outcome(errno=err.name, error_offset=err.error_offset)
+    except HostFault as fault:
+        return Outcome(signal=fault.signal)
+    except MemoryFault as fault:
+        return Outcome(
+            exit={"reason": "MEMORY_FAULT", "gpa": fault.gpa, "size": fault.size, "flags": fault.flags}
+        )
+    except UnexpectedExit as stop:
+        exit_ = stop.exit
+        return Outcome(
+            exit={"reason": exit_.reason, **{k: v for k, v in exit_.fields.items() if k != "data"}}
+        )
+    except GuestTimeout as timeout:
+        return Outcome(exit={"reason": "TIMEOUT", "limit": timeout.limit})
+    return Outcome(data=data)
+
+
+class KernelMachine:
+    """One real VM, guest_memfd, host mapping (with ``MMAP``) and tiny guest; it owns
+    ``kvm`` (the guest program needs it for CPUID and vCPU setup) and closes it."""
+
+    backend = "kvm"
+
+    def __init__(self, kvm: Kvm, facts: kernel_facts.Facts, platform: str, abi: str, size: int, flags: int):
+        spec = platforms.get(platform)
+        assert spec.vm_type is not None
+        self.kvm = kvm
+        self.facts = facts
+        self.platform = spec.name
+        self.abi = abi
+        self.size = size
+        self.gpa_base = GPA_BASE
+        self.phase = Phase.PRE_LAUNCH
+        self.mapping: Mapping | None = None
+        self.host: HostAccess | None = None
+        self.mmap_error: IoctlError | None = None
+        self.guest: TinyGuest | None = None
+        self.pinned: dict[tuple[int, int], pins.Pin] = {}
+        self.vm: Vm = kvm.create_vm(spec.vm_type)
+        self.gmem: GuestMemfd | None = None
+        try:
+            self.gmem = self.vm.create_guest_memfd(size, flags)
+            try:
+                self.mapping = self.gmem.mmap(size + HOST_SLACK)
+                self.host = HostAccess(self.mapping, size)
+            except IoctlError as err:
+                self.mmap_error = err
+            address = self.mapping.address if self.mapping is not None else 0
+            self.vm.set_user_memory_region2(GMEM_SLOT, GPA_BASE, size, address, gmem=self.gmem)
+            self.hypercalls = bool(facts.hypercall_exit.get("works"))
+            if self.hypercalls:
+                self.vm.enable_cap(KVM_CAP_EXIT_HYPERCALL, 1 << KVM_HC_MAP_GPA_RANGE)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for pin in self.pinned.values():
+            pin.release()
+        self.pinned.clear()
+        if self.host is not None:
+            self.host.close()
+        self.vm.close()
+        if self.guest is not None:
+            self.guest.close()
+        if self.mapping is not None:
+            self.mapping.close()
+        if self.gmem is not None:
+            self.gmem.close()
+        self.kvm.close()
+
+    def __enter__(self) -> KernelMachine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- host side ------------------------------------------------------------------------
+    def _host(self) -> HostAccess:
+        if self.host is None:
+            assert self.mmap_error is not None
+            raise self.mmap_error
+        return self.host
+
+    def host_write(self, offset: int, data: bytes) -> Outcome:
+        return _outcome(lambda: self._host().write(offset, data))
+
+    def host_read(self, offset: int, size: int) -> Outcome:
+        return _outcome(lambda: self._host().read(offset, size))
+
+    # --- guest side -----------------------------------------------------------------------
+    def _guest_skip(self, access: str | None) -> str | None:
+        if access not in (None, "private", "shared"):
+            raise ValueError(f"access must be 'private', 'shared' or None, not {access!r}")
+        if access == "private":
+            return f"a {self.platform} VM has no private memory: the guest cannot make a private access"
+        if self.mapping is None and self.facts.emulated:
+            return (
+                "guest code is emulated here and reaches memory through the memslot's userspace_addr; "
+                "a guest_memfd without GUEST_MEMFD_FLAG_MMAP has no host mapping to put there"
+            )
+        return None
+
+    def _guest(self) -> TinyGuest:
+        if self.guest is None:
+            self.guest = TinyGuest(self.vm, GPA_BASE, min(self.size, GUEST_WINDOW))
+        return self.guest
+
+    def _check_guest_range(self, offset: int, size: int) -> None:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise ValueError(f"guest access [{offset:#x}, +{size:#x}) is outside the memslot")
+
+    def guest_write(self, offset: int, data: bytes, access: str | None = None) -> Outcome:
+        skip = self._guest_skip(access)
+        self._check_guest_range(offset, len(data))
+        if skip:
+            return Outcome(skipped=skip)
+        return _outcome(lambda: self._guest().write(GPA_BASE + offset, data))
+
+    def guest_read(self, offset: int, size: int, access: str | None = None) -> Outcome:
+        skip = self._guest_skip(access)
+        self._check_guest_range(offset, size)
+        if skip:
+            return Outcome(skipped=skip)
+        return _outcome(lambda: self._guest().read(GPA_BASE + offset, size))
+
+    # --- guest_memfd operations -------------------------------------------------------------
+    def convert(
+        self,
+        offset: int,
+        size: int,
+        attributes: int,
+        flags: int = 0,
+        *,
+        reserved: tuple[int, ...] = (),
+        error_offset_in: int = 0,
+    ) -> Outcome:
+        """``KVM_SET_MEMORY_ATTRIBUTES2`` on the guest_memfd, raw; skipped without the ioctl."""
+        words = (offset, size, attributes, flags, error_offset_in, *reserved)
+        if len(words) > 16:
+            raise ValueError(f"reserved has {len(reserved)} words; the struct has 11")
+        skip = self.facts.conversion_skip_reason()
+        if skip:
+            return Outcome(skipped=skip)
+        arg = bytearray(128)
+        struct.pack_into(f"<{len(words)}Q", arg, 0, *(w & _U64 for w in words))
+        assert self.gmem is not None
+        gmem = self.gmem
+        return _outcome(lambda: gmem.set_memory_attributes2(arg))
+
+    def punch_hole(self, offset: int, size: int) -> Outcome:
+        assert self.gmem is not None
+        gmem = self.gmem
+        return _outcome(lambda: gmem.punch_hole(offset, size))
+
+    def pin(self, offset: int, size: int) -> Outcome:
+        skip = pins.unavailable_reason()
+        if skip:
+            return Outcome(skipped=skip)
+        if self.pinned:
+            return Outcome(skipped="gup_test holds one pinned range at a time")
+        if offset < 0 or size <= 0 or offset % PAGE_SIZE or size % PAGE_SIZE:
+            return Outcome(errno="EINVAL")
+        mapping = self._mapping_or_efault(offset, size)
+
+        def act() -> None:
+            self.pinned[(offset, size)] = pins.Pin(mapping.address + offset, size)
+
+        return _outcome(act)
+
+    def _mapping_or_efault(self, offset: int, size: int) -> Mapping:
+        if self.mapping is None or offset + size > self.size:
+            raise IoctlError(errno.EFAULT, "PIN_LONGTERM_TEST_START")
+        return self.mapping
+
+    def unpin(self, offset: int, size: int) -> Outcome:
+        skip = pins.unavailable_reason()
+        if skip:
+            return Outcome(skipped=skip)
+        pin = self.pinned.pop((offset, size), None)
+        if pin is None:
+            return Outcome(errno="EINVAL")
+        return _outcome(pin.release)
+
+    def launch(self) -> Outcome:
+        """The default VM has no launch ioctl: bookkeeping only, as the model does."""
+        if self.phase is Phase.RUNNING:
+            return Outcome(errno="EINVAL")
+        self.phase = Phase.RUNNING
+        return Outcome()
+
+    def guest_request(self, offset: int, size: int, to: Direction) -> Outcome:
+        """The guest issues ``KVM_HC_MAP_GPA_RANGE`` (uapi.md §13); this VMM answers it.
+
+        Skipped when the probe found that a guest hypercall does not reach userspace.
+        """
+        if not self.hypercalls:
+            reason = self.facts.hypercall_exit.get("reason") or "no KVM_EXIT_HYPERCALL"
+            return Outcome(skipped=f"guest requests need KVM_EXIT_HYPERCALL: {reason}")
+        if offset < 0 or size <= 0 or size % PAGE_SIZE:
+            return Outcome(errno="EINVAL")
+        attributes = (
+            KVM_MAP_GPA_RANGE_ENCRYPTED if to is Direction.TO_PRIVATE else KVM_MAP_GPA_RANGE_DECRYPTED
+        )
+        guest = self._guest()
+
+        def act() -> None:
+            exit_ = guest.hypercall(KVM_HC_MAP_GPA_RANGE, GPA_BASE + offset, size // PAGE_SIZE, attributes)
+            if exit_ is None:
+                raise IoctlError(-guest.hypercall_result(), "KVM_HC_MAP_GPA_RANGE")
+            in_range = offset % PAGE_SIZE == 0 and offset + size <= self.size
+            guest.complete_hypercall(0 if in_range else -errno.EINVAL)
+            if not in_range:
+                raise IoctlError(errno.EINVAL, "KVM_HC_MAP_GPA_RANGE")
+
+        outcome = _outcome(act)
+        if outcome.ok:
+            outcome.exit = hypercall_exit(GPA_BASE + offset, size, to)
+        return outcome
+
+
+class KernelBackend:
+    """Opens :class:`KernelMachine` s on ``device``; one ``/dev/kvm`` fd per machine."""
+
+    name = "kvm"
+
+    def __init__(self, device: str = DEVICE) -> None:
+        self.device = device
+
+    def open(self, platform: str, abi: str, size: int, flags: int) -> KernelMachine:
+        """``Unavailable`` when ``/dev/kvm`` is unusable or the platform's VM type is not
+        offered (``KVM_CAP_VM_TYPES``); ``IoctlError`` when guest_memfd creation fails."""
+        spec = platforms.get(platform)
+        try:
+            kvm = Kvm(self.device)
+        except KvmUnavailable as err:
+            raise Unavailable(str(err)) from None
+        try:
+            facts = kernel_facts.cached(self.device)
+            if spec.vm_type is None:
+                raise Unavailable(f"{spec.name} is not an x86 VM type ({spec.title}); this kernel is x86 KVM")
+            if not kvm.vm_types() & (1 << spec.vm_type):
+                raise Unavailable(
+                    f"{spec.name} needs VM type {spec.vm_type}; KVM_CAP_VM_TYPES = {kvm.vm_types():#x} "
+                    f"({', '.join(facts.vm_types)})"
+                )
+            return KernelMachine(kvm, facts, spec.name, abi, size, flags)
+        except BaseException:
+            kvm.close()
+            raise

@@ -1,0 +1,74 @@
+"""``guestmem probe``: what this kernel offers for guest_memfd work (see :mod:`guestmem.kvm.facts`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from guestmem.cli.output import dump_json, table
+from guestmem.kvm.facts import gather
+from guestmem.kvm.system import DEVICE, Kvm, KvmUnavailable
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "probe",
+        help="show the kernel's KVM and guest_memfd facts",
+        description="Probe /dev/kvm: API version, guest_memfd capabilities and flags, VM types, "
+        "memory-attribute capabilities, whether KVM_SET_MEMORY_ATTRIBUTES2 exists, and whether "
+        "guest code runs natively or in KVM's emulator. Exits 1 when /dev/kvm is unusable.",
+        epilog="example: guestmem probe --format json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    parser.add_argument("--device", default=DEVICE, help=f"KVM device (default {DEVICE})")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with Kvm(args.device) as kvm:
+            facts = gather(kvm)
+    except KvmUnavailable as err:
+        if args.format == "json":
+            dump_json({"device": args.device, "usable": False, "reason": str(err)})
+        print(f"guestmem: no usable KVM: {err}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        dump_json({"usable": True, **facts.to_json()})
+        return 0
+    code = facts.guest_code
+    runs = code.get("mode", "unknown")
+    if "insn_emulation" in code:
+        runs += f" (insn_emulation +{code['insn_emulation']} for {code['instructions']} guest instructions)"
+    elif code.get("reason"):
+        runs += f" ({code['reason']})"
+    hypercall = facts.hypercall_exit
+    rows: list[tuple[str, str]] = [
+        ("device", facts.device),
+        ("API version", str(facts.api_version)),
+        ("VM types (KVM_CAP_VM_TYPES)", ", ".join(facts.vm_types)),
+        ("guest_memfd flags (KVM_CAP_GUEST_MEMFD_FLAGS)", ", ".join(facts.guest_memfd_flags) or "none"),
+        *((name, str(value)) for name, value in facts.capabilities.items()),
+        (
+            "proposed CAPs 245-250 (not trusted)",
+            ", ".join(f"{k}={v}" for k, v in facts.proposed_capabilities.items()),
+        ),
+        (
+            "KVM_SET_MEMORY_ATTRIBUTES2 (size 0)",
+            ", ".join(f"{fd} fd: {res}" for fd, res in facts.set_memory_attributes2.items()),
+        ),
+        (
+            "in-place conversion",
+            "yes" if facts.conversion_ioctl else f"no ({facts.conversion_skip_reason()})",
+        ),
+        ("guest code", runs),
+        (
+            "guest hypercall exit",
+            "works" if hypercall.get("works") else f"no ({hypercall.get('reason')})",
+        ),
+        ("pins (CONFIG_GUP_TEST)", facts.gup_test or "available"),
+    ]
+    table(("fact", "value"), rows, title="guestmem probe")
+    return 0

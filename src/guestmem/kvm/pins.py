@@ -1,0 +1,69 @@
+"""Long-term page pins through ``CONFIG_GUP_TEST`` (``/sys/kernel/debug/gup_test``), as the
+v8 ``elevated_refcount`` selftest takes them (uapi.md §14): ``PIN_LONGTERM_TEST_START``
+pins ``[addr, addr+size)`` of this process, ``PIN_LONGTERM_TEST_STOP`` releases them.
+The test module holds one pinned range per open file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from guestmem.errors import IoctlError
+from guestmem.kvm import syscalls
+from guestmem.uapi.ioctl import io, iow
+
+GUP_TEST = "/sys/kernel/debug/gup_test"
+PIN_LONGTERM_TEST_FLAG_USE_WRITE = 1
+
+
+class PinLongtermTest(ctypes.LittleEndianStructure):
+    """``struct pin_longterm_test`` (``mm/gup_test.h``; 24 bytes with padding)."""
+
+    _fields_ = [("addr", ctypes.c_uint64), ("size", ctypes.c_uint64), ("flags", ctypes.c_uint32)]
+
+
+PIN_LONGTERM_TEST_START = iow(ord("g"), 7, ctypes.sizeof(PinLongtermTest))
+PIN_LONGTERM_TEST_STOP = io(ord("g"), 8)
+
+
+def unavailable_reason() -> str | None:
+    """Why pins cannot be taken here, or None."""
+    if not os.path.exists(GUP_TEST):
+        return f"pinning needs CONFIG_GUP_TEST ({GUP_TEST} is absent)"
+    return None
+
+
+class Pin:
+    """One pinned range; ``release()`` (or ``with``) unpins it."""
+
+    def __init__(self, address: int, size: int) -> None:
+        self.fd = os.open(GUP_TEST, os.O_RDWR | os.O_CLOEXEC)
+        arg = PinLongtermTest(addr=address, size=size, flags=PIN_LONGTERM_TEST_FLAG_USE_WRITE)
+        try:
+            fcntl_ioctl(self.fd, PIN_LONGTERM_TEST_START, arg, "PIN_LONGTERM_TEST_START")
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def __enter__(self) -> Pin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            try:
+                fcntl_ioctl(self.fd, PIN_LONGTERM_TEST_STOP, 0, "PIN_LONGTERM_TEST_STOP")
+            finally:
+                os.close(self.fd)
+                self.fd = -1
+
+
+def fcntl_ioctl(fd: int, request: int, arg: syscalls.Arg, name: str) -> int:
+    """:func:`guestmem.kvm.syscalls.ioctl` with the name of a non-KVM request."""
+    try:
+        return syscalls.ioctl(fd, request, arg)
+    except IoctlError as err:
+        raise IoctlError(err.code, name) from None

@@ -1,0 +1,260 @@
+"""A vCPU: registers, ``KVM_RUN`` with a time limit, and exit decoding (api.rst §4.10, §5).
+
+``run`` returns an :class:`Exit` record for IO, HLT, MMIO, HYPERCALL and the other
+reasons; ``KVM_EXIT_MEMORY_FAULT`` arrives on ``KVM_RUN``'s ``EFAULT`` error path with
+``exit_reason`` 39 and is raised as :class:`~guestmem.errors.MemoryFault` (uapi.md §13).
+A guest that does not exit within the limit is kicked out with ``SIGALRM`` (which makes
+``KVM_RUN`` fail with ``EINTR``; ``immediate_exit`` covers a signal that lands before
+entry, kvm-here.md §10 item 9) and reported as :class:`GuestTimeout`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from guestmem.errors import GuestmemError, IoctlError, MemoryFault
+from guestmem.kvm import syscalls
+from guestmem.uapi.kvm import (
+    EXIT_REASON_NAMES,
+    KVM_EXIT_FAIL_ENTRY,
+    KVM_EXIT_HYPERCALL,
+    KVM_EXIT_INTERNAL_ERROR,
+    KVM_EXIT_IO,
+    KVM_EXIT_IO_OUT,
+    KVM_EXIT_MEMORY_FAULT,
+    KVM_EXIT_MMIO,
+    KVM_GET_REGS,
+    KVM_GET_SREGS,
+    KVM_GET_STATS_FD,
+    KVM_RUN,
+    KVM_SET_CPUID2,
+    KVM_SET_REGS,
+    KVM_SET_SREGS,
+    KvmRegs,
+    KvmRun,
+    KvmSregs,
+)
+
+if TYPE_CHECKING:
+    from guestmem.kvm.vm import Vm
+
+
+class GuestTimeout(GuestmemError, TimeoutError):
+    """The guest ran ``limit`` seconds without an exit to userspace and was stopped."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"guest did not exit within the {limit:g} s time limit (stopped)")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class Exit:
+    """One exit to userspace: ``reason`` is the ``KVM_EXIT_*`` name without the prefix,
+    ``fields`` the decoded union member (e.g. ``port``, ``data`` for IO)."""
+
+    reason: str
+    code: int
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        detail = ", ".join(
+            f"{k}={v:#x}" if isinstance(v, int) else f"{k}={v!r}" for k, v in self.fields.items()
+        )
+        return f"KVM_EXIT_{self.reason}({detail})"
+
+
+class UnexpectedExit(GuestmemError):
+    """The guest program stopped with an exit it does not produce by design."""
+
+    def __init__(self, exit_: Exit) -> None:
+        super().__init__(f"unexpected guest exit: {exit_}")
+        self.exit = exit_
+
+
+def decode_exit(run: KvmRun, run_address: int) -> Exit:
+    """Decode ``kvm_run`` after a successful ``KVM_RUN`` (layouts: kvm-here.md §7)."""
+    code = run.exit_reason
+    reason = EXIT_REASON_NAMES.get(code, f"UNKNOWN_{code}").removeprefix("KVM_EXIT_")
+    fields: dict[str, Any] = {}
+    if code == KVM_EXIT_IO:
+        io = run.io
+        data = ctypes.string_at(run_address + io.data_offset, io.size * io.count)
+        fields = {
+            "direction": "out" if io.direction == KVM_EXIT_IO_OUT else "in",
+            "port": io.port,
+            "size": io.size,
+            "count": io.count,
+            "data": data,
+        }
+    elif code == KVM_EXIT_MMIO:
+        mmio = run.mmio
+        fields = {
+            "gpa": mmio.phys_addr,
+            "len": mmio.len,
+            "is_write": bool(mmio.is_write),
+            "data": bytes(mmio.data)[: mmio.len],
+        }
+    elif code == KVM_EXIT_HYPERCALL:
+        hc = run.hypercall
+        fields = {"nr": hc.nr, "args": tuple(hc.args), "flags": hc.flags}
+    elif code == KVM_EXIT_MEMORY_FAULT:
+        mf = run.memory_fault
+        fields = {"flags": mf.flags, "gpa": mf.gpa, "size": mf.size}
+    elif code == KVM_EXIT_INTERNAL_ERROR:
+        internal = run.internal
+        fields = {"suberror": internal.suberror, "data": tuple(internal.data[: min(internal.ndata, 16)])}
+    elif code == KVM_EXIT_FAIL_ENTRY:
+        fields = {"reason": run.fail_entry.hardware_entry_failure_reason}
+    return Exit(reason, code, fields)
+
+
+def memory_fault(run: KvmRun) -> MemoryFault | None:
+    """The :class:`MemoryFault` that an ``EFAULT`` from ``KVM_RUN`` carries, if any."""
+    if run.exit_reason != KVM_EXIT_MEMORY_FAULT:
+        return None
+    mf = run.memory_fault
+    return MemoryFault(mf.gpa, mf.size, mf.flags)
+
+
+class _Alarm:
+    """``SIGALRM`` after ``limit`` seconds that kicks the vCPU out of ``KVM_RUN``.
+
+    The previous handler and timer (e.g. pytest-timeout's) are restored afterwards.
+    Signal handlers can only be installed from the main thread.
+    """
+
+    def __init__(self, run: KvmRun, limit: float) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("a guest time limit needs the main thread (SIGALRM)")
+        self.run = run
+        self.limit = limit
+        self.fired = False
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.fired = True
+        self.run.immediate_exit = 1
+
+    def __enter__(self) -> _Alarm:
+        self.start = time.monotonic()
+        self.old_handler = signal.signal(signal.SIGALRM, self._handler)
+        self.old_timer = signal.setitimer(signal.ITIMER_REAL, self.limit)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self.old_handler)
+        self.run.immediate_exit = 0
+        remaining, interval = self.old_timer
+        if remaining > 0:
+            left = max(remaining - (time.monotonic() - self.start), 0.001)
+            signal.setitimer(signal.ITIMER_REAL, left, interval)
+
+
+class Vcpu:
+    """A vCPU fd and its shared ``kvm_run`` mapping; closed by its VM."""
+
+    def __init__(self, vm: Vm, fd: int, vcpu_id: int, mmap_size: int) -> None:
+        self.vm = vm
+        self.fd = fd
+        self.id = vcpu_id
+        self.run_size = mmap_size
+        self.run_address = syscalls.mmap(
+            mmap_size, syscalls.PROT_READ | syscalls.PROT_WRITE, syscalls.MAP_SHARED, fd
+        )
+        self.run_struct = KvmRun.from_address(self.run_address)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            del self.run_struct
+            syscalls.munmap(self.run_address, self.run_size)
+            syscalls.close(self.fd)
+            self.fd = -1
+
+    # --- registers -------------------------------------------------------------------------
+    def get_regs(self) -> KvmRegs:
+        regs = KvmRegs()
+        syscalls.ioctl(self.fd, KVM_GET_REGS, regs)
+        return regs
+
+    def set_regs(self, regs: KvmRegs) -> None:
+        syscalls.ioctl(self.fd, KVM_SET_REGS, regs)
+
+    def get_sregs(self) -> KvmSregs:
+        sregs = KvmSregs()
+        syscalls.ioctl(self.fd, KVM_GET_SREGS, sregs)
+        return sregs
+
+    def set_sregs(self, sregs: KvmSregs) -> None:
+        syscalls.ioctl(self.fd, KVM_SET_SREGS, sregs)
+
+    def set_cpuid2(self, cpuid: bytearray) -> None:
+        syscalls.ioctl(self.fd, KVM_SET_CPUID2, cpuid)
+
+    # --- running -----------------------------------------------------------------------------
+    def run(self, limit: float | None = None) -> Exit:
+        """``KVM_RUN`` until an exit to userspace; ``limit`` seconds at most.
+
+        Raises :class:`MemoryFault` (``EFAULT`` with ``KVM_EXIT_MEMORY_FAULT``),
+        :class:`GuestTimeout`, or :class:`IoctlError` for other failures. ``EINTR`` from a
+        signal that is not the time limit re-enters the guest.
+        """
+        run = self.run_struct
+        if limit is None:
+            return self._run_once(None)
+        with _Alarm(run, limit) as alarm:
+            return self._run_once(alarm)
+
+    def _run_once(self, alarm: _Alarm | None) -> Exit:
+        run = self.run_struct
+        while True:
+            try:
+                syscalls.ioctl(self.fd, KVM_RUN)
+            except IoctlError as err:
+                if err.code == errno.EINTR:
+                    if alarm is not None and alarm.fired:
+                        raise GuestTimeout(alarm.limit) from None
+                    continue
+                if err.code == errno.EFAULT:
+                    fault = memory_fault(run)
+                    if fault is not None:
+                        raise fault from None
+                raise
+            return decode_exit(run, self.run_address)
+
+    def set_hypercall_ret(self, value: int) -> None:
+        """The value the guest's hypercall returns when it is re-entered (uapi.md §13)."""
+        self.run_struct.hypercall.ret = value & ((1 << 64) - 1)
+
+    # --- statistics --------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """The vCPU's binary stats (``KVM_GET_STATS_FD``, api.rst §4.133): name → first value."""
+        fd = syscalls.ioctl(self.fd, KVM_GET_STATS_FD)
+        try:
+            return read_stats(fd)
+        finally:
+            os.close(fd)
+
+
+def read_stats(fd: int) -> dict[str, int]:
+    """Parse a KVM binary stats fd: header, descriptors, then u64 data."""
+    header = os.pread(fd, 24, 0)
+    _flags, name_size, num_desc, _id_offset, desc_offset, data_offset = struct.unpack("<6I", header)
+    desc_size = 16 + name_size
+    descs = os.pread(fd, desc_size * num_desc, desc_offset)
+    out: dict[str, int] = {}
+    for i in range(num_desc):
+        raw = descs[i * desc_size : (i + 1) * desc_size]
+        _dflags, _exponent, size, offset, _bucket = struct.unpack_from("<IhHII", raw)
+        name = raw[16:].split(b"\0", 1)[0].decode()
+        if size:
+            (out[name],) = struct.unpack("<Q", os.pread(fd, 8, data_offset + offset))
+    return out

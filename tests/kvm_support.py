@@ -1,0 +1,30 @@
+"""Shared skip helper for real-KVM tests: ``pytestmark = requires_kvm`` or the ``kvm`` fixture.
+
+Tests skip with the precise reason when ``/dev/kvm`` is missing or unusable (it is opened
+and a VM created to find out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from guestmem.kvm.system import Kvm, unusable_reason
+
+KVM_REASON = unusable_reason()
+
+#: Mark a module or test as needing a usable ``/dev/kvm``.
+requires_kvm = [
+    pytest.mark.kvm,
+    pytest.mark.skipif(KVM_REASON is not None, reason=f"/dev/kvm unusable: {KVM_REASON}"),
+]
+
+
+@pytest.fixture
+def kvm() -> Iterator[Kvm]:
+    """An open ``/dev/kvm``, closed after the test; skips with the reason if unusable."""
+    if KVM_REASON is not None:
+        pytest.skip(f"/dev/kvm unusable: {KVM_REASON}")
+    with Kvm() as handle:
+        yield handle

@@ -1,0 +1,63 @@
+"""``guestmem probe``: the kernel's facts as text and JSON, and a clear failure without KVM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from guestmem.cli import probe
+from guestmem.kvm import Kvm
+from guestmem.uapi.kvm import KVM_CAP_GUEST_MEMFD_FLAGS
+from kvm_support import KVM_REASON
+
+
+def _run(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    probe.register(parser.add_subparsers())
+    args = parser.parse_args(["probe", *argv])
+    code: int = args.func(args)
+    return code
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_missing_device_fails_with_the_reason(fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run("--device", "/dev/no-such-kvm", "--format", fmt) == 1
+    out, err = capsys.readouterr()
+    assert "/dev/no-such-kvm: No such file or directory" in err
+    if fmt == "json":
+        assert json.loads(out) == {
+            "device": "/dev/no-such-kvm",
+            "usable": False,
+            "reason": "/dev/no-such-kvm: No such file or directory",
+        }
+
+
+@pytest.mark.kvm
+def test_json_facts_match_the_kernel(capsys: pytest.CaptureFixture[str]) -> None:
+    if KVM_REASON is not None:
+        pytest.skip(f"/dev/kvm unusable: {KVM_REASON}")
+    assert _run("--format", "json") == 0
+    facts = json.loads(capsys.readouterr().out)
+    with Kvm() as kvm:
+        assert facts["api_version"] == kvm.api_version()
+        assert facts["capabilities"]["KVM_CAP_GUEST_MEMFD_FLAGS"] == kvm.check_extension(
+            KVM_CAP_GUEST_MEMFD_FLAGS
+        )
+        assert ("default" in facts["vm_types"]) == bool(kvm.vm_types() & 1)
+    assert set(facts["proposed_capabilities"]) == {str(n) for n in range(245, 251)}
+    assert facts["conversion_ioctl"] == (facts["set_memory_attributes2"]["guest_memfd"] != "ENOTTY")
+    assert facts["guest_code"]["mode"] in ("emulated", "native", "partly emulated", "unknown")
+    if facts["guest_code"]["mode"] == "emulated":
+        assert facts["guest_code"]["insn_emulation"] >= facts["guest_code"]["instructions"]
+
+
+@pytest.mark.kvm
+def test_text_output_names_the_facts(capsys: pytest.CaptureFixture[str]) -> None:
+    if KVM_REASON is not None:
+        pytest.skip(f"/dev/kvm unusable: {KVM_REASON}")
+    assert _run() == 0
+    out = capsys.readouterr().out
+    for needle in ("API version", "KVM_SET_MEMORY_ATTRIBUTES2", "in-place conversion", "guest code"):
+        assert needle in out

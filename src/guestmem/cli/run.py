@@ -1,0 +1,87 @@
+"""``guestmem run FILE...``: run scenario files and show what each side read."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from guestmem.cli import UsageError
+from guestmem.scenario import Scenario, ScenarioError, load
+from guestmem.scenario import output as show
+from guestmem.scenario.runner import RunResult, run_all
+from guestmem.spec import platforms, revisions
+
+EXAMPLE = """\
+example:
+  guestmem run src/guestmem/suite/review_payload_injection.toml --platform tdx
+  guestmem run my.toml --platform all --abi v8 --format tap
+
+exit status: 0 every expectation held (skips included), 1 one failed, 2 bad input."""
+
+
+def add_selection(parser: argparse.ArgumentParser) -> None:
+    """``--platform``, ``--abi``, ``--backend``, ``--format`` (shared by run, check, consume)."""
+    parser.add_argument(
+        "--platform",
+        default="all",
+        help=f"one of {', '.join(platforms.PLATFORMS)}, or all (default: each scenario's platforms)",
+    )
+    parser.add_argument(
+        "--abi",
+        default=None,
+        help=f"ABI revision for every run: {', '.join(revisions.REVISIONS)} (default: each scenario's own)",
+    )
+    parser.add_argument("--backend", default="model", choices=("model", "kvm"), help="default: model")
+    parser.add_argument("--format", default="text", choices=show.FORMATS, help="default: text")
+
+
+def check_selection(args: argparse.Namespace) -> None:
+    """Bad ``--platform`` / ``--abi`` values are bad input (exit 2)."""
+    if args.platform != "all" and args.platform not in platforms.PLATFORMS:
+        choices = ", ".join((*platforms.PLATFORMS, "all"))
+        raise UsageError(f"--platform: unknown platform {args.platform!r} (choose from {choices})")
+    if args.abi is not None and args.abi not in revisions.REVISIONS:
+        raise UsageError(
+            f"--abi: unknown revision {args.abi!r} (choose from {', '.join(revisions.REVISIONS)})"
+        )
+
+
+def load_all(files: Sequence[str]) -> list[Scenario]:
+    """Parse every file before running any (bad input changes nothing)."""
+    try:
+        return [load(f) for f in files]
+    except ScenarioError as err:
+        raise UsageError(str(err)) from None
+
+
+def execute(scenarios: Sequence[Scenario], args: argparse.Namespace) -> list[RunResult]:
+    return run_all(scenarios, platform=args.platform, abi=args.abi, backend=args.backend)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="run scenario files and show what each side read",
+        description="Run scenario files (docs/scenarios.md) on the model or the kernel and show, "
+        "step by step, what the host, the guest and the VMM saw against what was expected.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE", help="scenario TOML files")
+    add_selection(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_selection(args)
+    scenarios = load_all(args.files)
+    results = execute(scenarios, args)
+    if not results:
+        raise UsageError(f"no scenario runs on platform {args.platform!r}")
+    if args.format == "json":
+        show.dump_json(show.to_json(results))
+    elif args.format == "tap":
+        show.print_tap(results)
+    else:
+        show.print_runs(results)
+    return show.exit_code(results)

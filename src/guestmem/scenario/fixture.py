@@ -1,0 +1,121 @@
+"""Fixtures: a scenario run on the model, frozen as JSON, to replay on another machine.
+
+A fixture holds one scenario for one platform and revision as a plain document in the
+scenario format (docs/scenarios.md), with every step's ``expect`` replaced by the list
+of outcomes allowed on a kernel, plus the model's own outcomes for reference. Replaying
+needs only the scenario runner and a backend, none of the model's internals.
+
+Allowed outcomes per step: the model's exact outcome where the scenario only asked for
+``ok`` or ``any`` and the model's bytes do not depend on its per-VM key (ciphertext,
+garbage and random bytes do); otherwise the scenario's own expectation, with the
+model's ``error_offset`` added to an errno that did not state one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from guestmem.backend.base import Outcome
+from guestmem.scenario.expect import NOT_WRITTEN, Expect, matches
+from guestmem.scenario.format import Scenario, ScenarioError, from_dict
+from guestmem.scenario.runner import RunResult, StepResult
+from guestmem.uapi.kvm import KVM_MEMORY_EXIT_FLAG_PRIVATE
+
+VERSION = 1
+#: Provenance labels whose bytes depend on the model's per-VM key.
+KEYED = frozenset({"ciphertext", "garbage", "random"})
+
+
+def render(outcome: Outcome) -> str:
+    """An outcome written as the expectation that matches exactly it."""
+    if outcome.errno is not None:
+        where = "none" if outcome.error_offset is None else f"{outcome.error_offset:#x}"
+        return f"{outcome.errno}@{where}"
+    if outcome.signal is not None:
+        return outcome.signal
+    if outcome.exit is not None:
+        if outcome.exit.get("reason") == "HYPERCALL":
+            return "HYPERCALL"
+        private = int(outcome.exit.get("flags", 0)) & KVM_MEMORY_EXIT_FLAG_PRIVATE
+        return "MEMORY_FAULT:private" if private else "MEMORY_FAULT:shared"
+    data = outcome.data
+    if data is None:
+        return "ok"
+    if data and not any(data):
+        return "zeros"
+    if len(data) > 1 and data == data[:1] * len(data):
+        return f"fill:{data[:1].hex()}"
+    return data.hex()
+
+
+def allowed(step: StepResult) -> list[str]:
+    """The outcomes a replay may show for this step (see the module docstring)."""
+    outcome = step.outcome
+    assert outcome is not None
+    keyed = any(label in KEYED for _a, _b, label in outcome.origins or ())
+    if all(e.kind in ("ok", "any") for e in step.expect) and not keyed:
+        return [render(outcome)]
+    return [str(_tighten(e, outcome)) for e in step.expect]
+
+
+def _tighten(expect: Expect, outcome: Outcome) -> Expect:
+    if expect.kind != "errno" or expect.error_offset is not None or not matches(expect, outcome):
+        return expect
+    offset = NOT_WRITTEN if outcome.error_offset is None else outcome.error_offset
+    return Expect("errno", expect.text, name=expect.name, error_offset=offset)
+
+
+def freeze(result: RunResult) -> dict[str, Any]:
+    """The fixture of one passing model run."""
+    if result.status != "pass":
+        raise ValueError(f"{result.scenario.name} [{result.platform}] did not pass on the model")
+    scenario = result.scenario
+    steps = []
+    for s in result.steps:
+        raw = {k: v for k, v in s.step.raw.items() if k not in ("expect", "error_offset")}
+        steps.append({**raw, "expect": allowed(s)})
+    document = {
+        "name": scenario.name,
+        "about": scenario.about,
+        "platforms": [result.platform],
+        "abi": result.abi,
+        "pages": scenario.pages,
+        "init": scenario.init,
+        "step": steps,
+    }
+    return {
+        "fixture": VERSION,
+        "scenario": scenario.name,
+        "file": Path(scenario.file).name,
+        "platform": result.platform,
+        "revision": result.abi,
+        "document": document,
+        "model": [None if s.outcome is None else s.outcome.to_json() for s in result.steps],
+    }
+
+
+def file_name(result: RunResult) -> str:
+    return f"{result.scenario.name}.{result.platform}.{result.abi}.json"
+
+
+def load(path: str | Path) -> tuple[Scenario, str]:
+    """A fixture file → its scenario and platform; :class:`ScenarioError` if malformed."""
+    where = str(path)
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ScenarioError(f"{where}: cannot read: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ScenarioError(f"{where}: not valid JSON: {err}") from None
+    if not isinstance(doc, Mapping) or doc.get("fixture") != VERSION:
+        raise ScenarioError(f"{where}: field 'fixture': not a guestmem fixture (version {VERSION})")
+    for key in ("platform", "revision", "document"):
+        if key not in doc:
+            raise ScenarioError(f"{where}: field {key!r}: required in a fixture")
+    scenario = from_dict(doc["document"], where)
+    if scenario.platforms != (doc["platform"],) or scenario.abi != doc["revision"]:
+        raise ScenarioError(f"{where}: field 'platform': does not match the fixture's document")
+    return scenario, doc["platform"]

@@ -1,0 +1,337 @@
+"""Scenario files: TOML (or the same shape as a dict) → a validated :class:`Scenario`.
+
+The format is documented in docs/scenarios.md. Every mistake is reported as
+``FILE: step N: field 'x': reason`` (or ``FILE: field 'x': reason`` for top-level
+fields) through :class:`ScenarioError`, before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guestmem.scenario.expect import NOT_WRITTEN, Expect, parse
+from guestmem.spec import platforms, revisions
+from guestmem.spec.terms import Direction, Policy
+from guestmem.uapi.kvm import PAGE_SIZE
+
+_U64 = 1 << 64
+#: Fields each op accepts (besides ``op``, ``expect`` and ``error_offset``), and which are required.
+OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "host_write": (("offset", "data", "repeat"), ("offset", "data")),
+    "host_read": (("offset", "size"), ("offset", "size")),
+    "guest_write": (("offset", "data", "repeat", "as"), ("offset", "data")),
+    "guest_read": (("offset", "size", "as"), ("offset", "size")),
+    "convert": (
+        ("offset", "size", "to", "policy", "flags", "attributes", "reserved", "error_offset_in"),
+        ("offset", "size"),
+    ),
+    "punch_hole": (("offset", "size"), ("offset", "size")),
+    "pin": (("offset", "size"), ("offset", "size")),
+    "unpin": (("offset", "size"), ("offset", "size")),
+    "launch": ((), ()),
+    "guest_request": (("offset", "size", "to"), ("offset", "size", "to")),
+}
+TOP_LEVEL = ("name", "about", "platforms", "abi", "pages", "init", "step")
+_SIZE = re.compile(r"^(\d+)([KMG])$")
+
+
+class ScenarioError(ValueError):
+    """Bad scenario input: the message is ``FILE: step N: field 'x': reason``."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One action. ``expect`` maps a platform name (or ``"*"``) to the acceptable results."""
+
+    index: int
+    op: str
+    expect: Mapping[str, tuple[Expect, ...]]
+    offset: int = 0
+    size: int = 0
+    data: bytes = b""
+    access: str | None = None
+    to: Direction | None = None
+    policy: Policy | None = None
+    flags: int | None = None
+    attributes: int | None = None
+    reserved: tuple[int, ...] = ()
+    error_offset_in: int = 0
+    #: The step as written (for fixtures and reports).
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def expect_for(self, platform: str) -> tuple[Expect, ...]:
+        return self.expect.get(platform) or self.expect["*"]
+
+    @property
+    def side(self) -> str:
+        """Who acts: ``host``, ``guest`` or ``vmm``."""
+        return self.op.split("_")[0] if self.op.startswith(("host_", "guest_")) else "vmm"
+
+    def label(self) -> str:
+        """``convert 0x0+0x1000 to private (preserve)`` and the like."""
+        parts = [self.op]
+        if self.op != "launch":
+            parts.append(f"{self.offset:#x}+{(self.size or len(self.data)):#x}")
+        if self.access:
+            parts.append(f"as {self.access}")
+        if self.to is not None:
+            parts.append(f"to {self.to.value.removeprefix('to_')}")
+        if self.flags is not None:
+            parts.append(f"flags={self.flags:#x}")
+        elif self.policy is not None:
+            parts.append(f"({self.policy.value})")
+        if self.attributes is not None:
+            parts.append(f"attributes={self.attributes:#x}")
+        if any(self.reserved):
+            parts.append("reserved!=0")
+        if self.error_offset_in:
+            parts.append(f"error_offset_in={self.error_offset_in:#x}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A parsed scenario file."""
+
+    name: str
+    about: str
+    platforms: tuple[str, ...]
+    abi: str
+    pages: int
+    init: str
+    steps: tuple[Step, ...]
+    file: str
+    #: The document as written (for fixtures).
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def size(self) -> int:
+        return self.pages * PAGE_SIZE
+
+
+def load(path: str | Path) -> Scenario:
+    """Read and validate one TOML scenario file."""
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ScenarioError(f"{where}: cannot read: {err.strerror or err}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ScenarioError(f"{where}: not valid TOML: {err}") from None
+    return from_dict(doc, where)
+
+
+def from_dict(doc: Mapping[str, Any], where: str) -> Scenario:
+    """Validate a scenario given as a dict (parsed TOML, or a fixture's ``scenario``)."""
+    if not isinstance(doc, Mapping):
+        raise ScenarioError(f"{where}: a scenario is a table of fields")
+    for key in doc:
+        if key not in TOP_LEVEL:
+            raise ScenarioError(f"{where}: field {key!r}: unknown field (known: {', '.join(TOP_LEVEL)})")
+
+    def top(name: str, message: str) -> ScenarioError:
+        return ScenarioError(f"{where}: field {name!r}: {message}")
+
+    name = doc.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise top("name", "required, a non-empty string")
+    about = doc.get("about", "")
+    if not isinstance(about, str):
+        raise top("about", f"must be a string, not {_kind(about)}")
+    abi = doc.get("abi", revisions.DEFAULT)
+    if not isinstance(abi, str) or abi not in revisions.REVISIONS:
+        raise top("abi", f"unknown revision {abi!r} (choose from {', '.join(revisions.REVISIONS)})")
+    plats = doc.get("platforms", list(platforms.PLATFORMS))
+    if not isinstance(plats, list) or not plats or not all(isinstance(p, str) for p in plats):
+        raise top("platforms", "must be a non-empty list of platform names")
+    for p in plats:
+        if p not in platforms.PLATFORMS:
+            raise top("platforms", f"unknown platform {p!r} (choose from {', '.join(platforms.PLATFORMS)})")
+    if len(set(plats)) != len(plats):
+        raise top("platforms", "lists a platform twice")
+    pages = doc.get("pages")
+    if isinstance(pages, bool) or not isinstance(pages, int) or pages < 1:
+        raise top("pages", f"required, a positive integer, not {pages!r}")
+    if pages >= 1 << 40:
+        raise top("pages", f"{pages} pages is more than a guest_memfd can hold here")
+    init = doc.get("init")
+    if init not in ("shared", "private"):
+        raise top("init", f"required, 'shared' or 'private', not {init!r}")
+    raw_steps = doc.get("step")
+    if not isinstance(raw_steps, list) or not raw_steps:
+        raise top("step", "at least one [[step]] table is required")
+    ordered = tuple(p for p in platforms.PLATFORMS if p in plats)
+    steps = tuple(_step(raw, n, where, abi, pages, ordered) for n, raw in enumerate(raw_steps, start=1))
+    return Scenario(name, about, ordered, abi, pages, init, steps, where, raw=doc)
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", str: "a string", list: "a list", float: "a number"}.get(
+        type(value), "a table" if isinstance(value, Mapping) else type(value).__name__
+    )
+
+
+def _step(raw: Any, n: int, where: str, abi: str, pages: int, plats: Sequence[str]) -> Step:
+    def bad(name: str, message: str) -> ScenarioError:
+        return ScenarioError(f"{where}: step {n}: field {name!r}: {message}")
+
+    if not isinstance(raw, Mapping):
+        raise ScenarioError(f"{where}: step {n}: a step is a table ([[step]])")
+    op = raw.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        raise bad("op", f"unknown op {op!r} (choose from {', '.join(OPS)})")
+    allowed, required = OPS[op]
+    for key in raw:
+        if key not in (*allowed, "op", "expect", "error_offset"):
+            raise bad(key, f"unknown field for op {op!r} (it takes {', '.join(allowed) or 'no fields'})")
+    for key in required:
+        if key not in raw:
+            raise bad(key, f"required for op {op!r}")
+
+    def number(name: str, default: int = 0) -> int:
+        if name not in raw:
+            return default
+        try:
+            return parse_number(raw[name])
+        except ValueError as err:
+            raise bad(name, str(err)) from None
+
+    fields: dict[str, Any] = {"offset": number("offset"), "size": number("size")}
+    if "data" in raw:
+        data = raw["data"]
+        if not isinstance(data, str):
+            raise bad("data", f"must be a hex string, not {_kind(data)}")
+        try:
+            chunk = bytes.fromhex(data)
+        except ValueError:
+            raise bad("data", f"bad hex {data!r} (write bytes as pairs of hex digits, e.g. 'beef')") from None
+        if not chunk:
+            raise bad("data", "empty")
+        repeat = number("repeat", 1)
+        if not 1 <= repeat <= 1 << 24:
+            raise bad("repeat", f"must be between 1 and {1 << 24}, not {repeat}")
+        fields["data"] = chunk * repeat
+    elif "repeat" in raw:
+        raise bad("repeat", "needs 'data'")
+    if "as" in raw:
+        if raw["as"] not in ("private", "shared"):
+            raise bad("as", f"must be 'private' or 'shared', not {raw['as']!r}")
+        fields["access"] = raw["as"]
+    if "to" in raw:
+        if raw["to"] not in ("private", "shared"):
+            raise bad("to", f"must be 'private' or 'shared', not {raw['to']!r}")
+        fields["to"] = Direction(f"to_{raw['to']}")
+    if op.startswith("guest_") and op != "guest_request":
+        length = len(fields["data"]) if "data" in fields else fields["size"]
+        if fields["offset"] + length > pages * PAGE_SIZE:
+            raise bad(
+                "offset",
+                f"guest access [{fields['offset']:#x}, +{length:#x}) is outside the "
+                f"guest_memfd ({pages} pages); the memslot covers only the file",
+            )
+    if op == "convert":
+        _convert_fields(raw, fields, bad, number)
+    expect = _expect(raw, bad, plats)
+    return Step(index=n, op=op, expect=expect, raw=dict(raw), **fields)
+
+
+def _convert_fields(raw: Mapping[str, Any], fields: dict[str, Any], bad: Any, number: Any) -> None:
+    if "to" not in raw and "attributes" not in raw:
+        raise bad("to", "required for op 'convert' (or give raw 'attributes')")
+    if "policy" in raw and "flags" in raw:
+        raise bad("flags", "give 'policy' or raw 'flags', not both")
+    if "policy" in raw:
+        try:
+            fields["policy"] = Policy(raw["policy"])
+        except ValueError:
+            choices = ", ".join(p.value for p in Policy)
+            raise bad("policy", f"unknown policy {raw['policy']!r} (choose from {choices})") from None
+    elif "flags" not in raw:
+        fields["policy"] = Policy.DEFAULT
+    if "flags" in raw:
+        fields["flags"] = number("flags")
+    if "attributes" in raw:
+        fields["attributes"] = number("attributes")
+    if "error_offset_in" in raw:
+        fields["error_offset_in"] = number("error_offset_in")
+    if "reserved" in raw:
+        words = raw["reserved"]
+        if not isinstance(words, list) or len(words) > 11:
+            raise bad("reserved", "must be a list of at most 11 u64 words (reserved[11], uapi.md §3)")
+        try:
+            fields["reserved"] = tuple(parse_number(w) for w in words)
+        except ValueError as err:
+            raise bad("reserved", str(err)) from None
+
+
+def _expect(raw: Mapping[str, Any], bad: Any, plats: Sequence[str]) -> dict[str, tuple[Expect, ...]]:
+    error_offset: int | None = None
+    if "error_offset" in raw:
+        if raw["error_offset"] == "none":
+            error_offset = NOT_WRITTEN
+        else:
+            try:
+                error_offset = parse_number(raw["error_offset"])
+            except ValueError as err:
+                raise bad("error_offset", f"{err} (or 'none': not written back)") from None
+    value = raw.get("expect", "ok")
+
+    def alternatives(item: Any, key: str) -> tuple[Expect, ...]:
+        items = item if isinstance(item, list) else [item]
+        if not items:
+            raise bad(key, "an empty list allows nothing")
+        try:
+            return tuple(parse(x, error_offset) for x in items)
+        except ValueError as err:
+            raise bad(key, str(err)) from None
+
+    if isinstance(value, Mapping):
+        table: dict[str, tuple[Expect, ...]] = {}
+        for key, item in value.items():
+            if key != "*" and key not in platforms.PLATFORMS:
+                known = ", ".join(platforms.PLATFORMS)
+                raise bad(f"expect.{key}", f"unknown platform {key!r} (choose from {known}, or '*')")
+            table[key] = alternatives(item, f"expect.{key}")
+        if "*" not in table:
+            missing = [p for p in plats if p not in table]
+            if missing:
+                raise bad("expect", f"no entry for {', '.join(missing)} and no '*' fallback")
+    else:
+        table = {"*": alternatives(value, "expect")}
+    if "error_offset" in raw and not any(e.kind == "errno" for alts in table.values() for e in alts):
+        raise bad("error_offset", "only meaningful with an errno expectation")
+    return table
+
+
+def parse_number(value: Any) -> int:
+    """An offset or size: an integer, ``"0x1000"``, ``"4K"``/``"2M"``/``"1G"``, or
+    ``"page:N"`` (N pages of 4096 bytes). Must fit in a u64."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {_kind(value)}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip()
+        match = _SIZE.match(text)
+        try:
+            if text.startswith("page:"):
+                number = int(text[5:], 0) * PAGE_SIZE
+            elif match:
+                number = int(match[1]) << {"K": 10, "M": 20, "G": 30}[match[2]]
+            else:
+                number = int(text, 0)
+        except ValueError:
+            raise ValueError(f"bad number {value!r} (use 4096, '0x1000', '4K' or 'page:1')") from None
+    else:
+        raise ValueError(f"must be a number, not {_kind(value)}")
+    if not 0 <= number < _U64:
+        raise ValueError(f"{value!r} does not fit in a u64")
+    return number

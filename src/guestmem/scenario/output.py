@@ -1,0 +1,143 @@
+"""Scenario results as text (rich on a terminal), JSON, or TAP 13 (kselftest habits)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from guestmem.cli import output
+from guestmem.cli.output import dump_json
+from guestmem.scenario.expect import describe
+from guestmem.scenario.runner import RunResult, StepResult
+from guestmem.spec import platforms
+
+FORMATS = ("text", "json", "tap")
+_ORDER = {name: n for n, name in enumerate(platforms.PLATFORMS)}
+__all__ = [
+    "FORMATS",
+    "dump_json",
+    "exit_code",
+    "print_cases",
+    "print_runs",
+    "print_tap",
+    "summary",
+    "to_json",
+]
+_STATUS = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}
+
+
+def title(result: RunResult) -> str:
+    return f"{result.scenario.name} [{result.platform}]"
+
+
+def step_verdict(step: StepResult) -> str:
+    return {True: "ok", False: "FAIL", None: "skip"}[step.passed]
+
+
+def saw(step: StepResult) -> str:
+    """What the acting side saw: the data it read, the error, the signal or the exit."""
+    if step.outcome is None:
+        return "(not run)"
+    return describe(step.outcome)
+
+
+def to_json(results: Sequence[RunResult]) -> dict[str, Any]:
+    return {"passed": all(r.passed for r in results), "runs": [r.to_json() for r in results]}
+
+
+def summary(results: Sequence[RunResult]) -> dict[str, dict[str, int]]:
+    """Per platform: how many runs passed, failed and were skipped."""
+    out: dict[str, dict[str, int]] = {}
+    for r in sorted(results, key=lambda r: _ORDER.get(r.platform, len(_ORDER))):
+        counts = out.setdefault(r.platform, {"passed": 0, "failed": 0, "skipped": 0})
+        counts[{"pass": "passed", "fail": "failed", "skip": "skipped"}[r.status]] += 1
+    return out
+
+
+def print_runs(results: Sequence[RunResult], stream: TextIO | None = None) -> None:
+    """``guestmem run`` text: every step, what each side saw, the verdict."""
+    stream = stream or sys.stdout
+    for r in results:
+        head = f"{title(r)} abi={r.abi} backend={r.backend}: {_STATUS[r.status]}"
+        if r.skipped:
+            head += f" (skipped: {r.skipped})"
+        if r.error:
+            head += f" (error: {r.error})"
+        rows = [
+            (
+                s.step.index,
+                s.step.side,
+                s.step.label(),
+                saw(s),
+                " | ".join(map(str, s.expect)),
+                step_verdict(s),
+            )
+            for s in r.steps
+        ]
+        output.table(("#", "side", "action", "saw", "expect", "result"), rows, title=head, stream=stream)
+        print(file=stream)
+
+
+def print_cases(results: Sequence[RunResult], stream: TextIO | None = None) -> None:
+    """``guestmem check`` text: one line per case, the failing steps, then a summary."""
+    stream = stream or sys.stdout
+    for r in results:
+        line = f"{_STATUS[r.status]}  {title(r)}"
+        if r.skipped:
+            line += f"  # {r.skipped}"
+        if r.error:
+            line += f"  # error: {r.error}"
+        print(line, file=stream)
+        for s in r.failures:
+            print(
+                f"      step {s.step.index} {s.step.label()}: expected {_expected(s)}, saw {saw(s)}",
+                file=stream,
+            )
+    print(file=stream)
+    counts = summary(results)
+    rows = [(p, c["passed"], c["failed"], c["skipped"]) for p, c in counts.items()]
+    passed, failed, skipped = (sum(c[k] for c in counts.values()) for k in ("passed", "failed", "skipped"))
+    rows.append(("total", passed, failed, skipped))
+    output.table(("platform", "passed", "failed", "skipped"), rows, title="summary", stream=stream)
+
+
+def print_tap(results: Sequence[RunResult], stream: TextIO | None = None, *, totals: bool = False) -> None:
+    """TAP version 13: ``ok N - name [platform]``, ``not ok`` with ``#`` diagnostics,
+    ``# SKIP reason``; ``totals`` adds kselftest's ``# Totals:`` line."""
+    stream = stream or sys.stdout
+    print("TAP version 13", file=stream)
+    print(f"1..{len(results)}", file=stream)
+    for n, r in enumerate(results, start=1):
+        name = f"{title(r)} {r.abi}".replace("#", "")
+        if r.status == "fail":
+            print(f"not ok {n} - {name}", file=stream)
+            if r.error:
+                print(f"# error: {r.error}", file=stream)
+            for s in r.failures:
+                print(
+                    f"# step {s.step.index} {s.step.label()}: expected {_expected(s)}, saw {saw(s)}",
+                    file=stream,
+                )
+        elif r.status == "skip":
+            print(f"ok {n} - {name} # SKIP {r.skipped}", file=stream)
+        else:
+            print(f"ok {n} - {name}", file=stream)
+    if totals:
+        for platform, c in summary(results).items():
+            print(
+                f"# {platform}: passed {c['passed']} failed {c['failed']} skipped {c['skipped']}", file=stream
+            )
+        passed = sum(r.status == "pass" for r in results)
+        failed = sum(r.status == "fail" for r in results)
+        skipped = sum(r.status == "skip" for r in results)
+        print(f"# Totals: pass:{passed} fail:{failed} xfail:0 xpass:0 skip:{skipped} error:0", file=stream)
+
+
+def _expected(step: StepResult) -> str:
+    return " or ".join(map(str, step.expect))
+
+
+def exit_code(results: Sequence[RunResult]) -> int:
+    """0 when no expectation failed (skips are not failures), else 1."""
+    return 1 if any(r.status == "fail" for r in results) else 0

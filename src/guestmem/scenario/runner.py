@@ -1,0 +1,252 @@
+"""Run a :class:`~guestmem.scenario.format.Scenario` on a backend and judge every step.
+
+One run = one scenario on one platform under one ABI revision. Every step runs (a failed
+expectation does not stop the run, so the output shows what each side read later); a
+step the backend cannot perform (``Outcome.skipped``) or a backend that cannot open the
+platform (:class:`~guestmem.backend.base.Unavailable`) makes the run *skipped* from that
+point with the backend's reason, never passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from guestmem import backend as backends
+from guestmem.backend.base import Backend, Machine, Outcome, Unavailable
+from guestmem.errors import IoctlError
+from guestmem.scenario.expect import Expect, matches
+from guestmem.scenario.format import Scenario, Step
+from guestmem.spec import revisions
+from guestmem.spec.terms import Direction
+from guestmem.uapi.kvm import (
+    GUEST_MEMFD_FLAG_INIT_SHARED,
+    GUEST_MEMFD_FLAG_MMAP,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+)
+
+
+@dataclass(frozen=True)
+class PageView:
+    """One page after a step (model backend only): its attribute and what a reader sees."""
+
+    private: bool
+    allocated: bool
+    origins: tuple[str, ...]
+
+
+@dataclass
+class StepResult:
+    step: Step
+    expect: tuple[Expect, ...]
+    outcome: Outcome | None
+    #: True / False; None when the step did not count (the run was skipped before or at it).
+    passed: bool | None
+    #: The memory after the step, page by page (model backend only; for reports).
+    pages: list[PageView] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.step.index,
+            "op": self.step.op,
+            "passed": self.passed,
+            "expect": " | ".join(str(e) for e in self.expect),
+            "outcome": None if self.outcome is None else self.outcome.to_json(),
+        }
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    platform: str
+    abi: str
+    backend: str
+    steps: list[StepResult] = field(default_factory=list)
+    skipped: str | None = None
+    #: A backend raised instead of returning an outcome (a bug there): the run fails.
+    error: str | None = None
+    #: The memory before the first step (model backend only).
+    initial: list[PageView] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.skipped is None and self.error is None and all(s.passed for s in self.steps)
+
+    @property
+    def status(self) -> str:
+        """``pass``, ``fail`` or ``skip`` (a failure before the skip still counts as a failure)."""
+        if self.error is not None or any(s.passed is False for s in self.steps):
+            return "fail"
+        return "skip" if self.skipped is not None else "pass"
+
+    @property
+    def failures(self) -> list[StepResult]:
+        return [s for s in self.steps if s.passed is False]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario.name,
+            "file": self.scenario.file,
+            "platform": self.platform,
+            "abi": self.abi,
+            "backend": self.backend,
+            "passed": self.passed,
+            "skipped": self.skipped,
+            "error": self.error,
+            "steps": [s.to_json() for s in self.steps],
+        }
+
+
+def gmem_flags(scenario: Scenario) -> int:
+    """``MMAP``, plus ``INIT_SHARED`` when the scenario starts shared (uapi.md §4)."""
+    return GUEST_MEMFD_FLAG_MMAP | (GUEST_MEMFD_FLAG_INIT_SHARED if scenario.init == "shared" else 0)
+
+
+def perform(machine: Machine, step: Step, abi: str) -> Outcome:
+    """Do one step on ``machine``. The policy's flags come from the revision; raw
+    ``flags``/``attributes`` override."""
+    op = step.op
+    if op == "host_write":
+        return machine.host_write(step.offset, step.data)
+    if op == "host_read":
+        return machine.host_read(step.offset, step.size)
+    if op == "guest_write":
+        return machine.guest_write(step.offset, step.data, step.access)
+    if op == "guest_read":
+        return machine.guest_read(step.offset, step.size, step.access)
+    if op == "convert":
+        if step.flags is not None:
+            flags = step.flags
+        else:
+            assert step.policy is not None
+            flags = revisions.get(abi).encode(step.policy)
+        if step.attributes is not None:
+            attributes = step.attributes
+        else:
+            attributes = KVM_MEMORY_ATTRIBUTE_PRIVATE if step.to is Direction.TO_PRIVATE else 0
+        return machine.convert(
+            step.offset,
+            step.size,
+            attributes,
+            flags,
+            reserved=step.reserved,
+            error_offset_in=step.error_offset_in,
+        )
+    if op == "punch_hole":
+        return machine.punch_hole(step.offset, step.size)
+    if op == "pin":
+        return machine.pin(step.offset, step.size)
+    if op == "unpin":
+        return machine.unpin(step.offset, step.size)
+    if op == "launch":
+        return machine.launch()
+    if op == "guest_request":
+        assert step.to is not None
+        return machine.guest_request(step.offset, step.size, step.to)
+    raise AssertionError(f"unknown op {op!r}")
+
+
+def snapshot(machine: Machine) -> list[PageView] | None:
+    """Per-page attribute and provenance, where the backend exposes the model."""
+    gmem = getattr(machine, "gmem", None)
+    if gmem is None or not hasattr(gmem, "origins"):
+        return None
+    views = []
+    for index in range(machine.size >> PAGE_SHIFT):
+        runs = gmem.origins(index << PAGE_SHIFT, PAGE_SIZE)
+        labels = tuple(dict.fromkeys(o.label for _a, _b, o in runs))
+        views.append(PageView(gmem.is_private(index << PAGE_SHIFT), index in gmem.pages, labels))
+    return views
+
+
+def run(
+    scenario: Scenario,
+    platform: str,
+    backend: Backend,
+    abi: str | None = None,
+    *,
+    observe: bool = False,
+) -> RunResult:
+    """Run ``scenario`` on ``platform``; ``abi`` overrides the scenario's revision."""
+    abi = abi or scenario.abi
+    result = RunResult(scenario, platform, abi, backend.name)
+    try:
+        machine = backend.open(platform, abi, scenario.size, gmem_flags(scenario))
+    except Unavailable as why:
+        result.skipped = str(why)
+        result.steps = [StepResult(s, s.expect_for(platform), None, None) for s in scenario.steps]
+        return result
+    except IoctlError as err:
+        raise RuntimeError(f"{scenario.file}: creating the guest_memfd failed: {err}") from err
+    try:
+        if observe:
+            result.initial = snapshot(machine)
+        for step in scenario.steps:
+            expect = step.expect_for(platform)
+            if result.skipped is not None or result.error is not None:
+                result.steps.append(StepResult(step, expect, None, None))
+                continue
+            try:
+                outcome = perform(machine, step, abi)
+            except Exception as err:  # a backend bug: report it as this run's failure, go on
+                result.error = f"step {step.index} ({step.op}): {type(err).__name__}: {err}"
+                result.steps.append(StepResult(step, expect, None, False))
+                continue
+            if outcome.skipped is not None:
+                result.skipped = f"step {step.index} ({step.op}): {outcome.skipped}"
+                result.steps.append(StepResult(step, expect, outcome, None))
+                continue
+            passed = any(matches(e, outcome) for e in expect)
+            pages = snapshot(machine) if observe else None
+            result.steps.append(StepResult(step, expect, outcome, passed, pages))
+    finally:
+        try:
+            machine.close()
+        except Exception as err:
+            result.error = result.error or f"close: {type(err).__name__}: {err}"
+    return result
+
+
+def run_all(
+    scenarios: Iterable[Scenario],
+    *,
+    platform: str | None = None,
+    abi: str | None = None,
+    backend: str = "model",
+    observe: bool = False,
+) -> list[RunResult]:
+    """Every scenario on each of its platforms (or only ``platform``; ``all`` = all)."""
+    chosen = open_backend(backend)
+    results = []
+    for scenario in scenarios:
+        for name in select_platforms(scenario, platform):
+            results.append(run(scenario, name, chosen, abi, observe=observe))
+    return results
+
+
+class _Missing:
+    """A backend whose code is not importable here: every run is skipped with the reason."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    def open(self, platform: str, abi: str, size: int, flags: int) -> Machine:
+        raise Unavailable(self.reason)
+
+
+def open_backend(name: str) -> Backend:
+    """``backend.get(name)``; a backend that cannot even be imported skips every run."""
+    try:
+        return backends.get(name)
+    except ImportError as err:
+        return _Missing(name, f"the {name} backend is not available: {err}")
+
+
+def select_platforms(scenario: Scenario, platform: str | None) -> Sequence[str]:
+    if platform in (None, "all"):
+        return scenario.platforms
+    return [p for p in scenario.platforms if p == platform]

@@ -31,13 +31,15 @@ def table(
     stream = stream or sys.stdout
     if use_rich(stream):
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
-        t = Table(title=title)
+        # cells are plain text: "[g]" or "[0x1000, +0x1000)" must not be read as rich markup
+        t = Table(title=None if title is None else escape(title))
         for h in headers:
-            t.add_column(str(h))
+            t.add_column(escape(str(h)))
         for row in rows:
-            t.add_row(*(str(c) for c in row))
+            t.add_row(*(escape(str(c)) for c in row))
         Console(file=stream).print(t)
         return
     cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]

@@ -52,6 +52,18 @@ NO_REQUEST, SHARE_REQUESTED, UNSHARE_REQUESTED = 0, 1, 2
 _REQUEST_FOR = {Direction.TO_SHARED: SHARE_REQUESTED, Direction.TO_PRIVATE: UNSHARE_REQUESTED}
 
 ArgBuffer = bytes | bytearray | memoryview | KvmMemoryAttributes2
+RangeKey = tuple[tuple[int, ...], tuple[int, ...]]
+#: :meth:`GuestMemfd.snapshot`: attributes, requests, pages, pins, stale pins, host PTEs.
+GmemSnapshot = tuple[
+    RangeKey,
+    RangeKey,
+    tuple[tuple[int, Page], ...],
+    tuple[tuple[int, int], ...],
+    tuple[tuple[int, int], ...],
+    tuple[tuple[int, ...], ...],
+]
+#: The runs of a page the host wrote whole (shared, immutable).
+_HOST_PAGE_RUNS: Runs = ((0, PAGE_SIZE, Origin.HOST),)
 
 
 class HostMapping:
@@ -87,12 +99,13 @@ class HostMapping:
 
     def read(self, offset: int, size: int) -> bytes:
         """Read ``size`` bytes at file ``offset``; ``HostFault`` on ``SIGBUS``."""
-        self._check(offset, size)
-        pages, ptes = self.gmem.pages, self.ptes
         index = offset >> PAGE_SHIFT
         start = offset & (PAGE_SIZE - 1)
-        if start + size <= PAGE_SIZE and index in ptes:  # fast path: one mapped page
-            return pages[index][0][start : start + size]
+        # fast path: within one mapped page (the MMU needs no fault)
+        if start + size <= PAGE_SIZE and size >= 0 and index in self.ptes and not self.closed:
+            return self.gmem.pages[index][0][start : start + size]
+        self._check(offset, size)
+        pages, ptes = self.gmem.pages, self.ptes
         out = bytearray()
         end = offset + size
         while offset < end:
@@ -107,6 +120,12 @@ class HostMapping:
 
     def write(self, offset: int, data: bytes) -> None:
         """Write ``data`` at file ``offset``; ``HostFault`` on ``SIGBUS``."""
+        # fast path: exactly one mapped page, immutable data (stored as is)
+        if type(data) is bytes and len(data) == PAGE_SIZE and not offset & (PAGE_SIZE - 1):
+            index = offset >> PAGE_SHIFT
+            if index in self.ptes and not self.closed:
+                self.gmem.pages[index] = (data, _HOST_PAGE_RUNS)
+                return
         self._check(offset, len(data))
         pages, ptes = self.gmem.pages, self.ptes
         end = offset + len(data)
@@ -117,9 +136,12 @@ class HostMapping:
             stop = min(PAGE_SIZE, start + end - offset)
             if index not in ptes:
                 self._fault_in(index)
-            old, runs = pages[index]
             chunk = data[pos : pos + stop - start]
-            pages[index] = (old[:start] + chunk + old[stop:], paint(runs, start, stop, Origin.HOST))
+            if stop - start == PAGE_SIZE:  # a whole page: no old bytes or runs survive
+                pages[index] = (bytes(chunk), _HOST_PAGE_RUNS)
+            else:
+                old, runs = pages[index]
+                pages[index] = (old[:start] + chunk + old[stop:], paint(runs, start, stop, Origin.HOST))
             pos += stop - start
             offset += stop - start
 
@@ -190,6 +212,33 @@ class GuestMemfd:
         h.update(repr((sorted(self.pins.items()), sorted(self.stale_pins.items()))).encode())
         h.update(repr([sorted(m.ptes) for m in self.mappings]).encode())
         return h.hexdigest()
+
+    # --- snapshots (the checker's restore-apply-snapshot loop; no behaviour change) -------
+    def snapshot(self) -> GmemSnapshot:
+        """Every piece of state a call may change (as :meth:`digest` covers), as one
+        hashable tuple; equal states give equal tuples. Pages are immutable and shared."""
+        return (
+            self.attributes.key(),
+            self.requests.key(),
+            tuple(sorted(self.pages.items())),
+            tuple(sorted(self.pins.items())),
+            tuple(sorted(self.stale_pins.items())),
+            tuple(tuple(sorted(m.ptes)) for m in self.mappings),
+        )
+
+    def restore(self, snap: GmemSnapshot) -> None:
+        """Put back a :meth:`snapshot` of this file (same mappings, in the same order)."""
+        attributes, requests, pages, pins, stale_pins, ptes = snap
+        self.attributes.restore(attributes)
+        self.requests.restore(requests)
+        self.pages.clear()
+        self.pages.update(pages)
+        self.pins.clear()
+        self.pins.update(pins)
+        self.stale_pins.clear()
+        self.stale_pins.update(stale_pins)
+        for mapping, mapped in zip(self.mappings, ptes, strict=True):
+            mapping.ptes = set(mapped)
 
     def _spans(self, offset: int, size: int) -> Iterator[tuple[int, int, int]]:
         end = offset + size
@@ -405,8 +454,11 @@ class GuestMemfd:
         # 12. point of no return: apply attributes and the content policy
         assert effect is not None
         consented = self._consented(lo, hi, wanted)
+        indices = self.allocated(lo, hi)
+        if not revision.whole_range:  # v8: only pages that change state meet the native effect
+            indices = [i for i in indices if self.attributes[i] != attributes]
         self.attributes.set(lo, hi, attributes)
-        self._apply(effect, direction, self.allocated(lo, hi), consented)
+        self._apply(effect, direction, indices, consented)
         for start, end, value in list(self.requests.runs(lo, hi)):
             if value == wanted:
                 self.requests.set(start, end, NO_REQUEST)
@@ -446,6 +498,8 @@ class GuestMemfd:
                 Effect.RANDOM: (b"random", Origin.RANDOM),
             }[effect]
             key = self.vm.key
+            if effect is Effect.RANDOM:  # a round trip of the same bytes scrambles differently
+                domain += direction.value.encode()
             for index in indices:
                 data = keyed_bytes(key, domain, index << PAGE_SHIFT, pages[index][0])
                 pages[index] = (data, ((0, PAGE_SIZE, origin),))
@@ -457,7 +511,9 @@ class GuestMemfd:
             old, new = Origin.GUEST_PRIVATE, Origin.DISCLOSED
         else:
             old = Origin.HOST
-            new = Origin.PAYLOAD if self.vm.phase is Phase.PRE_LAUNCH else Origin.ACCEPTED
+            vm = self.vm
+            measured = vm.platform.launch and vm.phase is Phase.PRE_LAUNCH
+            new = Origin.PAYLOAD if measured else Origin.ACCEPTED
         for index in indices:
             if consented is None or index in consented or new is Origin.PAYLOAD:
                 data, runs = pages[index]

@@ -41,9 +41,16 @@ class RangeMap:
 
     def first_not(self, lo: int, hi: int, value: int) -> int | None:
         """The first index in ``[lo, hi)`` whose value is not ``value``, or None."""
-        for start, _end, v in self.runs(lo, hi):
-            if v != value:
-                return start
+        starts, values = self.starts, self.values
+        lo, hi = max(lo, 0), min(hi, self.limit)
+        if lo >= hi:
+            return None
+        i = bisect_right(starts, lo) - 1
+        n = len(starts)
+        while i < n and starts[i] < hi:
+            if values[i] != value:
+                return max(lo, starts[i])
+            i += 1
         return None
 
     def set(self, lo: int, hi: int, value: int) -> None:
@@ -52,6 +59,8 @@ class RangeMap:
             return
         starts, values, limit = self.starts, self.values, self.limit
         i = bisect_right(starts, lo) - 1
+        if i >= 0 and values[i] == value and (i + 1 == len(starts) or starts[i + 1] >= hi):
+            return  # already one run with this value: nothing changes
         end = bisect_right(starts, hi) if hi < limit else len(starts)
         seg_s = [lo]
         seg_v = [value]
@@ -82,3 +91,9 @@ class RangeMap:
 
     def __repr__(self) -> str:
         return f"RangeMap({list(self.runs())})"
+
+    # --- snapshots (the checker's restore-apply-snapshot loop; no behaviour change) -------
+    def restore(self, key: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+        """Set the runs back to a :meth:`key` taken earlier."""
+        self.starts = list(key[0])
+        self.values = list(key[1])

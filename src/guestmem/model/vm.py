@@ -13,7 +13,7 @@ import hashlib
 import struct
 
 from guestmem.errors import IoctlError
-from guestmem.model.gmem import GuestMemfd
+from guestmem.model.gmem import GmemSnapshot, GuestMemfd
 from guestmem.spec import platforms, revisions
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions import Revision
@@ -86,3 +86,14 @@ class Vm:
         """
         if self.platform.launch and self.phase is Phase.PRE_LAUNCH:
             raise IoctlError(errno.EINVAL, call)
+
+    # --- snapshots (the checker's restore-apply-snapshot loop; no behaviour change) -------
+    def snapshot(self) -> tuple[Phase, tuple[GmemSnapshot, ...]]:
+        """The launch phase and every guest_memfd's :meth:`GuestMemfd.snapshot`."""
+        return self.phase, tuple(g.snapshot() for g in self.gmems)
+
+    def restore(self, snap: tuple[Phase, tuple[GmemSnapshot, ...]]) -> None:
+        """Put back a :meth:`snapshot` of this VM (same guest_memfds)."""
+        self.phase, gmems = snap
+        for gmem, state in zip(self.gmems, gmems, strict=True):
+            gmem.restore(state)

@@ -29,6 +29,9 @@ class Seed:
     rejects_error_offset_input = True
     #: A request that matches the current attributes returns 0 and does nothing.
     early_return = False
+    #: The content effect reaches every allocated page of the range, also pages already in
+    #: the target state (semantics.md §3 *Whole range*); False: only pages that convert.
+    whole_range = True
 
     def encode(self, policy: Policy) -> int:
         """The ``flags`` a VMM passes to ask for ``policy``."""

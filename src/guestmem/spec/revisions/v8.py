@@ -6,6 +6,9 @@
 - Only VM types with private memory (``sw_protected``, ``tdx``, ``snp``) accept the
   ioctl; the others, arm64 included, get ``EINVAL`` (check 4).
 - A request that matches the current attributes returns 0 and does nothing (v8 16/46).
+  With no content policy, a page already in the target state keeps its contents also in
+  a mixed range: only pages that convert meet the native effect (``whole_range``; KVM
+  "does not directly manipulate the memory contents", v8 17/46).
 - ``error_offset`` on input is ignored.
 - Model assumption: a pre-launch to-private conversion on a platform with an in-place
   populate keeps its contents, because v8 22/46 and 23/46 let that populate read the
@@ -28,6 +31,7 @@ class V8(Seed):
     title = "in-place conversion v8: flags must be 0 (2026-06-18)"
     rejects_error_offset_input = False
     early_return = True
+    whole_range = False
 
     def encode(self, policy: Policy) -> int:
         # v8 has no flag values; a VMM written for seed passes seed's, which v8 refuses.

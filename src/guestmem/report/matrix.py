@@ -1,0 +1,282 @@
+"""The conversion matrix (semantics.md §2) for one ABI revision, computed by running the model.
+
+Every cell is measured, never looked up: a fresh one-page model VM, a known pattern
+written by the side that owns the page, one ``KVM_SET_MEMORY_ATTRIBUTES2`` with the
+revision's ``flags`` for the policy, and a read from the other side (the host after P→S,
+the guest after S→P). What was read is classified by its provenance
+(:meth:`guestmem.model.GuestMemfd.origins`), which tells ciphertext, garbage and random
+bytes apart, and checked against the bytes themselves.
+
+How a cell is set up where the model needs help, each kept visible as a note:
+
+- ``consent``: once running, pKVM converts only pages the guest asked for (semantics.md §3,
+  a *model assumption*). A cell that fails with ``EPERM`` without a guest request is run
+  again on a fresh VM after the guest's share (P→S) or unshare (S→P) request.
+- ``after-launch``: the guest cannot run before launch on a platform with a launch phase
+  (model assumption of :meth:`guestmem.model.Vm.require_running`), so a pre-launch S→P
+  cell is read by the guest after launch.
+- ``payload`` / ``no-payload``: for a pre-launch P→S cell where the guest cannot write yet,
+  the pattern enters private memory as a pre-launch S→P payload; ``no-payload`` when no
+  policy of the revision carries it (the page then holds what that conversion left).
+- ``v8-populate``: ``v8`` has no content flags; a pre-launch to-private conversion that
+  keeps its bytes does so by the model assumption in :mod:`guestmem.spec.revisions.v8`
+  (the in-place populate of v8 22/46 and 23/46).
+"""
+
+from __future__ import annotations
+
+from guestmem.backend.base import Outcome
+from guestmem.backend.model import ModelMachine
+from guestmem.spec import platforms, revisions
+from guestmem.spec.terms import Direction, Phase, Policy
+from guestmem.uapi.kvm import (
+    GUEST_MEMFD_FLAG_INIT_SHARED,
+    GUEST_MEMFD_FLAG_MMAP,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE,
+)
+
+PAGE = 4096
+#: The known pattern: printable, never zero, never 0xab.
+PATTERN = bytes(0x21 + i % 0x5E for i in range(PAGE))
+POLICIES = (Policy.ZERO, Policy.PRESERVE, Policy.NONE, Policy.DEFAULT)
+PHASES = (Phase.PRE_LAUNCH, Phase.RUNNING)
+KEYS = ("platform", "direction", "policy", "phase", "result", "guest_request", "notes")
+
+#: Notes a cell can carry: short marker and text (shown as footnotes in text/markdown).
+NOTES: dict[str, tuple[str, str]] = {
+    "consent": (
+        "g",
+        "needed a guest request first: pKVM converts only pages the guest asked to share (P→S) "
+        "or unshare (S→P) once running, else EPERM (semantics.md §3, model assumption)",
+    ),
+    "after-launch": (
+        "l",
+        "the guest read the page after launch: it cannot run before launch "
+        "(model assumption: KVM_RUN before finalize is EINVAL)",
+    ),
+    "payload": (
+        "p",
+        "the guest cannot write before launch: the pattern entered private memory as a "
+        "pre-launch S→P payload",
+    ),
+    "no-payload": (
+        "z",
+        "no policy of this revision carries a pre-launch payload here: the page held what "
+        "the pre-launch S→P conversion left, not the pattern",
+    ),
+    "v8-populate": (
+        "v",
+        "v8 has no content flags; the bytes survive by the model assumption that a pre-launch "
+        "to-private conversion feeds the in-place populate (v8 22/46, 23/46)",
+    ),
+}
+
+#: Notes on whole columns, shown with text/markdown output of every revision.
+GENERAL = (
+    "`none` asks for no guarantee: its cells show the platform's native effect (semantics.md §2 "
+    "'native: X'). `default` is flags = 0: ZERO under seed and iteration2, 'unspecified' under "
+    "rfc-v5, the only legal value under v8.",
+    "ciphertext and garbage are the model's deterministic per-VM-key bytes (never the plaintext, "
+    "never all zero); random stands for rfc-v5's get_random_bytes() scramble, also keyed and "
+    "deterministic in the model.",
+    "several cca cells are inferred in platforms.md §5 (no arm64 code has content policies).",
+)
+#: Notes for some revisions only.
+REVISION_NOTES: dict[str, str] = {
+    "seed": "the flag values (ZERO 1<<0, PRESERVE 1<<1, NONE 1<<2) are the project's encoding: "
+    "the text names no values (semantics.md §1).",
+    "iteration2": "the flag values (ZERO 1<<0, PRESERVE 1<<1, NONE 1<<2) are the project's encoding: "
+    "the text names no values (semantics.md §1).",
+    "rfc-v5": "`none` passes flags = 0 (MODE_UNSPECIFIED): RFC v3-v5 have no NONE flag (uapi.md §4).",
+    "v8": "`zero`, `preserve` and `none` pass seed's flag values, which v8 refuses: flags must be 0 "
+    "(uapi.md §4).",
+}
+
+_PRESERVED_ORIGINS = frozenset({"host", "guest_private", "guest_shared", "disclosed", "payload", "accepted"})
+_KEYED = {"ciphertext": "ciphertext", "garbage": "garbage", "random": "random"}
+
+
+class MatrixError(RuntimeError):
+    """The model did something the matrix cannot classify (a bug, never a cell value)."""
+
+
+def _attributes(direction: Direction) -> int:
+    return KVM_MEMORY_ATTRIBUTE_PRIVATE if direction is Direction.TO_PRIVATE else 0
+
+
+def _require(outcome: Outcome, what: str) -> None:
+    if not outcome.ok:
+        raise MatrixError(f"{what} failed: {outcome.to_json()}")
+
+
+def classify(outcome: Outcome, pattern: bytes = PATTERN) -> str:
+    """What a read returned: ``zeros``, ``preserved``, ``fill:ab``, ``ciphertext``,
+    ``garbage`` or ``random``, from its provenance, checked against its bytes."""
+    data, origins = outcome.data, outcome.origins
+    if not outcome.ok or data is None or origins is None:
+        raise MatrixError(f"read failed or has no provenance: {outcome.to_json()}")
+    kinds = {origin for _start, _end, origin in origins}
+    if kinds <= {"zeroed", "init_zero"} and not any(data):
+        return "zeros"
+    if kinds == {"fill"} and data == b"\xab" * len(data):
+        return "fill:ab"
+    if len(kinds) == 1 and (kind := next(iter(kinds))) in _KEYED:
+        if data == pattern or not any(data):
+            raise MatrixError(f"{kind} bytes equal the plaintext or are all zero")
+        return _KEYED[kind]
+    if kinds <= _PRESERVED_ORIGINS and data == pattern:
+        return "preserved"
+    raise MatrixError(f"unclassifiable read: origins {sorted(kinds)}, {data[:16].hex()}…")
+
+
+class _Cell:
+    """One measurement on a fresh VM."""
+
+    def __init__(self, platform: str, abi: str, direction: Direction, policy: Policy, phase: Phase) -> None:
+        self.platform, self.abi = platform, abi
+        self.direction, self.policy, self.phase = direction, policy, phase
+        self.flags = revisions.get(abi).encode(policy)
+        self.notes: list[str] = []
+
+    def _open(self, shared: bool) -> ModelMachine:
+        flags = GUEST_MEMFD_FLAG_MMAP | (GUEST_MEMFD_FLAG_INIT_SHARED if shared else 0)
+        return ModelMachine(self.platform, self.abi, PAGE, flags)
+
+    def run(self, request: bool) -> str:
+        if self.direction is Direction.TO_SHARED:
+            return self._to_shared(request)
+        return self._to_private(request)
+
+    def _convert(self, m: ModelMachine, request: bool) -> Outcome:
+        if request:
+            asked = m.guest_request(0, PAGE, self.direction)
+            if asked.errno is not None:  # success carries the HYPERCALL exit the VMM sees
+                raise MatrixError(f"guest request failed: {asked.to_json()}")
+        return m.convert(0, PAGE, _attributes(self.direction), self.flags)
+
+    def _to_private(self, request: bool) -> str:
+        m = self._open(shared=True)
+        _require(m.host_write(0, PATTERN), "host write")
+        if self.phase is Phase.RUNNING:
+            _require(m.launch(), "launch")
+        done = self._convert(m, request)
+        if not done.ok:
+            return done.errno or "unexpected"
+        read = m.guest_read(0, PAGE, "private")
+        if self.phase is Phase.PRE_LAUNCH and read.errno == "EINVAL":
+            _require(m.launch(), "launch")
+            read = m.guest_read(0, PAGE, "private")
+            self.notes.append("after-launch")
+        return classify(read)
+
+    def _private_pattern_before_launch(self) -> ModelMachine:
+        """A pre-launch VM whose page is private and, if anything allows it, holds PATTERN."""
+        m = self._open(shared=False)
+        if m.guest_write(0, PATTERN, "private").ok:
+            return m
+        revision = revisions.get(self.abi)
+        flags_tried: set[int] = set()
+        for policy in (Policy.PRESERVE, Policy.DEFAULT, Policy.NONE):
+            flags = revision.encode(policy)
+            if flags in flags_tried:
+                continue
+            flags_tried.add(flags)
+            m = self._open(shared=True)
+            _require(m.host_write(0, PATTERN), "host write")
+            if m.convert(0, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE, flags).ok and m.gmem.peek(0, PAGE) == PATTERN:
+                self.notes.append("payload")
+                return m
+        m = self._open(shared=True)
+        _require(m.host_write(0, PATTERN), "host write")
+        for flags in sorted(flags_tried):
+            if m.convert(0, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE, flags).ok:
+                self.notes.append("no-payload")
+                return m
+        return self._open(shared=False)  # nothing converts: the cell's own call will say why
+
+    def _to_shared(self, request: bool) -> str:
+        if self.phase is Phase.RUNNING:
+            m = self._open(shared=False)
+            _require(m.launch(), "launch")
+            written = m.guest_write(0, PATTERN, "private")
+        else:
+            m = self._private_pattern_before_launch()
+            written = Outcome()
+        done = self._convert(m, request)
+        if not done.ok:
+            return done.errno or "unexpected"
+        _require(written, "guest write")
+        return classify(m.host_read(0, PAGE))
+
+
+def cell(platform: str, abi: str, direction: Direction, policy: Policy, phase: Phase) -> dict[str, str]:
+    """Measure one cell; see the module docstring for the setup."""
+    probe = _Cell(platform, abi, direction, policy, phase)
+    result = probe.run(request=False)
+    request = False
+    if result == "EPERM":
+        probe = _Cell(platform, abi, direction, policy, phase)
+        result = probe.run(request=True)
+        request = True
+        probe.notes.insert(0, "consent")
+    if result.startswith("E"):  # the call failed: how the page was prepared does not matter
+        probe.notes = [n for n in probe.notes if n == "consent"]
+    if (
+        abi == "v8"
+        and direction is Direction.TO_PRIVATE
+        and phase is Phase.PRE_LAUNCH
+        and result == "preserved"
+        and platforms.get(platform).launch
+    ):
+        probe.notes.append("v8-populate")
+    return {
+        "platform": platform,
+        "direction": direction.value,
+        "policy": policy.value,
+        "phase": phase.value,
+        "result": result,
+        "guest_request": "yes" if request else "no",
+        "notes": ",".join(probe.notes),
+    }
+
+
+def compute(abi: str) -> list[dict[str, str]]:
+    """semantics.md §2 for revision ``abi``: one row per platform, direction, policy and
+    phase, each measured on a fresh model VM. ``KeyError`` names the revisions."""
+    revisions.get(abi)
+    return [
+        cell(platform, abi, direction, policy, phase)
+        for platform in platforms.PLATFORMS
+        for direction in (Direction.TO_SHARED, Direction.TO_PRIVATE)
+        for policy in POLICIES
+        for phase in PHASES
+    ]
+
+
+def marked(row: dict[str, str]) -> str:
+    """A cell's result with the markers of its notes, e.g. ``preserved [g]``."""
+    marks = "".join(NOTES[n][0] for n in row["notes"].split(",") if n)
+    return f"{row['result']} [{marks}]" if marks else row["result"]
+
+
+def grid(rows: list[dict[str, str]], direction: Direction) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows (platform × phase, one column per policy) for one direction."""
+    headers = ["platform", "phase", *(p.value for p in POLICIES)]
+    index = {(r["platform"], r["phase"], r["policy"]): r for r in rows if r["direction"] == direction.value}
+    table: list[list[str]] = []
+    for platform in dict.fromkeys(r["platform"] for r in rows):
+        for phase in PHASES:
+            cells = [marked(index[(platform, phase.value, p.value)]) for p in POLICIES]
+            table.append([platform, phase.value, *cells])
+    return headers, table
+
+
+def used_notes(rows: list[dict[str, str]]) -> list[str]:
+    """Note keys that occur in ``rows``, in :data:`NOTES` order."""
+    present = {n for r in rows for n in r["notes"].split(",") if n}
+    return [n for n in NOTES if n in present]
+
+
+def title(abi: str, direction: Direction) -> str:
+    reader = "host" if direction is Direction.TO_SHARED else "guest"
+    return f"{abi}: {direction.arrow} ({direction.value}), what the {reader} reads next"

@@ -1,0 +1,73 @@
+"""Counterexamples as runnable scenario files (TOML, the format ``guestmem run`` reads).
+
+Every step carries the ``expect`` the model gave when the search found it, except the
+step the counterexample is about, which carries what the property demands; replaying
+the file therefore passes every step before it and fails exactly there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from guestmem.checker.explore import Counterexample, Exploration
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: JSON escapes are TOML escapes
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def file_name(exploration: Exploration, cx: Counterexample) -> str:
+    variant = f"-{exploration.variant.replace('=', '-').lower()}" if exploration.variant else ""
+    return f"{cx.platform}{variant}-{cx.abi}-{cx.prop.value}.toml"
+
+
+def to_toml(exploration: Exploration, cx: Counterexample) -> str:
+    """The scenario file of one counterexample."""
+    claim = "claimed" if cx.claimed else f"not claimed by {cx.platform}"
+    about = (
+        f"Counterexample to {cx.prop.value} ({claim}) found by guestmem explore "
+        f"(abi {cx.abi}, {cx.pages} pages, depth {exploration.depth}): {cx.message}. "
+        f"Step {cx.fails_at + 1} fails on replay."
+    )
+    if exploration.variant:
+        about += (
+            f" Found on the ablation {cx.platform} with {exploration.variant}; on {cx.platform} itself "
+            "an earlier step fails instead."
+        )
+    head: dict[str, Any] = {
+        "name": file_name(exploration, cx).removesuffix(".toml"),
+        "about": about,
+        "platforms": [cx.platform],
+        "abi": cx.abi,
+        "pages": cx.pages,
+        "init": cx.init,
+    }
+    lines = [f"{k} = {_value(v)}" for k, v in head.items()]
+    for number, (op, expect, offset) in enumerate(
+        zip(cx.ops, cx.expects, cx.error_offsets, strict=True), start=1
+    ):
+        lines += ["", f"# step {number}" + (" — fails on replay" if number == cx.fails_at + 1 else "")]
+        lines.append("[[step]]")
+        fields = {**op.fields(), "expect": expect}
+        if offset is not None:
+            fields["error_offset"] = offset
+        lines += [f"{k} = {_value(v)}" for k, v in fields.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write(exploration: Exploration, cx: Counterexample, directory: Path) -> Path:
+    """Write the scenario file of ``cx`` into ``directory`` (created if needed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / file_name(exploration, cx)
+    path.write_text(to_toml(exploration, cx))
+    return path

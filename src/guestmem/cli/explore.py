@@ -1,0 +1,147 @@
+"""``guestmem explore``: search every operation sequence up to a depth for property
+violations (semantics.md §5) and print the shortest counterexample of each."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from guestmem.checker import counterexample
+from guestmem.checker.explore import DEFAULT_DEPTH, DEFAULT_PAGES, Exploration, explore
+from guestmem.cli import UsageError
+from guestmem.cli.output import dump_json, table
+from guestmem.spec import platforms, revisions
+
+#: Ablations: a platform variant with one rule switched off, to show the rule matters.
+ABLATIONS = ("consent",)
+MAX_PAGES = 8
+
+EPILOG = """\
+examples:
+  guestmem explore --platform all
+  guestmem explore --platform sw_protected --depth 4 --out /tmp/cx
+  guestmem explore --platform pkvm --ablate consent --format json
+
+Exit status: 0 when no platform violates a property it claims, 1 when one does,
+2 for bad input. Violations of properties a platform does not claim (sw_protected:
+confidentiality, integrity) are reported but do not fail the run."""
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "explore",
+        help="search every operation sequence for property violations",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--platform", default="all", help="platform name or 'all' (default: all)")
+    parser.add_argument("--abi", default=revisions.DEFAULT, help="ABI revision (default: seed)")
+    parser.add_argument(
+        "--pages", type=int, default=DEFAULT_PAGES, help="pages in the guest_memfd (default: 2)"
+    )
+    parser.add_argument(
+        "--depth", type=int, default=DEFAULT_DEPTH, help="operations per sequence (default: 6)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes sharing the search (default: the CPU count)"
+    )
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument("--out", type=Path, help="write each counterexample as a scenario file here")
+    parser.add_argument(
+        "--ablate",
+        choices=ABLATIONS,
+        action="append",
+        default=[],
+        help="switch a platform rule off (consent: pKVM's guest-consent rule)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _targets(args: argparse.Namespace) -> list[tuple[platforms.Platform, str]]:
+    if args.platform == "all":
+        chosen = list(platforms.PLATFORMS.values())
+    elif args.platform in platforms.PLATFORMS:
+        chosen = [platforms.get(args.platform)]
+    else:
+        raise UsageError(
+            f"--platform: unknown platform {args.platform!r} "
+            f"(choose from all, {', '.join(platforms.PLATFORMS)})"
+        )
+    out = []
+    for platform in chosen:
+        variant = []
+        if "consent" in args.ablate:
+            platform = dataclasses.replace(platform, consent=False)
+            variant.append("consent=False")
+        out.append((platform, ", ".join(variant)))
+    return out
+
+
+def _check(args: argparse.Namespace) -> int:
+    if args.abi not in revisions.REVISIONS:
+        raise UsageError(
+            f"--abi: unknown revision {args.abi!r} (choose from {', '.join(revisions.REVISIONS)})"
+        )
+    if not 1 <= args.pages <= MAX_PAGES:
+        raise UsageError(f"--pages: {args.pages} is out of range (1 to {MAX_PAGES})")
+    if args.depth < 0:
+        raise UsageError(f"--depth: {args.depth} must be >= 0")
+    workers = (os.cpu_count() or 1) if args.workers is None else args.workers
+    if workers < 1:
+        raise UsageError(f"--workers: {workers} must be >= 1")
+    return workers
+
+
+def run(args: argparse.Namespace) -> int:
+    workers = _check(args)
+    targets = _targets(args)
+    results: list[Exploration] = []
+    written: dict[tuple[str, str], Path] = {}
+    for platform, variant in targets:
+        result = explore(
+            platform, args.abi, pages=args.pages, depth=args.depth, workers=workers, variant=variant
+        )
+        results.append(result)
+        if args.out is not None:
+            for prop, cx in result.counterexamples.items():
+                written[result.label, prop.value] = counterexample.write(result, cx, args.out)
+    if args.format == "json":
+        payload = [r.to_json() for r in results]
+        for entry, result in zip(payload, results, strict=True):
+            for violation in entry["violations"]:
+                path = written.get((result.label, violation["property"]))
+                violation["file"] = None if path is None else str(path)
+        dump_json({"abi": args.abi, "pages": args.pages, "depth": args.depth, "results": payload})
+    else:
+        _print_text(args, results, workers, written)
+    return 1 if any(r.violated(claimed_only=True) for r in results) else 0
+
+
+def _print_text(
+    args: argparse.Namespace, results: list[Exploration], workers: int, written: dict[tuple[str, str], Path]
+) -> None:
+    print(f"explore: abi {args.abi}, {args.pages} pages, depth {args.depth}, {workers} worker(s)")
+    rows = []
+    for r in results:
+        found = [p.value + ("" if c.claimed else " (not claimed)") for p, c in r.counterexamples.items()] or [
+            "none"
+        ]
+        rows.append([r.label, r.generated, r.distinct, f"{r.seconds:.1f}", f"{r.rate:.0f}", ", ".join(found)])
+    table(["platform", "states explored", "distinct", "seconds", "states/s", "violations"], rows)
+    for r in results:
+        for prop, cx in r.counterexamples.items():
+            claim = "claimed" if cx.claimed else f"not claimed by {cx.platform}"
+            print()
+            print(f"{r.label}: {prop.value} ({claim}) violated after {cx.length} steps from init {cx.init}")
+            print(f"  {cx.message}")
+            for number, (op, expect) in enumerate(zip(cx.ops, cx.expects, strict=True), start=1):
+                mark = "  <- fails here on replay" if number == cx.fails_at + 1 else ""
+                shown = expect if len(expect) <= 40 else expect[:37] + "..."
+                print(f"  {number}. {op}  expect {shown}{mark}")
+            path = written.get((r.label, prop.value))
+            if path is not None:
+                print(f"  scenario: {path}")

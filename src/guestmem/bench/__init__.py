@@ -1,0 +1,16 @@
+"""Benchmarks: the model against the kernel doing comparable work and against memory speed.
+
+Each figure is a median ratio model/baseline from interleaved repetitions, or an absolute
+value, with a target (docs/bench.md explains each one and shows a recent run):
+
+- ``attr_1tib_vs_4k``: converting 1 TiB vs 4 KiB of unallocated memory (≤ 3);
+- ``zero_vs_punch_hole``: ZERO over 1 GiB of written pages vs a real guest_memfd punch (≤ 1.5);
+- ``fill_vs_memset``: the NONE ``0xab`` fill over 256 MiB vs one ``memset`` (≤ 1.5);
+- ``host_access_vs_mmap``: 4 KiB host read + write via the model vs a raw ``mmap`` (≤ 3);
+- ``kvm_run_vs_c``: ``KVM_RUN`` round trips from the Python bindings vs C (≤ 1.5);
+- ``explore_states_per_s``: states per second of the default exploration (≥ 20000);
+- ``rss_1tib_mib``: peak RSS of a process converting a 1 TiB model guest_memfd (≤ 150 MiB).
+
+The registry and the runner are in :mod:`guestmem.bench.suite`. This package itself
+imports nothing, so the fresh process of :mod:`guestmem.bench.rss` loads only the model.
+"""

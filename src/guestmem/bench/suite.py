@@ -1,0 +1,46 @@
+"""The figures in report order, and the runner behind ``guestmem bench``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from guestmem.bench.explore import explore_states_per_s
+from guestmem.bench.figure import Figure
+from guestmem.bench.kvm_run import kvm_run_vs_c
+from guestmem.bench.pairs import attr_1tib_vs_4k, fill_vs_memset, host_access_vs_mmap, zero_vs_punch_hole
+from guestmem.bench.rss import rss_1tib_mib
+
+Measure = Callable[[int, bool], Figure]
+
+#: Figure name → measuring function ``(reps, quick) -> Figure``, in report order.
+FIGURES: dict[str, Measure] = {
+    "attr_1tib_vs_4k": attr_1tib_vs_4k,
+    "zero_vs_punch_hole": zero_vs_punch_hole,
+    "fill_vs_memset": fill_vs_memset,
+    "host_access_vs_mmap": host_access_vs_mmap,
+    "kvm_run_vs_c": kvm_run_vs_c,
+    "explore_states_per_s": explore_states_per_s,
+    "rss_1tib_mib": rss_1tib_mib,
+}
+QUICK_REPS = 5
+FULL_REPS = 9
+
+
+def run(
+    quick: bool = False,
+    names: Iterable[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Figure]:
+    """Measure ``names`` (default: every figure); an ``OSError`` from the machine becomes
+    a skipped figure with the reason."""
+    reps = QUICK_REPS if quick else FULL_REPS
+    figures: list[Figure] = []
+    for name in names or FIGURES:
+        if progress is not None:
+            progress(name)
+        try:
+            figure = FIGURES[name](reps, quick)
+        except OSError as err:
+            figure = Figure(name, skipped=f"{type(err).__name__}: {err}")
+        figures.append(figure)
+    return figures

@@ -1,0 +1,193 @@
+"""``guestmem bench``: every figure is produced, with the right keys and types.
+
+No timing is asserted here (performance is measured by the command itself, docs/bench.md);
+what is checked is that the figures exist, are internally consistent (ratio = model /
+baseline, ``met`` against the target, exit status), and that the kernel-side baselines ran
+on the kernel objects they name when this machine has them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guestmem.bench.figure import Figure
+from guestmem.bench.timing import Side, interleaved, time_batch
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+#: The figures the issue asks for: name → (kind, target, at least).
+EXPECTED: dict[str, tuple[str, float, bool]] = {
+    "attr_1tib_vs_4k": ("ratio", 3, False),
+    "zero_vs_punch_hole": ("ratio", 1.5, False),
+    "fill_vs_memset": ("ratio", 1.5, False),
+    "host_access_vs_mmap": ("ratio", 3, False),
+    "kvm_run_vs_c": ("ratio", 1.5, False),
+    "explore_states_per_s": ("value", 20000, True),
+    "rss_1tib_mib": ("value", 150, False),
+}
+
+
+#: The quick run's exit status and its JSON figures.
+QuickRun = tuple[int, dict[str, dict[str, Any]]]
+
+
+def _kvm_usable() -> bool:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def guestmem(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
+    return subprocess.run(
+        [sys.executable, "-m", "guestmem", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_run() -> QuickRun:
+    proc = guestmem("bench", "--quick", "--format", "json")
+    assert proc.returncode in (0, 1), proc.stderr
+    figures = json.loads(proc.stdout)
+    assert isinstance(figures, dict)
+    return proc.returncode, figures
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_quick_run_produces_every_figure(quick_run: QuickRun) -> None:
+    _, figures = quick_run
+    assert list(figures) == list(EXPECTED)
+    for name, (kind, target, at_least) in EXPECTED.items():
+        figure = figures[name]
+        assert figure["target"] == target, name
+        assert isinstance(figure["met"], bool), name
+        assert isinstance(figure["note"], str), name
+        if "skipped" in figure:
+            assert isinstance(figure["skipped"], str) and figure["skipped"], name
+            assert figure["met"] is False, name
+            continue
+        if kind == "ratio":
+            assert set(figure) == {"model", "baseline", "ratio", "target", "met", "note"}, name
+            assert _number(figure["model"]) and figure["model"] > 0, name
+            assert _number(figure["baseline"]) and figure["baseline"] > 0, name
+            assert figure["ratio"] == pytest.approx(figure["model"] / figure["baseline"], rel=1e-3), name
+            measured = figure["ratio"]
+        else:
+            assert set(figure) == {"value", "target", "met", "note"}, name
+            assert _number(figure["value"]) and figure["value"] > 0, name
+            measured = figure["value"]
+        assert figure["met"] == (measured >= target if at_least else measured <= target), name
+
+
+def test_exit_status_says_whether_every_target_was_met(
+    quick_run: QuickRun,
+) -> None:
+    returncode, figures = quick_run
+    assert returncode == (0 if all(f["met"] for f in figures.values()) else 1)
+
+
+def test_every_figure_is_measurable_on_this_machine(quick_run: QuickRun) -> None:
+    """Only the KVM figure may be skipped, and only where /dev/kvm or cc is missing."""
+    _, figures = quick_run
+    skipped = {name: f["skipped"] for name, f in figures.items() if "skipped" in f}
+    if _kvm_usable() and shutil.which("cc"):
+        assert skipped == {}
+    else:
+        assert set(skipped) <= {"kvm_run_vs_c"}
+
+
+def test_punch_hole_baseline_names_the_kernel_object(quick_run: QuickRun) -> None:
+    _, figures = quick_run
+    note = figures["zero_vs_punch_hole"]["note"]
+    if _kvm_usable():
+        assert "punch of a guest_memfd" in note
+    else:
+        assert "punch of a memfd (no guest_memfd:" in note
+
+
+@pytest.mark.skipif(not _kvm_usable() or not shutil.which("cc"), reason="needs a usable /dev/kvm and cc")
+def test_kvm_run_pair_runs_both_sides_on_guest_memfd(quick_run: QuickRun) -> None:
+    _, figures = quick_run
+    assert "memslot on guest_memfd" in figures["kvm_run_vs_c"]["note"]
+
+
+def test_text_format_lists_the_figure_and_its_target() -> None:
+    proc = guestmem("bench", "--quick", "--only", "attr_1tib_vs_4k")
+    assert proc.returncode in (0, 1), proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("guestmem bench on ")
+    row = next(line for line in lines if line.startswith("attr_1tib_vs_4k"))
+    assert "≤ 3" in row
+    assert ("yes" in row.split()) == (proc.returncode == 0)
+    assert not any(line.startswith("fill_vs_memset") for line in lines)
+
+
+def test_unknown_figure_is_bad_input() -> None:
+    proc = guestmem("bench", "--quick", "--only", "attr_2tib")
+    assert proc.returncode == 2
+    assert "unknown figure 'attr_2tib'" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_rss_child_reports_its_peak_and_the_runs_it_left() -> None:
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    proc = subprocess.run(
+        [sys.executable, "-m", "guestmem.bench.rss", "200", "7"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(proc.stdout)
+    assert result["peak_kib"] > 1024  # an interpreter is more than 1 MiB resident
+    # 200 conversions of random ranges leave between 2 and 401 runs (each adds at most 2)
+    assert 2 <= result["runs"] <= 401
+
+
+def test_repetitions_alternate_which_side_goes_first() -> None:
+    calls: list[str] = []
+    model = Side(lambda: calls.append("m"), reset=lambda: calls.append("m-reset"))
+    baseline = Side(lambda: calls.append("b"))
+    model_times, baseline_times = interleaved(model, baseline, 3)
+    assert calls == ["m-reset", "m", "b", "b", "m-reset", "m", "m-reset", "m", "b"]
+    assert len(model_times) == len(baseline_times) == 3
+
+
+def test_a_self_timed_side_reports_its_own_seconds() -> None:
+    assert time_batch(Side(lambda: 0.25, ops=1000)) == 0.25
+
+
+def test_interleaved_needs_a_repetition() -> None:
+    with pytest.raises(ValueError, match="reps must be >= 1"):
+        interleaved(Side(lambda: None), Side(lambda: None), 0)
+
+
+def test_figures_meet_their_targets_in_the_right_direction() -> None:
+    assert Figure("attr_1tib_vs_4k", model=2.0, baseline=1.0).met
+    assert not Figure("attr_1tib_vs_4k", model=4.0, baseline=1.0).met
+    assert Figure("explore_states_per_s", value=25000).met
+    assert not Figure("explore_states_per_s", value=19999).met
+    assert not Figure("rss_1tib_mib", value=151).met
+    assert not Figure("kvm_run_vs_c", skipped="no /dev/kvm").met
+    assert Figure("kvm_run_vs_c", skipped="no /dev/kvm").to_json()["skipped"] == "no /dev/kvm"

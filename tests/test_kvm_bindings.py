@@ -257,15 +257,16 @@ def test_memory_fault_exit_is_decoded() -> None:
     decoding is checked on a ``kvm_run`` laid out as the UAPI header says (uapi.md §13)."""
     buf = ctypes.create_string_buffer(4096)
     run = KvmRun.from_buffer(buf)
+    view = memoryview(buf).cast("B")
     run.exit_reason = 2  # an IO exit carries no memory fault
-    assert memory_fault(run) is None
+    assert memory_fault(view) is None
     run.exit_reason = KVM_EXIT_MEMORY_FAULT
     raw = (KVM_MEMORY_EXIT_FLAG_PRIVATE).to_bytes(8, "little") + GPA.to_bytes(8, "little")
     ctypes.memmove(ctypes.addressof(buf) + 32, raw + PAGE_SIZE.to_bytes(8, "little"), 24)
-    fault = memory_fault(run)
+    fault = memory_fault(view)
     assert isinstance(fault, MemoryFault)
     assert (fault.gpa, fault.size, fault.private) == (GPA, PAGE_SIZE, True)
-    exit_ = decode_exit(run, ctypes.addressof(buf))
+    exit_ = decode_exit(view)
     assert exit_.reason == "MEMORY_FAULT"
     assert exit_.fields == {"flags": KVM_MEMORY_EXIT_FLAG_PRIVATE, "gpa": GPA, "size": PAGE_SIZE}
 

@@ -56,7 +56,7 @@ class GuestTimeout(GuestmemError, TimeoutError):
         self.limit = limit
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Exit:
     """One exit to userspace: ``reason`` is the ``KVM_EXIT_*`` name without the prefix,
     ``fields`` the decoded union member (e.g. ``port``, ``data`` for IO)."""
@@ -80,49 +80,61 @@ class UnexpectedExit(GuestmemError):
         self.exit = exit_
 
 
-def decode_exit(run: KvmRun, run_address: int) -> Exit:
-    """Decode ``kvm_run`` after a successful ``KVM_RUN`` (layouts: kvm-here.md §7)."""
-    code = run.exit_reason
-    reason = EXIT_REASON_NAMES.get(code, f"UNKNOWN_{code}").removeprefix("KVM_EXIT_")
-    fields: dict[str, Any] = {}
+_EXIT_REASON = struct.Struct("<I")  # kvm_run.exit_reason @8
+_IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset @32
+_MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write @32
+_HYPERCALL = struct.Struct("<Q6QQQ")  # nr, args[6], ret, flags @32
+_MEMORY_FAULT = struct.Struct("<QQQ")  # flags, gpa, size @32
+_INTERNAL = struct.Struct("<II16Q")  # suberror, ndata, data[16] @32
+_FAIL_ENTRY = struct.Struct("<Q")  # hardware_entry_failure_reason @32
+_UNION = 32
+#: ``KVM_EXIT_IO`` → ``IO``: the names an :class:`Exit` carries.
+_SHORT_NAMES = {code: name.removeprefix("KVM_EXIT_") for code, name in EXIT_REASON_NAMES.items()}
+
+
+def decode_exit(run: memoryview) -> Exit:
+    """Decode ``kvm_run`` (a byte view of the mapping) after a successful ``KVM_RUN``.
+
+    Layouts: kvm-here.md §7, uapi.md §13. ``struct`` reads straight from the shared
+    mapping; this is the per-exit hot path of every guest access.
+    """
+    code = _EXIT_REASON.unpack_from(run, 8)[0]
+    reason = _SHORT_NAMES.get(code) or f"UNKNOWN_{code}"
+    fields: dict[str, Any]
     if code == KVM_EXIT_IO:
-        io = run.io
-        data = ctypes.string_at(run_address + io.data_offset, io.size * io.count)
+        direction, size, port, count, data_offset = _IO.unpack_from(run, _UNION)
         fields = {
-            "direction": "out" if io.direction == KVM_EXIT_IO_OUT else "in",
-            "port": io.port,
-            "size": io.size,
-            "count": io.count,
-            "data": data,
+            "direction": "out" if direction == KVM_EXIT_IO_OUT else "in",
+            "port": port,
+            "size": size,
+            "count": count,
+            "data": bytes(run[data_offset : data_offset + size * count]),
         }
     elif code == KVM_EXIT_MMIO:
-        mmio = run.mmio
-        fields = {
-            "gpa": mmio.phys_addr,
-            "len": mmio.len,
-            "is_write": bool(mmio.is_write),
-            "data": bytes(mmio.data)[: mmio.len],
-        }
+        gpa, data, length, is_write = _MMIO.unpack_from(run, _UNION)
+        fields = {"gpa": gpa, "len": length, "is_write": bool(is_write), "data": data[:length]}
     elif code == KVM_EXIT_HYPERCALL:
-        hc = run.hypercall
-        fields = {"nr": hc.nr, "args": tuple(hc.args), "flags": hc.flags}
+        nr, *rest = _HYPERCALL.unpack_from(run, _UNION)
+        fields = {"nr": nr, "args": tuple(rest[:6]), "flags": rest[7]}
     elif code == KVM_EXIT_MEMORY_FAULT:
-        mf = run.memory_fault
-        fields = {"flags": mf.flags, "gpa": mf.gpa, "size": mf.size}
+        flags, gpa, size = _MEMORY_FAULT.unpack_from(run, _UNION)
+        fields = {"flags": flags, "gpa": gpa, "size": size}
     elif code == KVM_EXIT_INTERNAL_ERROR:
-        internal = run.internal
-        fields = {"suberror": internal.suberror, "data": tuple(internal.data[: min(internal.ndata, 16)])}
+        suberror, ndata, *data = _INTERNAL.unpack_from(run, _UNION)
+        fields = {"suberror": suberror, "data": tuple(data[: min(ndata, 16)])}
     elif code == KVM_EXIT_FAIL_ENTRY:
-        fields = {"reason": run.fail_entry.hardware_entry_failure_reason}
+        fields = {"reason": _FAIL_ENTRY.unpack_from(run, _UNION)[0]}
+    else:
+        fields = {}
     return Exit(reason, code, fields)
 
 
-def memory_fault(run: KvmRun) -> MemoryFault | None:
+def memory_fault(run: memoryview) -> MemoryFault | None:
     """The :class:`MemoryFault` that an ``EFAULT`` from ``KVM_RUN`` carries, if any."""
-    if run.exit_reason != KVM_EXIT_MEMORY_FAULT:
+    if _EXIT_REASON.unpack_from(run, 8)[0] != KVM_EXIT_MEMORY_FAULT:
         return None
-    mf = run.memory_fault
-    return MemoryFault(mf.gpa, mf.size, mf.flags)
+    flags, gpa, size = _MEMORY_FAULT.unpack_from(run, _UNION)
+    return MemoryFault(gpa, size, flags)
 
 
 class _Alarm:
@@ -171,9 +183,11 @@ class Vcpu:
             mmap_size, syscalls.PROT_READ | syscalls.PROT_WRITE, syscalls.MAP_SHARED, fd
         )
         self.run_struct = KvmRun.from_address(self.run_address)
+        self.run_view = memoryview((ctypes.c_char * mmap_size).from_address(self.run_address)).cast("B")
 
     def close(self) -> None:
         if self.fd >= 0:
+            self.run_view.release()
             del self.run_struct
             syscalls.munmap(self.run_address, self.run_size)
             syscalls.close(self.fd)
@@ -214,7 +228,6 @@ class Vcpu:
             return self._run_once(alarm)
 
     def _run_once(self, alarm: _Alarm | None) -> Exit:
-        run = self.run_struct
         while True:
             try:
                 syscalls.ioctl(self.fd, KVM_RUN)
@@ -224,11 +237,11 @@ class Vcpu:
                         raise GuestTimeout(alarm.limit) from None
                     continue
                 if err.code == errno.EFAULT:
-                    fault = memory_fault(run)
+                    fault = memory_fault(self.run_view)
                     if fault is not None:
                         raise fault from None
                 raise
-            return decode_exit(run, self.run_address)
+            return decode_exit(self.run_view)
 
     def set_hypercall_ret(self, value: int) -> None:
         """The value the guest's hypercall returns when it is re-entered (uapi.md §13)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,6 +46,19 @@ class Outcome:
             "data": None if self.data is None else self.data.hex(),
             "exit": self.exit,
         }
+
+
+def attributes2(
+    offset: int, size: int, attributes: int, flags: int, error_offset: int, reserved: tuple[int, ...]
+) -> bytearray:
+    """A raw, writable ``struct kvm_memory_attributes2`` (128 bytes, uapi.md §3); each word
+    is taken modulo 2^64, as a C caller's u64 would be."""
+    words = (offset, size, attributes, flags, error_offset, *reserved)
+    if len(words) > 16:
+        raise ValueError(f"reserved has {len(reserved)} words; the struct has 11")
+    arg = bytearray(128)
+    struct.pack_into(f"<{len(words)}Q", arg, 0, *(w & ((1 << 64) - 1) for w in words))
+    return arg
 
 
 class Machine(Protocol):

@@ -13,10 +13,9 @@ default VM has no launch ioctl, so the first ``launch`` succeeds and a second is
 from __future__ import annotations
 
 import errno
-import struct
 from collections.abc import Callable
 
-from guestmem.backend.base import Outcome, Unavailable
+from guestmem.backend.base import Outcome, Unavailable, attributes2
 from guestmem.backend.model import hypercall_exit
 from guestmem.errors import HostFault, IoctlError, MemoryFault
 from guestmem.kvm import facts as kernel_facts
@@ -44,7 +43,6 @@ GMEM_SLOT = 1
 HOST_SLACK = 64 * PAGE_SIZE
 #: How much of a large guest_memfd the guest program maps (its page tables' reach).
 GUEST_WINDOW = 64 << 30
-_U64 = (1 << 64) - 1
 
 
 def _outcome(action: Callable[[], bytes | None]) -> Outcome:
@@ -189,14 +187,10 @@ class KernelMachine:
         error_offset_in: int = 0,
     ) -> Outcome:
         """``KVM_SET_MEMORY_ATTRIBUTES2`` on the guest_memfd, raw; skipped without the ioctl."""
-        words = (offset, size, attributes, flags, error_offset_in, *reserved)
-        if len(words) > 16:
-            raise ValueError(f"reserved has {len(reserved)} words; the struct has 11")
+        arg = attributes2(offset, size, attributes, flags, error_offset_in, reserved)
         skip = self.facts.conversion_skip_reason()
         if skip:
             return Outcome(skipped=skip)
-        arg = bytearray(128)
-        struct.pack_into(f"<{len(words)}Q", arg, 0, *(w & _U64 for w in words))
         assert self.gmem is not None
         gmem = self.gmem
         return _outcome(lambda: gmem.set_memory_attributes2(arg))

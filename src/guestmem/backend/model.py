@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import errno
-import struct
 from collections.abc import Callable
 from typing import Any
 
-from guestmem.backend.base import Outcome
+from guestmem.backend.base import Outcome, attributes2
 from guestmem.errors import HostFault, IoctlError, MemoryFault
 from guestmem.model import GuestMemfd, Vm
 from guestmem.spec.terms import Direction
@@ -96,11 +95,7 @@ class ModelMachine:
         reserved: tuple[int, ...] = (),
         error_offset_in: int = 0,
     ) -> Outcome:
-        arg = bytearray(128)  # struct kvm_memory_attributes2 (uapi.md §3)
-        words = (offset, size, attributes, flags, error_offset_in, *reserved)
-        if len(words) > 16:
-            raise ValueError(f"reserved has {len(reserved)} words; the struct has 11")
-        struct.pack_into(f"<{len(words)}Q", arg, 0, *words)
+        arg = attributes2(offset, size, attributes, flags, error_offset_in, reserved)
         return _outcome(lambda: self.gmem.set_memory_attributes2(arg))
 
     def punch_hole(self, offset: int, size: int) -> Outcome:

@@ -43,10 +43,4 @@ def run(args: argparse.Namespace) -> int:
     results = execute(scenarios, args)
     if not results:
         raise UsageError("no case of the suite matches the selection")
-    if args.format == "json":
-        show.dump_json({**show.to_json(results), "summary": show.summary(results)})
-    elif args.format == "tap":
-        show.print_tap(results, totals=True)
-    else:
-        show.print_cases(results)
-    return show.exit_code(results)
+    return show.print_suite(results, args.format)

@@ -47,10 +47,4 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from None
     backend = open_backend(args.backend)
     results = [run_one(scenario, platform, backend) for scenario, platform in loaded]
-    if args.format == "json":
-        show.dump_json({**show.to_json(results), "summary": show.summary(results)})
-    elif args.format == "tap":
-        show.print_tap(results, totals=True)
-    else:
-        show.print_cases(results)
-    return show.exit_code(results)
+    return show.print_suite(results, args.format)

@@ -138,6 +138,18 @@ def _expected(step: StepResult) -> str:
     return " or ".join(map(str, step.expect))
 
 
+def print_suite(results: Sequence[RunResult], fmt: str) -> int:
+    """A suite's results (``check``, ``consume``): a line per case and a per-platform
+    summary, or JSON with the summary, or TAP with kselftest's totals; the exit code."""
+    if fmt == "json":
+        dump_json({**to_json(results), "summary": summary(results)})
+    elif fmt == "tap":
+        print_tap(results, totals=True)
+    else:
+        print_cases(results)
+    return exit_code(results)
+
+
 def exit_code(results: Sequence[RunResult]) -> int:
     """0 when no expectation failed (skips are not failures), else 1."""
     return 1 if any(r.status == "fail" for r in results) else 0

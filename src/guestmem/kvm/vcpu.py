@@ -81,7 +81,8 @@ class UnexpectedExit(GuestmemError):
 
 
 _EXIT_REASON = struct.Struct("<I")  # kvm_run.exit_reason @8
-_IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset @32
+#: exit_reason @8, then (from the union @32) direction, size, port, count, data_offset
+_REASON_AND_IO = struct.Struct("<I20xBBHIQ")
 _MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write @32
 _HYPERCALL = struct.Struct("<Q6QQQ")  # nr, args[6], ret, flags @32
 _MEMORY_FAULT = struct.Struct("<QQQ")  # flags, gpa, size @32
@@ -98,11 +99,11 @@ def decode_exit(run: memoryview) -> Exit:
     Layouts: kvm-here.md §7, uapi.md §13. ``struct`` reads straight from the shared
     mapping; this is the per-exit hot path of every guest access.
     """
-    code = _EXIT_REASON.unpack_from(run, 8)[0]
+    # exit_reason and the IO member in one read: IO is the exit guest programs make most
+    code, direction, size, port, count, data_offset = _REASON_AND_IO.unpack_from(run, 8)
     reason = _SHORT_NAMES.get(code) or f"UNKNOWN_{code}"
     fields: dict[str, Any]
     if code == KVM_EXIT_IO:
-        direction, size, port, count, data_offset = _IO.unpack_from(run, _UNION)
         fields = {
             "direction": "out" if direction == KVM_EXIT_IO_OUT else "in",
             "port": port,

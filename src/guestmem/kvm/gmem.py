@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 ERROR_OFFSET_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.EPERM, errno.EAGAIN, errno.ENOMEM})
 
 
-class Mapping:
+class Mapping(syscalls.Handle):
     """A ``MAP_SHARED`` mapping of a guest_memfd at ``address``, ``length`` bytes long.
 
     ``length`` may exceed the file size (kvm-here.md §3): touching a page past the end
@@ -45,19 +45,13 @@ class Mapping:
         self.address = address
         self.length = length
 
-    def __enter__(self) -> Mapping:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         if self.length:
             syscalls.munmap(self.address, self.length)
             self.length = 0
 
 
-class GuestMemfd:
+class GuestMemfd(syscalls.Handle):
     """A guest_memfd of ``size`` bytes created with ``flags``; close it (or use ``with``)."""
 
     def __init__(self, vm: Vm, fd: int, size: int, flags: int) -> None:
@@ -66,17 +60,6 @@ class GuestMemfd:
         self.fd = fd
         self.size = size
         self.flags = flags
-
-    def __enter__(self) -> GuestMemfd:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            syscalls.close(self.fd)
-            self.fd = -1
 
     def mmap(self, length: int | None = None, *, shared: bool = True) -> Mapping:
         """Map ``length`` bytes (default: the file size) read-write at offset 0.

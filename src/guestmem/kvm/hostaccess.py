@@ -19,6 +19,7 @@ import signal
 import struct
 
 from guestmem.errors import HostFault
+from guestmem.kvm import syscalls
 from guestmem.kvm.gmem import Mapping
 from guestmem.uapi.kvm import PAGE_SIZE
 
@@ -82,7 +83,7 @@ def _serve(requests: int, replies: int, address: int) -> None:
             pos += length
 
 
-class HostAccess:
+class HostAccess(syscalls.Handle):
     """Reads and writes through ``mapping`` (file offsets), safe against ``SIGBUS``.
 
     ``size`` is the file size, used only to explain a fault. An access must start
@@ -96,12 +97,6 @@ class HostAccess:
         self.pid = 0
         self.requests = -1
         self.replies = -1
-
-    def __enter__(self) -> HostAccess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _spawn(self) -> None:
         req_r, req_w = os.pipe()

@@ -15,7 +15,7 @@ import ctypes
 import errno
 import fcntl
 import os
-from typing import Final
+from typing import Final, Self
 
 from guestmem.errors import IoctlError
 from guestmem.uapi.kvm import IOCTL_NAMES, PAGE_SIZE
@@ -114,3 +114,23 @@ def close(fd: int) -> None:
 
 def page_align_up(value: int) -> int:
     return (value + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+class Handle:
+    """An owned kernel object released by ``close()``, also at the end of a ``with`` block.
+
+    Subclasses that own an fd set ``self.fd``; the default ``close()`` closes it once.
+    """
+
+    fd: int = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1

@@ -45,7 +45,7 @@ def unusable_reason(path: str = DEVICE) -> str | None:
         return f"{path}: KVM_CREATE_VM failed: {err}"
 
 
-class Kvm:
+class Kvm(syscalls.Handle):
     """An open ``/dev/kvm``; a context manager that closes it."""
 
     def __init__(self, path: str = DEVICE) -> None:
@@ -62,17 +62,6 @@ class Kvm:
         if version != API_VERSION:
             self.close()
             raise KvmUnavailable(f"{path}: KVM_GET_API_VERSION is {version}, expected {API_VERSION}")
-
-    def __enter__(self) -> Kvm:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            syscalls.close(self.fd)
-            self.fd = -1
 
     def api_version(self) -> int:
         return syscalls.ioctl(self.fd, KVM_GET_API_VERSION)

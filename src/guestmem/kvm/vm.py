@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 _U64 = (1 << 64) - 1
 
 
-class Vm:
+class Vm(syscalls.Handle):
     """A VM of ``vm_type``; closing it closes its vCPUs (guest_memfds stay the caller's)."""
 
     def __init__(self, kvm: Kvm, fd: int, vm_type: int) -> None:
@@ -42,19 +42,11 @@ class Vm:
         self.type = vm_type
         self.vcpus: list[Vcpu] = []
 
-    def __enter__(self) -> Vm:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         for vcpu in self.vcpus:
             vcpu.close()
         self.vcpus.clear()
-        if self.fd >= 0:
-            syscalls.close(self.fd)
-            self.fd = -1
+        super().close()
 
     def check_extension(self, cap: int) -> int:
         """``KVM_CHECK_EXTENSION`` on the VM fd (answers for this VM's type)."""

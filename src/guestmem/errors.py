@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from collections.abc import Callable
+from typing import Any
 
 #: errno names as the kernel documentation spells them (Python calls 95 ``ENOTSUP``).
 _PREFERRED = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN", _errno.EDEADLK: "EDEADLK"}
@@ -28,6 +30,19 @@ def errno_code(name: str) -> int:
     if not name.startswith("E") or not isinstance(value, int):
         raise ValueError(f"not an errno name: {name!r}")
     return value
+
+
+def errno_of(call: Callable[[], Any]) -> int:
+    """Run ``call``; 0 if it succeeds, the errno of its :class:`IoctlError` if not.
+
+    The ``try_x()`` half of every ``x()``/``try_x()`` pair, in the manner of the kernel
+    selftests' ``__vm_ioctl()``.
+    """
+    try:
+        call()
+    except IoctlError as err:
+        return err.code
+    return 0
 
 
 class GuestmemError(Exception):

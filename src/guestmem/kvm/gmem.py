@@ -14,7 +14,7 @@ import errno
 import os
 from typing import TYPE_CHECKING
 
-from guestmem.errors import IoctlError
+from guestmem.errors import IoctlError, errno_of
 from guestmem.kvm import syscalls
 from guestmem.uapi.kvm import (
     FALLOC_FL_KEEP_SIZE,
@@ -80,11 +80,7 @@ class GuestMemfd(syscalls.Handle):
         self.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
 
     def try_punch_hole(self, offset: int, length: int) -> int:
-        try:
-            self.punch_hole(offset, length)
-        except IoctlError as err:
-            return err.code
-        return 0
+        return errno_of(lambda: self.punch_hole(offset, length))
 
     def set_memory_attributes2(self, arg: KvmMemoryAttributes2 | bytearray) -> None:
         """``KVM_SET_MEMORY_ATTRIBUTES2`` on this fd with the raw 128-byte struct.
@@ -103,11 +99,7 @@ class GuestMemfd(syscalls.Handle):
             raise
 
     def try_set_memory_attributes2(self, arg: KvmMemoryAttributes2 | bytearray) -> int:
-        try:
-            self.set_memory_attributes2(arg)
-        except IoctlError as err:
-            return err.code
-        return 0
+        return errno_of(lambda: self.set_memory_attributes2(arg))
 
     def conversion_errno(self) -> int:
         """Whether this kernel has the conversion ioctl, without changing anything.

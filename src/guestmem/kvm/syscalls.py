@@ -17,7 +17,7 @@ import fcntl
 import os
 from typing import Final, Self
 
-from guestmem.errors import IoctlError
+from guestmem.errors import IoctlError, errno_of
 from guestmem.uapi.kvm import IOCTL_NAMES, PAGE_SIZE
 
 PROT_READ: Final = 0x1
@@ -71,11 +71,7 @@ def ioctl(fd: int, request: int, arg: Arg = 0) -> int:
 
 def try_ioctl(fd: int, request: int, arg: Arg = 0) -> int:
     """As :func:`ioctl`, but returns 0 on success and the errno on failure."""
-    try:
-        ioctl(fd, request, arg)
-    except IoctlError as err:
-        return err.code
-    return 0
+    return errno_of(lambda: ioctl(fd, request, arg))
 
 
 def _fail(call: str) -> IoctlError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from guestmem.errors import IoctlError
+from guestmem.errors import IoctlError, errno_of
 from guestmem.kvm import syscalls
 from guestmem.kvm.vm import Vm
 from guestmem.uapi.kvm import (
@@ -94,11 +94,7 @@ class Kvm(syscalls.Handle):
 
     def try_create_vm(self, vm_type: int) -> int:
         """0 if a VM of ``vm_type`` can be created (it is destroyed again), else the errno."""
-        try:
-            self.create_vm(vm_type).close()
-        except IoctlError as err:
-            return err.code
-        return 0
+        return errno_of(lambda: self.create_vm(vm_type).close())
 
 
 __all__ = ["API_VERSION", "DEVICE", "Kvm", "KvmUnavailable", "unusable_reason"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from guestmem.errors import IoctlError
+from guestmem.errors import errno_of
 from guestmem.kvm import syscalls
 from guestmem.kvm.gmem import GuestMemfd
 from guestmem.kvm.vcpu import Vcpu
@@ -71,11 +71,7 @@ class Vm(syscalls.Handle):
 
     def try_create_guest_memfd(self, size: int, flags: int = 0) -> int:
         """0 if the guest_memfd can be created (it is closed again), else the errno."""
-        try:
-            self.create_guest_memfd(size, flags).close()
-        except IoctlError as err:
-            return err.code
-        return 0
+        return errno_of(lambda: self.create_guest_memfd(size, flags).close())
 
     # --- memslots --------------------------------------------------------------------------
     def set_user_memory_region2(
@@ -117,8 +113,8 @@ class Vm(syscalls.Handle):
         gmem: GuestMemfd | None = None,
         gmem_offset: int = 0,
     ) -> int:
-        try:
-            self.set_user_memory_region2(
+        return errno_of(
+            lambda: self.set_user_memory_region2(
                 slot,
                 guest_phys_addr,
                 memory_size,
@@ -127,9 +123,7 @@ class Vm(syscalls.Handle):
                 gmem=gmem,
                 gmem_offset=gmem_offset,
             )
-        except IoctlError as err:
-            return err.code
-        return 0
+        )
 
     def set_user_memory_region(
         self, slot: int, guest_phys_addr: int, memory_size: int, userspace_addr: int, flags: int = 0

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from guestmem.errors import HostFault, IoctlError, MemoryFault
+from guestmem.errors import HostFault, IoctlError, MemoryFault, errno_of
 from guestmem.model.provenance import (
     FILL_PAGE,
     INIT_PAGE,
@@ -390,11 +390,7 @@ class GuestMemfd:
 
     def try_set_memory_attributes2(self, arg: ArgBuffer) -> int:
         """As :meth:`set_memory_attributes2`, returning 0 or the errno instead of raising."""
-        try:
-            self.set_memory_attributes2(arg)
-        except IoctlError as err:
-            return err.code
-        return 0
+        return errno_of(lambda: self.set_memory_attributes2(arg))
 
     def set_memory_attributes2(self, arg: ArgBuffer) -> None:
         """``KVM_SET_MEMORY_ATTRIBUTES2`` on this guest_memfd (semantics.md §4).

@@ -106,3 +106,18 @@ class MemoryFault(GuestmemError):
 
     def __reduce__(self) -> tuple[type[MemoryFault], tuple[int, int, int]]:
         return (type(self), (self.gpa, self.size, self.flags))
+
+
+class MmioExit(GuestmemError):
+    """``KVM_EXIT_MMIO``: the guest touched ``gpa`` where no memslot is bound any more
+    (docs/semantics.md §3 *Memslots*); ``len`` is the access's first chunk (at most 8 bytes)."""
+
+    def __init__(self, gpa: int, length: int, is_write: bool) -> None:
+        kind = "write" if is_write else "read"
+        super().__init__(f"MMIO exit: {kind} of {length} bytes at gpa {gpa:#x} (no memslot)")
+        self.gpa = gpa
+        self.len = length
+        self.is_write = is_write
+
+    def __reduce__(self) -> tuple[type[MmioExit], tuple[int, int, bool]]:
+        return (type(self), (self.gpa, self.len, self.is_write))

@@ -120,6 +120,10 @@ class KernelMachine:
             self.gmem.close()
         self.kvm.close()
 
+    def check_extension(self, cap: int) -> int:
+        """``KVM_CHECK_EXTENSION`` on this VM's fd (the model answers the same call)."""
+        return self.vm.check_extension(cap)
+
     def __enter__(self) -> KernelMachine:
         return self
 

@@ -1,4 +1,4 @@
-"""What a platform module declares (semantics.md §2-§3, platforms.md §0)."""
+"""What a platform module declares (docs/semantics.md §2, §3, §8)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ class Platform:
 
     name: str
     title: str
+    #: ``x86`` or ``arm64``: the posted series defines ``kvm_arch_has_private_mem`` on
+    #: x86 only, so arm64 VMs have no PRIVATE attribute there (docs/semantics.md §1).
+    arch: str
     vm_type: int | None
     private_memory: bool
     launch: bool
@@ -31,6 +34,9 @@ class Platform:
     #: A pre-launch to-private conversion keeps contents for an in-place populate
     #: (TDX ``INIT_MEM_REGION``, SNP ``LAUNCH_UPDATE``, CCA ``RMI_POPULATE``).
     payload_in_place: bool = False
+    #: The first vCPU run launches the VM (pKVM has no finalize step; docs/semantics.md §3
+    #: *Launch*); elsewhere a guest cannot run before ``launch``.
+    first_run_launches: bool = False
 
     def support(self, direction: Direction, policy: Policy) -> Support:
         return self.policies[(direction, policy)]

@@ -17,6 +17,7 @@ S, P = Direction.TO_SHARED, Direction.TO_PRIVATE
 PLATFORM = Platform(
     name="cca",
     title="Arm CCA (Realm)",
+    arch="arm64",
     vm_type=None,
     private_memory=True,
     launch=True,

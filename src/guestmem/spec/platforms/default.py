@@ -14,6 +14,7 @@ from guestmem.uapi.kvm import KVM_X86_DEFAULT_VM
 PLATFORM = Platform(
     name="default",
     title="default VM (no private memory)",
+    arch="x86",
     vm_type=KVM_X86_DEFAULT_VM,
     private_memory=False,
     launch=False,

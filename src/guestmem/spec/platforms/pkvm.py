@@ -18,6 +18,7 @@ S, P = Direction.TO_SHARED, Direction.TO_PRIVATE
 PLATFORM = Platform(
     name="pkvm",
     title="pKVM (arm64 protected VM)",
+    arch="arm64",
     vm_type=None,
     private_memory=True,
     launch=True,
@@ -34,4 +35,5 @@ PLATFORM = Platform(
     payload="the VMM writes host-owned memory; the first guest fault donates it intact",
     host_access="SIGBUS if guest_memfd-backed (an EL2 abort, SIGSEGV, for anonymous memory)",
     sources=("platforms.md §2", "[FT-0225]", "[FT-0312]", "[P-MP]", "[P-DOC]"),
+    first_run_launches=True,
 )

@@ -18,6 +18,7 @@ S, P = Direction.TO_SHARED, Direction.TO_PRIVATE
 PLATFORM = Platform(
     name="snp",
     title="AMD SEV-SNP",
+    arch="x86",
     vm_type=KVM_X86_SNP_VM,
     private_memory=True,
     launch=True,

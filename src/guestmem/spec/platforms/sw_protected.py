@@ -18,6 +18,7 @@ S, P = Direction.TO_SHARED, Direction.TO_PRIVATE
 PLATFORM = Platform(
     name="sw_protected",
     title="KVM_X86_SW_PROTECTED_VM (software test vehicle)",
+    arch="x86",
     vm_type=KVM_X86_SW_PROTECTED_VM,
     private_memory=True,
     launch=False,

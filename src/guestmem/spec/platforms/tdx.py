@@ -18,6 +18,7 @@ S, P = Direction.TO_SHARED, Direction.TO_PRIVATE
 PLATFORM = Platform(
     name="tdx",
     title="Intel TDX",
+    arch="x86",
     vm_type=KVM_X86_TDX_VM,
     private_memory=True,
     launch=True,

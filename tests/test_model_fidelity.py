@@ -11,11 +11,11 @@ import struct
 
 import pytest
 
+from guestmem import errors
 from guestmem.backend.base import Outcome
 from guestmem.backend.model import ModelMachine
 from guestmem.checker.ops import Op
 from guestmem.checker.properties import Monitor, Property, capture
-from guestmem import errors
 from guestmem.errors import IoctlError
 from guestmem.model import GuestMemfd, Vm
 from guestmem.spec import platforms, revisions
@@ -83,7 +83,7 @@ def test_native_to_shared_leaves_pages_already_shared_alone(platform: str, abi: 
 
 @pytest.mark.parametrize(("platform", "abi", "flags"), [("snp", "seed", NONE), ("tdx", "rfc-v5", 0)])
 def test_native_to_private_leaves_pages_already_private_alone(platform: str, abi: str, flags: int) -> None:
-    vm, gmem = mixed_shared_then_private(platform, abi)
+    _vm, gmem = mixed_shared_then_private(platform, abi)
     gmem.convert(0, 2 * PAGE, P, flags)
     assert gmem.guest_read(0, PAGE, "private") == GUEST
     assert gmem.guest_read(PAGE, PAGE, "private") != HOST

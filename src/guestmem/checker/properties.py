@@ -268,9 +268,10 @@ class Monitor:
             return False
         if revision.early_return and all(before.private(p) for p in op.pages):
             return False
-        if revision.needs_consent(self.platform, before.phase):
-            if any(before.request(p) != _WANTED[direction] for p in op.pages):
-                return False
+        if revision.needs_consent(self.platform, before.phase) and any(
+            before.request(p) != _WANTED[direction] for p in op.pages
+        ):
+            return False
         return self._error_offset(op, "EAGAIN", before) is not None
 
     @staticmethod

@@ -15,9 +15,10 @@ How a cell is set up where the model needs help, each kept visible as a note:
 - ``after-launch``: the guest cannot run before launch on a platform with a launch phase
   (model assumption of :meth:`guestmem.model.Vm.require_running`), so a pre-launch S→P
   cell is read by the guest after launch.
-- ``payload`` / ``no-payload``: for a pre-launch P→S cell where the guest cannot write yet,
-  the pattern enters private memory as a pre-launch S→P payload; ``no-payload`` when no
-  policy of the revision carries it (the page then holds what that conversion left).
+- ``payload`` / ``unwritten``: for a pre-launch P→S cell where the guest cannot write yet,
+  the pattern enters private memory as a pre-launch S→P payload; ``unwritten`` when no
+  conversion of the revision carries it (the page is then private from creation, never
+  written).
 - ``v8-populate``: ``v8`` has no content flags; a pre-launch to-private conversion that
   keeps its bytes does so by the model assumption in :mod:`guestmem.spec.revisions.v8`
   (the in-place populate of v8 22/46 and 23/46).
@@ -59,10 +60,10 @@ NOTES: dict[str, tuple[str, str]] = {
         "the guest cannot write before launch: the pattern entered private memory as a "
         "pre-launch S→P payload",
     ),
-    "no-payload": (
-        "z",
-        "no policy of this revision carries a pre-launch payload here: the page held what "
-        "the pre-launch S→P conversion left, not the pattern",
+    "unwritten": (
+        "u",
+        "nothing converts to private before launch here: the page was private from creation "
+        "and never written",
     ),
     "v8-populate": (
         "v",
@@ -172,8 +173,8 @@ class _Cell:
     def _private_pattern_before_launch(self) -> ModelMachine:
         """A pre-launch VM whose page is private and, if anything allows it, holds PATTERN."""
         m = self._open(shared=False)
-        if m.guest_write(0, PATTERN, "private").ok:
-            return m
+        if not platforms.get(self.platform).launch and m.guest_write(0, PATTERN, "private").ok:
+            return m  # no launch phase: the guest writes any time (on pKVM it would launch)
         revision = revisions.get(self.abi)
         flags_tried: set[int] = set()
         for policy in (Policy.PRESERVE, Policy.DEFAULT, Policy.NONE):
@@ -186,12 +187,7 @@ class _Cell:
             if m.convert(0, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE, flags).ok and m.gmem.peek(0, PAGE) == PATTERN:
                 self.notes.append("payload")
                 return m
-        m = self._open(shared=True)
-        _require(m.host_write(0, PATTERN), "host write")
-        for flags in sorted(flags_tried):
-            if m.convert(0, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE, flags).ok:
-                self.notes.append("no-payload")
-                return m
+        self.notes.append("unwritten")
         return self._open(shared=False)  # nothing converts: the cell's own call will say why
 
     def _to_shared(self, request: bool) -> str:

@@ -309,3 +309,21 @@ def test_docs_matrix_agrees_with_section2() -> None:
                 assert value == cells[(abi, platform, direction, policy, phase)][1], (abi, platform, policy)
                 seen += 1
     assert seen == len(ABIS) * 2 * len(PLATFORMS) * len(POLICIES)
+
+
+# --- docs/analyze.md (the command's output) against §2 --------------------------------------------
+def test_docs_analyze_flags_zero_agrees_with_section2() -> None:
+    """docs/analyze.md is the model's output (test_checker.py); its flags = 0 tables must also
+    say what docs/semantics.md §2's ``default`` column states."""
+    cells = section2()
+    text = (DOCS / "analyze.md").read_text()
+    blocks = re.findall(r"^## ([\w-]+): .*?\n### flags = 0 .*?\n\n(.*?)\n\n", text, re.M | re.S)
+    assert [abi for abi, _ in blocks] == list(ABIS)
+    columns = [(S, "pre_launch"), (S, "running"), (P, "pre_launch"), (P, "running")]
+    for abi, table in blocks:
+        rows = table_rows(table)
+        assert [r[0] for r in rows] == list(PLATFORMS)
+        for platform, *answers in rows:
+            for (direction, phase), shown in zip(columns, answers, strict=True):
+                kind, value = cells[(abi, platform, direction, "default", phase)]
+                assert shown == (value if kind == "answer" else "ok"), (abi, platform, direction, phase)

@@ -5,7 +5,7 @@ a failing call raises :class:`IoctlError` (errno plus the call's name, and
 ``error_offset`` where the call writes one back); a host access that the kernel answers
 with a signal raises :class:`HostFault`; a guest access that exits to the VMM with
 ``KVM_EXIT_MEMORY_FAULT`` raises :class:`MemoryFault` (it arrives on ``KVM_RUN``'s
-``EFAULT`` path, uapi.md §13).
+``EFAULT`` path, docs/semantics.md §9).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class IoctlError(GuestmemError, OSError):
     """A call failed with ``errno``; ``call`` names the ioctl or syscall.
 
     ``error_offset`` is set when the call wrote ``kvm_memory_attributes2.error_offset``
-    back (semantics.md §4: ``EOPNOTSUPP``, ``EPERM``, ``EAGAIN``, ``ENOMEM``).
+    back (docs/semantics.md §4: ``EOPNOTSUPP``, ``EPERM``, ``EAGAIN``, ``ENOMEM``).
     """
 
     def __init__(self, code: int, call: str, error_offset: int | None = None) -> None:

@@ -6,7 +6,7 @@ process (``SIGBUS`` → ``Outcome(signal="SIGBUS")``), and the tiny guest progra
 accesses. What this kernel cannot do is reported as skipped with the reason found by
 :mod:`guestmem.kvm.facts`, never as passed: conversions without the ioctl (``ENOTTY``),
 pins without ``CONFIG_GUP_TEST``, guest requests when the guest's hypercall does not
-reach userspace. Launch mirrors the model's bookkeeping (semantics.md §3 *Launch*): the
+reach userspace. Launch mirrors the model's bookkeeping (docs/semantics.md §3 *Launch*): the
 default VM has no launch ioctl, so the first ``launch`` succeeds and a second is ``EINVAL``.
 """
 

@@ -114,7 +114,7 @@ class ModelMachine:
 
     def guest_request(self, offset: int, size: int, to: Direction) -> Outcome:
         """The guest's ``KVM_HC_MAP_GPA_RANGE``: on success the outcome carries the
-        ``HYPERCALL`` exit the VMM sees (uapi.md §13)."""
+        ``HYPERCALL`` exit the VMM sees (docs/semantics.md §9)."""
         outcome = _outcome(lambda: self.gmem.guest_request(offset, size, to))
         if outcome.errno is None:
             outcome.exit = hypercall_exit(self.gpa_base + offset, size, to)

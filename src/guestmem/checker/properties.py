@@ -55,7 +55,7 @@ from guestmem.uapi.kvm import (
 
 
 class Property(enum.Enum):
-    """A property of semantics.md §5 (``reporting`` is §4's ``error_offset`` rule)."""
+    """A property of docs/semantics.md §5 (``reporting`` is §4's ``error_offset`` rule)."""
 
     ISOLATION = "isolation"
     CONFIDENTIALITY = "confidentiality"
@@ -65,7 +65,7 @@ class Property(enum.Enum):
     REPORTING = "reporting"
 
 
-#: Platforms that claim confidentiality and integrity (semantics.md §5).
+#: Platforms that claim confidentiality and integrity (docs/semantics.md §5).
 CONFIDENTIAL = frozenset({"pkvm", "tdx", "snp", "cca"})
 
 
@@ -214,7 +214,7 @@ class Monitor:
 
     def _running(self, state: State) -> bool:
         """The guest runs: after launch, or always on a platform without a launch phase
-        (semantics.md §3 *Launch*), where nothing is measured before it runs."""
+        (docs/semantics.md §3 *Launch*), where nothing is measured before it runs."""
         return state.phase is Phase.RUNNING or not self.platform.launch
 
     # --- atomicity and reporting ---------------------------------------------------------------
@@ -250,7 +250,7 @@ class Monitor:
                     Violation(
                         Property.REPORTING,
                         step,
-                        f"{outcome.errno} wrote back error_offset {got}, semantics.md §4 says {want}",
+                        f"{outcome.errno} wrote back error_offset {got}, docs/semantics.md §4 says {want}",
                         outcome.errno,
                         expected,
                     )

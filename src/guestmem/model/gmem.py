@@ -74,8 +74,8 @@ class HostMapping:
     ``ptes`` holds the pages currently mapped. An access to a present page goes through
     without asking guest_memfd (it is the MMU); a missing page faults, and
     ``kvm_gmem_fault_user_mapping`` answers ``SIGBUS`` for a private page or a page past
-    the end (uapi.md §10). Accesses proceed page by page in ascending order; a fault stops
-    the access at the faulting page, earlier pages done.
+    the end (docs/semantics.md §3 *Host access*). Accesses proceed page by page in
+    ascending order; a fault stops the access at the faulting page, earlier pages done.
     """
 
     def __init__(self, gmem: GuestMemfd) -> None:

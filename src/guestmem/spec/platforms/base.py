@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from guestmem.spec.terms import Direction, Effect, Policy, Support
 
@@ -13,7 +13,7 @@ class Platform:
     """A confidential-computing platform, as data.
 
     ``native`` is the content effect when KVM does nothing (v6+ behaviour, and what NONE
-    gives); ``policies`` is the table the review argues for (semantics.md §2, ``seed``),
+    gives); ``policies`` is the table the review argues for (docs/semantics.md §2, ``seed``),
     keyed by direction and policy (``Policy.ZERO``, ``PRESERVE``, ``NONE``).
     """
 
@@ -30,7 +30,6 @@ class Platform:
     policies: Mapping[tuple[Direction, Policy], Support]
     payload: str
     host_access: str
-    sources: tuple[str, ...] = field(default=())
     #: A pre-launch to-private conversion keeps contents for an in-place populate
     #: (TDX ``INIT_MEM_REGION``, SNP ``LAUNCH_UPDATE``, CCA ``RMI_POPULATE``).
     payload_in_place: bool = False

@@ -77,7 +77,7 @@ class Seed:
         return platform.support(direction, Policy(policy.value)).effect_in(phase)
 
     def guaranteed(self, platform: Platform, direction: Direction, policy: Decoded) -> bool:
-        """Whether the effect is a promise (semantics.md §5 *Policy*) or only native."""
+        """Whether the effect is a promise (docs/semantics.md §5 *Policy*) or only native."""
         return platform.support(direction, Policy(policy.value)).guaranteed
 
     def applied_by_kvm(self, platform: Platform, direction: Direction, policy: Decoded) -> bool:

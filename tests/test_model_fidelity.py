@@ -310,3 +310,23 @@ def test_efault_before_the_unmap_must_change_nothing() -> None:
     assert [v.prop for v in monitor.observe(op, Outcome(errno="EFAULT"), before, zapped)] == [
         Property.ATOMICITY
     ]
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("abi", ["seed", "v8"])
+def test_capabilities_agree_with_this_kernel(abi: str) -> None:
+    """Both backends answer the same ``check_extension`` call; on a kernel without the
+    conversion series (or with it) the default VM's answers are the model's."""
+    from kvm_support import KVM_REASON
+
+    if KVM_REASON is not None:
+        pytest.skip(f"/dev/kvm unusable: {KVM_REASON}")
+    from guestmem.backend.kernel import KernelBackend
+
+    kernel = KernelBackend().open("default", abi, PAGE, SHARED)
+    try:
+        model = ModelMachine("default", abi, PAGE, SHARED)
+        for cap in (233, 234, KVM_CAP_GUEST_MEMFD_FLAGS, CAP_GMEM_ATTRIBUTES):
+            assert kernel.check_extension(cap) == model.check_extension(cap), cap
+    finally:
+        kernel.close()

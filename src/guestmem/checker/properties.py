@@ -192,7 +192,7 @@ class Monitor:
                             f"not:{plain.hex()}",
                         )
                     )
-        elif name == "guest_read" and outcome.data is not None and self._running(before):
+        elif name == "guest_read" and outcome.data is not None and self._running(after):
             injected = [
                 (a, b)
                 for a, b, label in outcome.origins or ()
@@ -214,7 +214,8 @@ class Monitor:
 
     def _running(self, state: State) -> bool:
         """The guest runs: after launch, or always on a platform without a launch phase
-        (docs/semantics.md §3 *Launch*), where nothing is measured before it runs."""
+        (docs/semantics.md §3 *Launch*), where nothing is measured before it runs. A read
+        is judged by the state after it: on pKVM the first guest read is the launch."""
         return state.phase is Phase.RUNNING or not self.platform.launch
 
     # --- atomicity and reporting ---------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_json_facts_match_the_kernel(capsys: pytest.CaptureFixture[str]) -> None
             KVM_CAP_GUEST_MEMFD_FLAGS
         )
         assert ("default" in facts["vm_types"]) == bool(kvm.vm_types() & 1)
-    assert set(facts["proposed_capabilities"]) == {str(n) for n in range(245, 251)}
+    assert set(facts["proposed_capabilities"]) == {str(n) for n in range(245, 252)}
     assert facts["conversion_ioctl"] == (facts["set_memory_attributes2"]["guest_memfd"] != "ENOTTY")
     assert facts["guest_code"]["mode"] in ("emulated", "native", "partly emulated", "unknown")
     if facts["guest_code"]["mode"] == "emulated":

@@ -136,8 +136,7 @@ def find_vng(env: dict[str, str] | None = None) -> str:
     found = shutil.which(VNG, path=path)
     if found is None:
         raise NoVirtme(
-            "virtme-ng (vng) not found: install the extra, pip install -e '.[vm]' "
-            "(./scripts/test does this)"
+            "virtme-ng (vng) not found: install the extra, pip install -e '.[vm]' (./scripts/test does this)"
         )
     return found
 
@@ -170,7 +169,11 @@ def inside_check() -> int:
     from guestmem.uapi.kvm import GUEST_MEMFD_FLAG_MMAP, PAGE_SIZE
 
     try:
-        with Kvm() as kvm, kvm.create_vm() as vm, vm.create_guest_memfd(PAGE_SIZE, GUEST_MEMFD_FLAG_MMAP) as g:
+        with (
+            Kvm() as kvm,
+            kvm.create_vm() as vm,
+            vm.create_guest_memfd(PAGE_SIZE, GUEST_MEMFD_FLAG_MMAP) as g,
+        ):
             code = g.conversion_errno()
     except (KvmUnavailable, IoctlError) as err:
         print(f"guestmem vm: no usable KVM inside the VM: {err}", file=sys.stderr)
@@ -207,14 +210,14 @@ def inside_script(command: Sequence[str], scratch: str, cwd: str, *, require_ioc
         f"export GUESTMEM_SCRATCH={q(scratch)} TMPDIR={q(scratch)} GUESTMEM_IN_VM=1",
         f'export PYTHONPATH={q(_python_path())}"${{PYTHONPATH:+:$PYTHONPATH}}"',
         f'export PATH={q(str(Path(sys.executable).parent))}:"$PATH"',
-        "export PYTHONDONTWRITEBYTECODE=1 HYPOTHESIS_STORAGE_DIRECTORY=\"$GUESTMEM_SCRATCH/.hypothesis\"",
+        'export PYTHONDONTWRITEBYTECODE=1 HYPOTHESIS_STORAGE_DIRECTORY="$GUESTMEM_SCRATCH/.hypothesis"',
         f"cd {q(cwd)} || exit 1",
         f'echo "{BOOTED} $(cut -d" " -f1 /proc/uptime) s after power-on, $(uname -r)"',
     ]
     if require_ioctl:
         lines.append(
             f"{python} -c 'import sys; from guestmem.vmrun import inside_check; sys.exit(inside_check())' "
-            f'|| {{ echo {EXIT_NO_IOCTL} > {q(scratch)}/{STATUS_FILE}.check; exit 0; }}'
+            f"|| {{ echo {EXIT_NO_IOCTL} > {q(scratch)}/{STATUS_FILE}.check; exit 0; }}"
         )
     lines += [shlex.join(_command_argv(command)), f"echo $? > {q(scratch)}/{STATUS_FILE}"]
     return "\n".join(lines) + "\n"
@@ -336,7 +339,8 @@ class VmRun:
             return status
         if not booted:
             raise BootFailed(
-                f"{self.kernel} did not boot to the command (vng exited with {vng_status})" + _quote_tail(tail)
+                f"{self.kernel} did not boot to the command (vng exited with {vng_status})"
+                + _quote_tail(tail)
             )
         raise BootFailed(
             f"the VM stopped before the command finished (vng exited with {vng_status}; "

@@ -21,6 +21,7 @@ import json
 import os
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -289,6 +290,7 @@ def _settings() -> settings:
     )
 
 
+@pytest.mark.timeout(3000)
 @_settings()
 @given(scenarios(SERIES or "v8"))
 def test_model_and_kernel_agree(case: dict[str, Any]) -> None:

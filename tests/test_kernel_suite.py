@@ -1,0 +1,80 @@
+"""The built-in suite on a kernel that has ``KVM_SET_MEMORY_ATTRIBUTES2``.
+
+Every scenario of the suite runs on ``sw_protected`` and the default VM under the
+revision the kernel implements, on the kernel and on the model, and the two must agree
+step by step (errno, ``error_offset``, signal, exit, bytes except those the revision does
+not promise). Whether a file's expectations hold under that revision is the suite's
+business (``guestmem check --abi``); that the model answers what the kernel answers is
+checked here, so every expectation the model meets, the kernel meets too. A kernel skip
+must carry a reason and be one the kernel truly needs: a guest access naming the side
+that ``sw_protected`` cannot name. The selftest scenarios (``selftest_*``) must also
+pass on the kernel wherever they pass on the model.
+
+These tests run inside the test kernels (``tests/test_vm.py`` boots them); elsewhere
+they skip with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from guestmem.backend.kernel import KernelBackend
+from guestmem.backend.model import ModelBackend
+from guestmem.scenario import load, suite_files
+from guestmem.scenario.format import Scenario
+from guestmem.scenario.runner import RunResult, run
+from kvm_support import SERIES, requires_conversions
+from test_kernel_differential import observed
+
+pytestmark = requires_conversions
+PLATFORMS = ("sw_protected", "default")
+#: The one kind of skip the kernel backend may give on these VM types (see its docstring).
+ALLOWED_SKIP = "KVM takes the side from the page's attribute"
+
+SCENARIOS = [load(path) for path in suite_files()]
+
+
+def _cases() -> list[Any]:
+    return [pytest.param(s, p, id=f"{s.name}[{p}]") for s in SCENARIOS for p in PLATFORMS if p in s.platforms]
+
+
+def both(scenario: Scenario, platform: str) -> tuple[RunResult, RunResult]:
+    assert SERIES is not None
+    return (
+        run(scenario, platform, ModelBackend(), SERIES),
+        run(scenario, platform, KernelBackend(), SERIES),
+    )
+
+
+@pytest.mark.parametrize(("scenario", "platform"), _cases())
+def test_kernel_answers_what_the_model_answers(scenario: Scenario, platform: str) -> None:
+    model, kernel = both(scenario, platform)
+    assert kernel.error is None, kernel.error
+    if kernel.skipped is not None:
+        assert ALLOWED_SKIP in kernel.skipped, f"{scenario.file}: kernel skipped: {kernel.skipped}"
+    for want, got in zip(model.steps, kernel.steps, strict=True):
+        if got.outcome is None or got.outcome.skipped is not None:
+            break
+        assert want.outcome is not None
+        assert observed(got.outcome, want.outcome) == observed(want.outcome, want.outcome), (
+            f"{scenario.file}: step {want.step.index} ({want.step.op}) on {platform} under {SERIES}: "
+            f"kernel {got.outcome.to_json()} != model {want.outcome.to_json()}"
+        )
+    if model.passed and kernel.skipped is None:
+        assert kernel.passed, [f.step.index for f in kernel.failures]
+
+
+def test_the_suite_reaches_the_kernel() -> None:
+    """Most of the suite runs for real here: a run skipped on the kernel is the exception."""
+    ran = skipped = 0
+    for scenario in SCENARIOS:
+        if "sw_protected" not in scenario.platforms:
+            continue
+        result = run(scenario, "sw_protected", KernelBackend(), SERIES)
+        if result.skipped is None:
+            ran += 1
+        else:
+            skipped += 1
+    assert ran > 3 * skipped, f"{ran} runs reached the kernel, {skipped} were skipped"

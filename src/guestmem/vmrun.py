@@ -210,7 +210,8 @@ def inside_script(command: Sequence[str], scratch: str, cwd: str, *, require_ioc
         f"export GUESTMEM_SCRATCH={q(scratch)} TMPDIR={q(scratch)} GUESTMEM_IN_VM=1",
         f'export PYTHONPATH={q(_python_path())}"${{PYTHONPATH:+:$PYTHONPATH}}"',
         f'export PATH={q(str(Path(sys.executable).parent))}:"$PATH"',
-        'export PYTHONDONTWRITEBYTECODE=1 HYPOTHESIS_STORAGE_DIRECTORY="$GUESTMEM_SCRATCH/.hypothesis"',
+        "export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
+        'export HYPOTHESIS_STORAGE_DIRECTORY="$GUESTMEM_SCRATCH/.hypothesis"',
         f"cd {q(cwd)} || exit 1",
         f'echo "{BOOTED} $(cut -d" " -f1 /proc/uptime) s after power-on, $(uname -r)"',
     ]

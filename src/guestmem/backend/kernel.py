@@ -12,7 +12,7 @@ On ``sw_protected`` KVM takes the side of a guest access from the page's attribu
 (``kvm_mmu_page_fault`` sets ``PFERR_PRIVATE_ACCESS`` from ``kvm_mem_is_private``): the
 guest cannot name the other side, so a scenario step that does is skipped with that reason.
 The backend knows each page's attribute by mirroring the conversions the kernel accepted.
-Launch mirrors the model's bookkeeping (semantics.md §3 *Launch*): the
+Launch mirrors the model's bookkeeping (docs/semantics.md §3 *Launch*): the
 default VM has no launch ioctl, so the first ``launch`` succeeds and a second is ``EINVAL``.
 """
 
@@ -131,6 +131,10 @@ class KernelMachine:
         if self.gmem is not None:
             self.gmem.close()
         self.kvm.close()
+
+    def check_extension(self, cap: int) -> int:
+        """``KVM_CHECK_EXTENSION`` on this VM's fd (the model answers the same call)."""
+        return self.vm.check_extension(cap)
 
     def __enter__(self) -> KernelMachine:
         return self

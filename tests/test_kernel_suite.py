@@ -87,3 +87,24 @@ def test_selftest_passes_on_its_kernel(scenario: Scenario) -> None:
     result = run(scenario, "sw_protected", KernelBackend(), SERIES)
     assert result.skipped is None, result.skipped
     assert result.passed, [(f.step.index, f.step.op, f.outcome) for f in result.failures]
+
+
+def _written_for_this_kernel() -> list[Any]:
+    return [
+        pytest.param(s, p, id=f"{s.name}[{p}]")
+        for s in SCENARIOS
+        if applies(s, SERIES)
+        for p in PLATFORMS
+        if p in s.platforms
+    ]
+
+
+@pytest.mark.parametrize(("scenario", "platform"), _written_for_this_kernel())
+def test_files_for_this_revision_pass_on_the_kernel(scenario: Scenario, platform: str) -> None:
+    """``guestmem check --backend kvm --abi SERIES`` for the files written for SERIES."""
+    result = run(scenario, platform, KernelBackend(), SERIES)
+    if result.skipped is not None:
+        assert any(s in result.skipped for s in ALLOWED_SKIPS), result.skipped
+    assert result.error is None and not result.failures, [
+        (f.step.index, f.step.op, f.outcome) for f in result.failures
+    ]

@@ -249,7 +249,16 @@ def test_kernel_tests_pass_inside(inside: Inside) -> None:
     assert inside.status == 0 and not failed, (
         f"{inside.series}: failed inside: {failed}\n{inside.log[-6000:]}"
     )
-    assert total["tests"] > 50 and total["skipped"] == 0, total
+    skips = [
+        (case.get("name", "?"), (case.find("skipped").get("message") or ""))  # type: ignore[union-attr]
+        for s in suites
+        for case in s.iter("testcase")
+        if case.find("skipped") is not None
+    ]
+    sys.stderr.write(f"[{inside.series}: {total}; skipped inside: {skips}]\n")
+    assert total["tests"] > 50, total
+    # the only skips allowed inside: a selection that is empty for this revision
+    assert all("empty parameter set" in why for _name, why in skips), skips
 
 
 @pytest.mark.timeout(3000)

@@ -59,6 +59,8 @@ DEFAULT_MEMORY = "2G"
 #: The line the VM prints when it has booted and is about to run the command.
 BOOTED = "guestmem-vm: booted"
 STATUS_FILE = "status"
+#: Host environment variables the command sees inside too.
+PASSED_ON = ("CI", "GUESTMEM_DIFF_EXAMPLES", "HYPOTHESIS_PROFILE")
 #: How much of a failed boot's console output the error message quotes.
 TAIL_LINES = 15
 
@@ -212,6 +214,7 @@ def inside_script(command: Sequence[str], scratch: str, cwd: str, *, require_ioc
         f'export PATH={q(str(Path(sys.executable).parent))}:"$PATH"',
         "export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
         'export HYPOTHESIS_STORAGE_DIRECTORY="$GUESTMEM_SCRATCH/.hypothesis"',
+        *(f"export {name}={q(os.environ[name])}" for name in PASSED_ON if name in os.environ),
         f"cd {q(cwd)} || exit 1",
         f'echo "{BOOTED} $(cut -d" " -f1 /proc/uptime) s after power-on, $(uname -r)"',
     ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from guestmem.backend.base import Machine, Outcome
 from guestmem.backend.kernel import KernelBackend
 from guestmem.backend.model import ModelBackend
 from guestmem.model.provenance import Origin
+from guestmem.scenario import load, run
 from guestmem.spec.terms import Direction
 from guestmem.uapi.kvm import (
     GUEST_MEMFD_FLAG_INIT_SHARED,
@@ -36,9 +38,7 @@ from guestmem.uapi.kvm import (
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
     PAGE_SIZE,
 )
-from kvm_support import SERIES, requires_conversions
-
-pytestmark = requires_conversions
+from kvm_support import SERIES, SERIES_REASON
 
 EXAMPLES = {"v8": 500, "rfc-v5": 200}
 U64 = (1 << 64) - 1
@@ -291,6 +291,8 @@ def _settings() -> settings:
 
 
 @pytest.mark.timeout(3000)
+@pytest.mark.kvm
+@pytest.mark.skipif(SERIES is None, reason=SERIES_REASON)
 @_settings()
 @given(scenarios(SERIES or "v8"))
 def test_model_and_kernel_agree(case: dict[str, Any]) -> None:
@@ -309,3 +311,33 @@ def _count_example() -> None:
     if scratch:
         with open(os.path.join(scratch, "differential.json"), "w") as out:
             json.dump({"series": SERIES, "examples": _RAN["examples"]}, out)
+
+
+def test_a_disagreement_prints_as_a_scenario_that_replays(tmp_path: Path) -> None:
+    """The printed file loads, and replaying it where the outcomes came from passes."""
+    case = {
+        "platform": "sw_protected",
+        "pages": 2,
+        "init": "shared",
+        "ops": [
+            ("host_write", 10, b"\x41" * 20),
+            ("convert", 0, PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE, 0, (), PAGE_SIZE),
+            ("host_read", 0, 8),
+            ("convert", PAGE_SIZE, PAGE_SIZE, 0, 1 << 63, (0, 0, 7), 0),
+            ("pin", PAGE_SIZE, PAGE_SIZE),
+            ("convert", 0, 2 * PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE, 0, (), 0),
+            ("guest_request", 0, PAGE_SIZE, Direction.TO_SHARED),
+            ("guest_read", 8, 16),
+        ],
+    }
+    shared = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
+    model = ModelBackend().open("sw_protected", "v8", 2 * PAGE_SIZE, shared)
+    outcomes = [apply(model, op) for op in case["ops"]]
+    model.close()
+    path = tmp_path / "disagreement.toml"
+    path.write_text(scenario_toml(case, case["ops"], outcomes, "v8"))
+    scenario = load(path)
+    assert [s.op for s in scenario.steps] == [op[0] for op in case["ops"]]
+    result = run(scenario, "sw_protected", ModelBackend(), "v8")
+    assert result.passed, [(f.step.index, f.outcome) for f in result.failures]
+    assert [expectation(o) for o in outcomes][2:6] == ["SIGBUS", "EINVAL@none", "ok", "EAGAIN@0x1000"]

@@ -315,29 +315,25 @@ def _count_example() -> None:
 
 def test_a_disagreement_prints_as_a_scenario_that_replays(tmp_path: Path) -> None:
     """The printed file loads, and replaying it where the outcomes came from passes."""
-    case = {
-        "platform": "sw_protected",
-        "pages": 2,
-        "init": "shared",
-        "ops": [
-            ("host_write", 10, b"\x41" * 20),
-            ("convert", 0, PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE, 0, (), PAGE_SIZE),
-            ("host_read", 0, 8),
-            ("convert", PAGE_SIZE, PAGE_SIZE, 0, 1 << 63, (0, 0, 7), 0),
-            ("pin", PAGE_SIZE, PAGE_SIZE),
-            ("convert", 0, 2 * PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE, 0, (), 0),
-            ("guest_request", 0, PAGE_SIZE, Direction.TO_SHARED),
-            ("guest_read", 8, 16),
-        ],
-    }
+    ops: list[Op] = [
+        ("host_write", 10, b"\x41" * 20),
+        ("convert", 0, PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE, 0, (), PAGE_SIZE),
+        ("host_read", 0, 8),
+        ("convert", PAGE_SIZE, PAGE_SIZE, 0, 1 << 63, (0, 0, 7), 0),
+        ("pin", PAGE_SIZE, PAGE_SIZE),
+        ("convert", 0, 2 * PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE, 0, (), 0),
+        ("guest_request", 0, PAGE_SIZE, Direction.TO_SHARED),
+        ("guest_read", 8, 16),
+    ]
+    case: dict[str, Any] = {"platform": "sw_protected", "pages": 2, "init": "shared", "ops": ops}
     shared = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
     model = ModelBackend().open("sw_protected", "v8", 2 * PAGE_SIZE, shared)
-    outcomes = [apply(model, op) for op in case["ops"]]
+    outcomes = [apply(model, op) for op in ops]
     model.close()
     path = tmp_path / "disagreement.toml"
-    path.write_text(scenario_toml(case, case["ops"], outcomes, "v8"))
+    path.write_text(scenario_toml(case, ops, outcomes, "v8"))
     scenario = load(path)
-    assert [s.op for s in scenario.steps] == [op[0] for op in case["ops"]]
+    assert [s.op for s in scenario.steps] == [op[0] for op in ops]
     result = run(scenario, "sw_protected", ModelBackend(), "v8")
     assert result.passed, [(f.step.index, f.outcome) for f in result.failures]
     assert [expectation(o) for o in outcomes][2:6] == ["SIGBUS", "EINVAL@none", "ok", "EAGAIN@0x1000"]

@@ -6,7 +6,13 @@ process (``SIGBUS`` → ``Outcome(signal="SIGBUS")``), and the tiny guest progra
 accesses. What this kernel cannot do is reported as skipped with the reason found by
 :mod:`guestmem.kvm.facts`, never as passed: conversions without the ioctl (``ENOTTY``),
 pins without ``CONFIG_GUP_TEST``, guest requests when the guest's hypercall does not
-reach userspace. Launch mirrors the model's bookkeeping (docs/semantics.md §3 *Launch*): the
+reach userspace, private guest accesses on a VM type that has no private memory here.
+
+On ``sw_protected`` KVM takes the side of a guest access from the page's attribute
+(``kvm_mmu_page_fault`` sets ``PFERR_PRIVATE_ACCESS`` from ``kvm_mem_is_private``): the
+guest cannot name the other side, so a scenario step that does is skipped with that reason.
+The backend knows each page's attribute by mirroring the conversions the kernel accepted.
+Launch mirrors the model's bookkeeping (docs/semantics.md §3 *Launch*): the
 default VM has no launch ioctl, so the first ``launch`` succeeds and a second is ``EINVAL``.
 """
 
@@ -30,6 +36,7 @@ from guestmem.model.vm import GPA_BASE
 from guestmem.spec import platforms
 from guestmem.spec.terms import Direction, Phase
 from guestmem.uapi.kvm import (
+    GUEST_MEMFD_FLAG_INIT_SHARED,
     KVM_CAP_EXIT_HYPERCALL,
     KVM_HC_MAP_GPA_RANGE,
     KVM_MAP_GPA_RANGE_DECRYPTED,
@@ -87,6 +94,11 @@ class KernelMachine:
         self.mmap_error: IoctlError | None = None
         self.guest: TinyGuest | None = None
         self.pinned: dict[tuple[int, int], pins.Pin] = {}
+        self.private_memory = facts.private_memory(spec.name)
+        #: Private pages, mirrored from creation flags and accepted conversions.
+        self.private: set[int] = set()
+        if self.private_memory and not flags & GUEST_MEMFD_FLAG_INIT_SHARED:
+            self.private = set(range(size // PAGE_SIZE))
         self.vm: Vm = kvm.create_vm(spec.vm_type)
         self.gmem: GuestMemfd | None = None
         try:
@@ -144,11 +156,24 @@ class KernelMachine:
         return _outcome(lambda: self._host().read(offset, size))
 
     # --- guest side -----------------------------------------------------------------------
-    def _guest_skip(self, access: str | None) -> str | None:
+    def _guest_skip(self, access: str | None, offset: int, size: int) -> str | None:
         if access not in (None, "private", "shared"):
             raise ValueError(f"access must be 'private', 'shared' or None, not {access!r}")
-        if access == "private":
-            return f"a {self.platform} VM has no private memory: the guest cannot make a private access"
+        if access == "private" and not self.private_memory:
+            found = self.facts.vm_type_facts.get(self.platform, {}).get("to_private", "not probed")
+            return (
+                f"a {self.platform} VM has no private memory on this kernel (a to-private conversion "
+                f"of a fresh guest_memfd: {found}): the guest cannot make a private access"
+            )
+        if access is not None and self.private_memory:
+            first, last = offset // PAGE_SIZE, (offset + max(size, 1) - 1) // PAGE_SIZE
+            for page in range(first, last + 1):
+                if (page in self.private) != (access == "private"):
+                    return (
+                        f"a {self.platform} guest cannot make a {access} access to a "
+                        f"{'private' if page in self.private else 'shared'} page: KVM takes the side "
+                        "from the page's attribute (kvm_mmu_page_fault)"
+                    )
         if self.mapping is None and self.facts.emulated:
             return (
                 "guest code is emulated here and reaches memory through the memslot's userspace_addr; "
@@ -166,15 +191,15 @@ class KernelMachine:
             raise ValueError(f"guest access [{offset:#x}, +{size:#x}) is outside the memslot")
 
     def guest_write(self, offset: int, data: bytes, access: str | None = None) -> Outcome:
-        skip = self._guest_skip(access)
         self._check_guest_range(offset, len(data))
+        skip = self._guest_skip(access, offset, len(data))
         if skip:
             return Outcome(skipped=skip)
         return _outcome(lambda: self._guest().write(GPA_BASE + offset, data))
 
     def guest_read(self, offset: int, size: int, access: str | None = None) -> Outcome:
-        skip = self._guest_skip(access)
         self._check_guest_range(offset, size)
+        skip = self._guest_skip(access, offset, size)
         if skip:
             return Outcome(skipped=skip)
         return _outcome(lambda: self._guest().read(GPA_BASE + offset, size))
@@ -197,7 +222,11 @@ class KernelMachine:
             return Outcome(skipped=skip)
         assert self.gmem is not None
         gmem = self.gmem
-        return _outcome(lambda: gmem.set_memory_attributes2(arg))
+        outcome = _outcome(lambda: gmem.set_memory_attributes2(arg))
+        if outcome.ok:
+            pages = set(range(offset // PAGE_SIZE, (offset + size) // PAGE_SIZE))
+            self.private = self.private | pages if attributes else self.private - pages
+        return outcome
 
     def punch_hole(self, offset: int, size: int) -> Outcome:
         assert self.gmem is not None

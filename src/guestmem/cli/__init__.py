@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "consume",
     "report",
     "bench",
+    "vm",
 )
 
 

@@ -8,9 +8,10 @@ do not depend on the number of workers.
 :func:`relation` is the table of every answer the model and the property monitor get
 from an ABI revision, over every input they can ask it with (semantics.md §1-§4: flags
 decoding, attribute and error_offset checks, early return, effect per direction, policy
-and phase, guarantee, consent, whole-range effect). Two revisions with the same table on
-a platform give the same transition relation, so the same exploration: ``analyze`` runs
-it once and relabels it (:func:`relabel`).
+and phase, guarantee, who applies the effect, consent, capabilities); :data:`COVERED`
+names every member it asks, and a test checks that no revision has another. Two
+revisions with the same table on a platform give the same transition relation, so the
+same exploration: ``analyze`` runs it once and relabels it (:func:`relabel`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from guestmem.checker.explore import (
 from guestmem.spec import revisions
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions import Revision
-from guestmem.spec.terms import Decoded, Direction, Phase, Policy
+from guestmem.spec.terms import Direction, Phase, Policy
 from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE
 
 #: Every public member of a revision that :func:`relation` covers (or that names it).
@@ -47,7 +48,11 @@ COVERED = frozenset(
         "effect",
         "guaranteed",
         "needs_consent",
-        "whole_range",
+        "has_private_memory",
+        "applied_by_kvm",
+        "capabilities",
+        "cap_gmem_attributes",
+        "cap_flags",
     }
 )
 #: ``flags`` values beyond the encoded policies that a VMM may pass.
@@ -57,17 +62,22 @@ _OTHER_FLAGS = (0, 1 << 3, 1 << 0 | 1 << 1, 1 << 63)
 def relation(platform: Platform, revision: Revision) -> Hashable:
     """What ``revision`` answers the model about ``platform``, over all its inputs."""
     flags = sorted({revision.encode(p) for p in Policy} | set(_OTHER_FLAGS))
-    cells = [(d, dec, ph) for d in Direction for dec in Decoded for ph in Phase]
+    decoded = sorted({d for f in flags if (d := revision.decode(f)) is not None}, key=lambda d: d.value)
+    cells = [(d, dec, ph) for d in Direction for dec in decoded for ph in Phase]
     return (
         tuple((p.value, revision.encode(p)) for p in Policy),
         tuple((f, revision.decode(f)) for f in flags),
         revision.rejects_error_offset_input,
         tuple(revision.accepts_attributes(platform, a) for a in (0, KVM_MEMORY_ATTRIBUTE_PRIVATE, 1 << 5)),
         revision.early_return,
-        revision.whole_range,
+        revision.has_private_memory(platform),
         tuple(revision.effect(platform, d, dec, ph) for d, dec, ph in cells),
-        tuple(revision.guaranteed(platform, d, dec) for d in Direction for dec in Decoded),
+        tuple(revision.guaranteed(platform, d, dec) for d in Direction for dec in decoded),
+        tuple(revision.applied_by_kvm(platform, d, dec) for d in Direction for dec in decoded),
         tuple(revision.needs_consent(platform, ph) for ph in Phase),
+        tuple(tuple(sorted(revision.capabilities(platform, b).items())) for b in (False, True)),
+        revision.cap_gmem_attributes,
+        getattr(revision, "cap_flags", None),
     )
 
 

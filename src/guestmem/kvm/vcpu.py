@@ -244,6 +244,19 @@ class Vcpu:
                 raise
             return decode_exit(self.run_view)
 
+    def complete_pending(self) -> None:
+        """Finish an exit KVM still expects userspace to complete (an IO or MMIO access)
+        without entering the guest: ``KVM_RUN`` with ``immediate_exit`` set (api.rst
+        §5, ``immediate_exit``), which answers ``EINTR``."""
+        self.run_struct.immediate_exit = 1
+        try:
+            syscalls.ioctl(self.fd, KVM_RUN)
+        except IoctlError as err:
+            if err.code not in (errno.EINTR, errno.EFAULT):
+                raise
+        finally:
+            self.run_struct.immediate_exit = 0
+
     def set_hypercall_ret(self, value: int) -> None:
         """The value the guest's hypercall returns when it is re-entered (uapi.md §13)."""
         self.run_struct.hypercall.ret = value & ((1 << 64) - 1)

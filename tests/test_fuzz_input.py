@@ -40,7 +40,9 @@ numbers = st.one_of(
     st.integers(0, 4 * 4096),
     st.sampled_from([0, 1, 4095, 4096, 8192, 1 << 30, (1 << 64) - 1, 1 << 64, -1, -(1 << 63)]),
     st.integers(-(1 << 70), 1 << 70),
-    st.sampled_from(["4K", "8K", "0x1000", "page:1", "page:2", "1G", "65G", "2M", "0x", "", "page:-1", "12Q"]),
+    st.sampled_from(
+        ["4K", "8K", "0x1000", "page:1", "page:2", "1G", "65G", "2M", "0x", "", "page:-1", "12Q"]
+    ),
     st.booleans(),
     st.floats(),
     text,
@@ -145,7 +147,13 @@ def _value(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+        return (
+            "nan"
+            if math.isnan(value)
+            else ("inf" if value > 0 else "-inf")
+            if math.isinf(value)
+            else repr(value)
+        )
     if isinstance(value, str):
         return _string(value)
     if isinstance(value, list):
@@ -202,7 +210,9 @@ def fixture_files(draw: st.DrawFn) -> bytes:
         "document": document,
         "model": [],
     }
-    for key in draw(st.lists(st.sampled_from(["document", "platform", "revision", "model", "fixture"]), max_size=1)):
+    for key in draw(
+        st.lists(st.sampled_from(["document", "platform", "revision", "model", "fixture"]), max_size=1)
+    ):
         del fixture[key]
     if draw(st.booleans()) and draw(st.booleans()):
         fixture["extra"] = 1
@@ -251,7 +261,11 @@ def _exit_code(argv: list[str]) -> tuple[int, str]:
     max_examples=EXAMPLES,
     deadline=None,
     database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 @given(kind=st.sampled_from(["run", "consume"]), data=st.data())
 def test_every_generated_document_ends_cleanly(
@@ -270,7 +284,9 @@ def test_every_generated_document_ends_cleanly(
     else:
         path = work / "fz.json"
         path.write_bytes(data.draw(fixture_files()))
-        code, err = _exit_code(["consume", str(work), "--backend", "model", "--format", "json", "--timeout", "5"])
+        code, err = _exit_code(
+            ["consume", str(work), "--backend", "model", "--format", "json", "--timeout", "5"]
+        )
         where = str(path)
     assert code in (0, 1, 2), (code, err)
     if code == 2:  # bad input names the file and says what was wrong, on one line

@@ -131,6 +131,14 @@ def test_paths_with_nul_or_missing_are_bad_input(tmp_path: Path, capsys: pytest.
     _bad(["fill", "a\0b"], capsys, "NUL")
 
 
+def test_report_output_paths_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = _write(tmp_path / "s.toml", HEAD + READ)
+    _bad(["report", "--out", "r\0.html", scenario], capsys, "--out", "NUL")
+    _bad(["report", "--out", _fifo(tmp_path, "pipe.html"), scenario], capsys, "--out", "not a regular file")
+    _bad(["report", "--out", "/dev/full", scenario], capsys, "--out", "not a regular file")
+    _bad(["report", "--out", "/proc/version", scenario], capsys, "--out", "/proc/version", "cannot write")
+
+
 def test_bad_timeout_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     for value in ("-1", "nan", "inf", "soon"):
         with pytest.raises(SystemExit) as stop:

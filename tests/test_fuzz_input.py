@@ -104,7 +104,7 @@ step_fields = {
 }
 steps = st.fixed_dictionaries(
     {"op": st.one_of(st.sampled_from([*OPS, "launch", "launch", "explode"]), st.integers())},
-    optional=step_fields,  # type: ignore[arg-type]
+    optional=step_fields,
 )
 scenario_docs = st.fixed_dictionaries(
     {

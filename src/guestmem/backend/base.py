@@ -70,7 +70,7 @@ class Outcome:
 def attributes2(
     offset: int, size: int, attributes: int, flags: int, error_offset: int, reserved: tuple[int, ...]
 ) -> bytearray:
-    """A raw, writable ``struct kvm_memory_attributes2`` (128 bytes, uapi.md §3); each word
+    """A raw, writable ``struct kvm_memory_attributes2`` (128 bytes, docs/semantics.md §9); each word
     is taken modulo 2^64, as a C caller's u64 would be."""
     words = (offset, size, attributes, flags, error_offset, *reserved)
     if len(words) > 16:
@@ -116,6 +116,7 @@ class Machine(Protocol):
     def unpin(self, offset: int, size: int) -> Outcome: ...
     def launch(self) -> Outcome: ...
     def guest_request(self, offset: int, size: int, to: Direction) -> Outcome: ...
+    def check_extension(self, cap: int) -> int: ...
     def close(self) -> None: ...
 
 

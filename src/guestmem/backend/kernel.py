@@ -6,7 +6,7 @@ process (``SIGBUS`` → ``Outcome(signal="SIGBUS")``), and the tiny guest progra
 accesses. What this kernel cannot do is reported as skipped with the reason found by
 :mod:`guestmem.kvm.facts`, never as passed: conversions without the ioctl (``ENOTTY``),
 pins without ``CONFIG_GUP_TEST``, guest requests when the guest's hypercall does not
-reach userspace. Launch mirrors the model's bookkeeping (semantics.md §3 *Launch*): the
+reach userspace. Launch mirrors the model's bookkeeping (docs/semantics.md §3 *Launch*): the
 default VM has no launch ioctl, so the first ``launch`` succeeds and a second is ``EINVAL``.
 """
 
@@ -125,6 +125,10 @@ class KernelMachine:
         if self.gmem is not None:
             self.gmem.close()
         self.kvm.close()
+
+    def check_extension(self, cap: int) -> int:
+        """``KVM_CHECK_EXTENSION`` on this VM's fd (the model answers the same call)."""
+        return self.vm.check_extension(cap)
 
     def __enter__(self) -> KernelMachine:
         return self

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from guestmem.backend.base import MAX_PAGES, Outcome, attributes2, check_guest_range
-from guestmem.errors import HostFault, IoctlError, MemoryFault
+from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit
 from guestmem.model import GuestMemfd, Vm
 from guestmem.spec.terms import Direction
 from guestmem.uapi.kvm import (
@@ -29,6 +29,8 @@ def _outcome(action: Callable[[], bytes | None]) -> Outcome:
     except MemoryFault as fault:
         exit_ = {"reason": "MEMORY_FAULT", "gpa": fault.gpa, "size": fault.size, "flags": fault.flags}
         return Outcome(exit=exit_)
+    except MmioExit as mmio:
+        return Outcome(exit={"reason": "MMIO", "gpa": mmio.gpa, "len": mmio.len, "is_write": mmio.is_write})
     return Outcome(data=data)
 
 
@@ -115,11 +117,15 @@ class ModelMachine:
 
     def guest_request(self, offset: int, size: int, to: Direction) -> Outcome:
         """The guest's ``KVM_HC_MAP_GPA_RANGE``: on success the outcome carries the
-        ``HYPERCALL`` exit the VMM sees (uapi.md §13)."""
+        ``HYPERCALL`` exit the VMM sees (docs/semantics.md §9)."""
         outcome = _outcome(lambda: self.gmem.guest_request(offset, size, to))
         if outcome.errno is None:
             outcome.exit = hypercall_exit(self.gpa_base + offset, size, to)
         return outcome
+
+    def check_extension(self, cap: int) -> int:
+        """``KVM_CHECK_EXTENSION`` on the VM (docs/semantics.md §7)."""
+        return self.vm.check_extension(cap)
 
     def close(self) -> None:
         if self.mapping is not None:

@@ -4,11 +4,11 @@ answers to every conversion a VMM can ask for, and what the checker finds.
 Every cell is measured by running the model, never read from the spec tables:
 
 - **flags = 0**: a one-page conversion with ``flags`` 0 of an allocated page, per
-  platform, direction and phase (semantics.md §1 "flags = 0 means"); running
+  platform, direction and phase (docs/semantics.md §1 "flags = 0 means"); running
   conversions are preceded by the guest's request, so pKVM's consent rule does not hide
   the answer;
 - **policies**: the same call with each explicit policy, giving the ``EOPNOTSUPP`` map
-  (semantics.md §2, §4 step 9);
+  (docs/semantics.md §2, §4 step 9);
 - **violations**: :func:`~guestmem.checker.explore.explore` on every platform with the
   default bounds, each violated property with its shortest counterexample.
 """
@@ -118,7 +118,7 @@ def blocks(results: list[RevisionAnalysis]) -> list[Block]:
             [],
         ),
         (
-            "Properties (semantics.md §5): *isolation* (the host never reads or writes a private "
+            "Properties (docs/semantics.md §5): *isolation* (the host never reads or writes a private "
             "page, nor keeps a pin on one), *confidentiality* and *integrity* (claimed by pkvm, tdx, "
             "snp and cca only), *policy* (every §2 guarantee holds for the next reader), *atomicity* "
             "(a failed call changes nothing) and *reporting* (the §4 `error_offset`). Each "

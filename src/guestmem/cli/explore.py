@@ -1,5 +1,5 @@
 """``guestmem explore``: search every operation sequence up to a depth for property
-violations (semantics.md §5) and print the shortest counterexample of each."""
+violations (docs/semantics.md §5) and print the shortest counterexample of each."""
 
 from __future__ import annotations
 

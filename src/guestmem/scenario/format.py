@@ -289,7 +289,7 @@ def _convert_fields(raw: Mapping[str, Any], fields: dict[str, Any], bad: Any, nu
     if "reserved" in raw:
         words = raw["reserved"]
         if not isinstance(words, list) or len(words) > 11:
-            raise bad("reserved", "must be a list of at most 11 u64 words (reserved[11], uapi.md §3)")
+            raise bad("reserved", "must be a list of at most 11 u64 words (docs/semantics.md §9)")
         try:
             fields["reserved"] = tuple(parse_number(w) for w in words)
         except ValueError as err:

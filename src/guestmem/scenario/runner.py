@@ -143,7 +143,7 @@ class RunResult:
 
 
 def gmem_flags(scenario: Scenario) -> int:
-    """``MMAP``, plus ``INIT_SHARED`` when the scenario starts shared (uapi.md §4)."""
+    """``MMAP``, plus ``INIT_SHARED`` when the scenario starts shared (docs/semantics.md §9)."""
     return GUEST_MEMFD_FLAG_MMAP | (GUEST_MEMFD_FLAG_INIT_SHARED if scenario.init == "shared" else 0)
 
 

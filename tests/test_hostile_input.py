@@ -351,3 +351,30 @@ def test_timeout_ends_a_slow_run_cleanly(tmp_path: Path, capsys: pytest.CaptureF
     assert 1 <= len(ran) < 400
     assert all(s["passed"] is None for s in run["steps"][len(ran) :])
     assert _run(["run", path, "--timeout", "0"], capsys)[0] == 0  # 0: no limit
+
+
+def test_the_documented_limits_are_the_enforced_ones() -> None:
+    from guestmem import inputs
+    from guestmem.backend.base import GUEST_WINDOW, MAX_PAGES
+    from guestmem.backend.kernel import MEMORY_SHARE, MEMSLOT_MAX_PAGES, SLOT_BYTES_PER_PAGE
+    from guestmem.scenario.format import MAX_ACCESS, MAX_STEPS
+    from guestmem.scenario.runner import TIMEOUT
+
+    doc = (Path(__file__).parent.parent / "docs" / "scenarios.md").read_text()
+    limits = doc[doc.index("## Limits") : doc.index("## Fixtures")]
+    stated = [
+        f"{inputs.MAX_SCENARIO_BYTES >> 20} MiB for a scenario file",
+        f"{inputs.MAX_FIXTURE_BYTES >> 20} MiB for a fixture",
+        f"{inputs.MAX_DEPTH} levels",
+        f"at most {inputs.MAX_NUMBER_CHARS} characters",
+        f"{MAX_STEPS} per file",
+        f"| one access | {MAX_ACCESS >> 20} MiB",
+        f"first {GUEST_WINDOW >> 30} GiB",
+        "2^40 − 1",
+        "2^31 − 1",
+        f"an eighth of `MemAvailable` at {SLOT_BYTES_PER_PAGE} bytes",
+        f"default {TIMEOUT:g}",
+    ]
+    for text in stated:
+        assert text in limits, text
+    assert (MAX_PAGES, MEMSLOT_MAX_PAGES, MEMORY_SHARE) == ((1 << 40) - 1, (1 << 31) - 1, 8)

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from guestmem.model.vm import Vm
 
 IOCTL = "KVM_SET_MEMORY_ATTRIBUTES2"
+_LLONG_MAX = (1 << 63) - 1
 ARG_SIZE = ctypes.sizeof(KvmMemoryAttributes2)
 _U64 = 1 << 64
 #: Guest requests, per page: none, share (for P→S), unshare (for S→P).
@@ -64,8 +65,18 @@ GmemSnapshot = tuple[
     tuple[tuple[int, int], ...],
     tuple[tuple[int, ...], ...],
 ]
+#: :meth:`GuestMemfd.rows`: one page's attribute, guest request, contents (``UNALLOCATED``
+#: when not allocated), pins, stale pins and host mappings (bit ``m``: mapping ``m`` maps it).
+PageRow = tuple[int, int, "Page | tuple[()]", int, int, int]
+UNALLOCATED: tuple[()] = ()
 #: The runs of a page the host wrote whole (shared, immutable).
 _HOST_PAGE_RUNS: Runs = ((0, PAGE_SIZE, Origin.HOST),)
+
+
+def _loff_t(value: int) -> int:
+    """``value`` as the kernel's signed 64-bit ``loff_t`` (a C caller's u64 wraps)."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value > _LLONG_MAX else value
 
 
 class HostMapping:
@@ -244,6 +255,44 @@ class GuestMemfd:
         for mapping, mapped in zip(self.mappings, ptes, strict=True):
             mapping.ptes = set(mapped)
 
+    def rows(self) -> tuple[PageRow, ...]:
+        """The same state as :meth:`snapshot`, one :data:`PageRow` per page (for files of a
+        few pages: the checker's states, where pages are compared and permuted)."""
+        attributes, requests = self.attributes.expand(), self.requests.expand()
+        pages, pins, stale = self.pages, self.pins, self.stale_pins
+        mappings = self.mappings
+        return tuple(
+            [
+                (
+                    attributes[i],
+                    requests[i],
+                    pages.get(i, UNALLOCATED),
+                    pins.get(i, 0),
+                    stale.get(i, 0),
+                    sum(1 << m for m, mapping in enumerate(mappings) if i in mapping.ptes),
+                )
+                for i in range(self.npages)
+            ]
+        )
+
+    def restore_rows(self, rows: tuple[PageRow, ...]) -> None:
+        """Put back a :meth:`rows` of this file (same mappings, in the same order)."""
+        self.attributes.assign([row[0] for row in rows])
+        self.requests.assign([row[1] for row in rows])
+        pages, pins, stale = self.pages, self.pins, self.stale_pins
+        pages.clear()
+        pins.clear()
+        stale.clear()
+        for i, (_, _, page, pinned, stale_pinned, _) in enumerate(rows):
+            if page:
+                pages[i] = page
+            if pinned:
+                pins[i] = pinned
+            if stale_pinned:
+                stale[i] = stale_pinned
+        for m, mapping in enumerate(self.mappings):
+            mapping.ptes = {i for i, row in enumerate(rows) if row[5] >> m & 1}
+
     def _spans(self, offset: int, size: int) -> Iterator[tuple[int, int, int]]:
         end = offset + size
         while offset < end:
@@ -267,17 +316,21 @@ class GuestMemfd:
     def fallocate(self, mode: int, offset: int, length: int) -> None:
         """``fallocate()``: ``PUNCH_HOLE|KEEP_SIZE`` deallocates, ``KEEP_SIZE`` preallocates.
 
-        Checks as ``vfs_fallocate`` then ``kvm_gmem_fallocate`` (docs/semantics.md §6): a
-        length of 0 or a negative offset → ``EINVAL``; other modes → ``EOPNOTSUPP``;
-        unaligned → ``EINVAL``; preallocating past the end → ``EINVAL``; punching past it
-        is clipped. Preallocated folios are not up to date: the first reader still sees
-        zeros and content policies pass them by, so the model records nothing for them
-        (§3 *Allocated*).
+        Checks as ``vfs_fallocate`` then ``kvm_gmem_fallocate`` (docs/semantics.md §6):
+        offset and length are ``loff_t`` (a u64 above 2^63 is negative); a length of 0 or
+        less or a negative offset → ``EINVAL``; other modes → ``EOPNOTSUPP``; an end beyond
+        ``LLONG_MAX`` → ``EFBIG``; unaligned → ``EINVAL``; preallocating past the end →
+        ``EINVAL``; punching past it is clipped. Preallocated folios are not up to date: the
+        first reader still sees zeros and content policies pass them by, so the model
+        records nothing for them (§3 *Allocated*).
         """
+        offset, length = _loff_t(offset), _loff_t(length)
         if offset < 0 or length <= 0:
             raise IoctlError(errno.EINVAL, "fallocate")
         if not mode & FALLOC_FL_KEEP_SIZE or mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
             raise IoctlError(errno.EOPNOTSUPP, "fallocate")
+        if offset + length > _LLONG_MAX:
+            raise IoctlError(errno.EFBIG, "fallocate")
         if offset % PAGE_SIZE or length % PAGE_SIZE:
             raise IoctlError(errno.EINVAL, "fallocate")
         lo = offset >> PAGE_SHIFT

@@ -22,8 +22,8 @@ from guestmem.uapi.kvm import PAGE_SIZE
 _U64 = 1 << 64
 #: Fields each op accepts (besides ``op``, ``expect`` and ``error_offset``), and which are required.
 OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "host_write": (("offset", "data", "repeat"), ("offset", "data")),
-    "host_read": (("offset", "size"), ("offset", "size")),
+    "host_write": (("offset", "data", "repeat", "mapping"), ("offset", "data")),
+    "host_read": (("offset", "size", "mapping"), ("offset", "size")),
     "guest_write": (("offset", "data", "repeat", "as"), ("offset", "data")),
     "guest_read": (("offset", "size", "as"), ("offset", "size")),
     "convert": (
@@ -63,6 +63,8 @@ class Step:
     attributes: int | None = None
     reserved: tuple[int, ...] = ()
     error_offset_in: int = 0
+    #: Which host mapping a host access goes through: 0, the VMM's; 1, a second process's.
+    mapping: int = 0
     #: The step as written (for fixtures and reports).
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -83,6 +85,8 @@ class Step:
             parts.append(f"{self.offset:#x}+{(self.size or len(self.data)):#x}")
         if self.access:
             parts.append(f"as {self.access}")
+        if self.mapping:
+            parts.append(f"through mapping {self.mapping}")
         if self.to is not None:
             parts.append(f"to {self.to.value.removeprefix('to_')}")
         if self.flags is not None:
@@ -247,6 +251,12 @@ def _step(raw: Any, n: int, where: str, applies: Sequence[str], pages: int, plat
         fields["data"] = chunk * repeat
     elif "repeat" in raw:
         raise bad("repeat", "needs 'data'")
+    if "mapping" in raw:
+        if raw["mapping"] not in (0, 1) or isinstance(raw["mapping"], bool):
+            raise bad(
+                "mapping", f"must be 0 (the VMM's mapping) or 1 (a second process's), not {raw['mapping']!r}"
+            )
+        fields["mapping"] = raw["mapping"]
     if "as" in raw:
         if raw["as"] not in ("private", "shared"):
             raise bad("as", f"must be 'private' or 'shared', not {raw['as']!r}")

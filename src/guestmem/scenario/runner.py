@@ -123,8 +123,12 @@ def perform(machine: Machine, step: Step, abi: str) -> Outcome:
     ``flags``/``attributes`` override."""
     op = step.op
     if op == "host_write":
+        if step.mapping:
+            return machine.host_write(step.offset, step.data, mapping=step.mapping)
         return machine.host_write(step.offset, step.data)
     if op == "host_read":
+        if step.mapping:
+            return machine.host_read(step.offset, step.size, mapping=step.mapping)
         return machine.host_read(step.offset, step.size)
     if op == "guest_write":
         return machine.guest_write(step.offset, step.data, step.access)

@@ -54,12 +54,12 @@ def test_consume_on_the_model_and_a_tampered_fixture(
     assert main(["fill", str(out), str(SUITE / "selftest_truncate.toml")]) == 0
     assert main(["consume", str(out), "--backend", "model"]) == 0
     assert "PASS  selftest_truncate [sw_protected]" in capsys.readouterr().out
-    path = out / "selftest_truncate.sw_protected.seed.json"
+    path = out / "selftest_truncate.sw_protected.v8.json"
     doc = json.loads(path.read_text())
     doc["document"]["step"][2]["expect"] = ["fill:ab"]
     path.write_text(json.dumps(doc))
     assert main(["consume", str(out), "--backend", "model", "--format", "tap"]) == 1
-    assert "not ok 1 - selftest_truncate [sw_protected] seed" in capsys.readouterr().out
+    assert "not ok 1 - selftest_truncate [sw_protected] v8" in capsys.readouterr().out
 
 
 def test_fill_bad_input_exits_2_and_writes_nothing(

@@ -119,6 +119,18 @@ def test_convert_fields(tmp_path: Path) -> None:
             "step 1: field 'error_offset': only meaningful with an errno",
         ),
         (step('op = "launch"\nexpect = []'), "step 1: field 'expect': an empty list allows nothing"),
+        (
+            step('op = "host_read"\noffset = 0\nsize = 8\nmapping = 2'),
+            "step 1: field 'mapping': must be 0 (the VMM's mapping) or 1 (a second process's), not 2",
+        ),
+        (
+            step('op = "host_read"\noffset = 0\nsize = 8\nmapping = true'),
+            "step 1: field 'mapping': must be 0",
+        ),
+        (
+            step('op = "guest_read"\noffset = 0\nsize = 8\nmapping = 1'),
+            "step 1: field 'mapping': unknown field",
+        ),
         (GOOD.replace('name = "t"', 'name = ""'), "field 'name': required"),
         (GOOD.replace("pages = 2", "pages = 0"), "field 'pages': required, a positive integer"),
         (GOOD.replace('init = "shared"', 'init = "both"'), "field 'init': required, 'shared' or 'private'"),

@@ -222,3 +222,26 @@ def test_guest_request_direction(tmp_path: Path) -> None:
     assert run(load(path), "pkvm", backend).passed
     assert backend.machine is not None
     assert backend.machine.calls == [("guest_request", (0, 4096, Direction.TO_SHARED), {})]
+
+
+def test_a_second_mapping_is_another_process(tmp_path: Path) -> None:
+    """``mapping = 1``: the model's second mapping has its own page tables, and a
+    to-private conversion removes the page from both (forked_accesses)."""
+    path = tmp_path / "m.toml"
+    path.write_text(
+        'name = "m"\npages = 1\ninit = "shared"\nplatforms = ["sw_protected"]\n'
+        '[[step]]\nop = "host_write"\noffset = 0\ndata = "0b"\n'
+        '[[step]]\nop = "host_read"\noffset = 0\nsize = 1\nmapping = 1\nexpect = "0b"\n'
+        '[[step]]\nop = "convert"\noffset = 0\nsize = "4K"\nto = "private"\npolicy = "preserve"\n'
+        '[[step]]\nop = "host_write"\noffset = 0\ndata = "0c"\nmapping = 1\nexpect = "SIGBUS"\n'
+        '[[step]]\nop = "host_read"\noffset = 0\nsize = 1\nexpect = "SIGBUS"\n'
+    )
+    backend = FakeBackend({"host_read": Outcome(data=b"\x0b")})
+    run(load(path), "sw_protected", backend)
+    assert backend.machine is not None
+    reads = [(c[1], c[2]) for c in backend.machine.calls if c[0] == "host_read"]
+    assert reads == [((0, 1), {"mapping": 1}), ((0, 1), {})]
+    from guestmem.backend.model import ModelBackend
+
+    result = run(load(path), "sw_protected", ModelBackend())
+    assert result.status == "pass", [f.to_json() for f in result.failures]

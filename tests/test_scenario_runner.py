@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from guestmem.backend.base import Machine, Outcome, Unavailable
+from guestmem.backend.model import ModelBackend
 from guestmem.scenario import load, run
 from guestmem.spec import revisions
 from guestmem.spec.terms import Direction, Policy
@@ -241,7 +242,5 @@ def test_a_second_mapping_is_another_process(tmp_path: Path) -> None:
     assert backend.machine is not None
     reads = [(c[1], c[2]) for c in backend.machine.calls if c[0] == "host_read"]
     assert reads == [((0, 1), {"mapping": 1}), ((0, 1), {})]
-    from guestmem.backend.model import ModelBackend
-
     result = run(load(path), "sw_protected", ModelBackend())
     assert result.status == "pass", [f.to_json() for f in result.failures]

@@ -49,7 +49,7 @@ def test_json_summary_and_filter(capsys: pytest.CaptureFixture[str]) -> None:
     assert {r["scenario"] for r in doc["runs"]} == {
         n for n in cases("sw_protected") if n.startswith("selftest_")
     }
-    assert doc["summary"] == {"sw_protected": {"passed": 22, "failed": 0, "skipped": 0, "not applicable": 0}}
+    assert doc["summary"] == {"sw_protected": {"passed": 24, "failed": 0, "skipped": 0, "not applicable": 0}}
 
 
 def test_a_case_that_does_not_apply_is_neither_pass_nor_failure(capsys: pytest.CaptureFixture[str]) -> None:

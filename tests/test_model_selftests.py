@@ -2,13 +2,15 @@
 
 - ``guest_memfd_conversions_test`` (v8 31-39/46): ``flags`` = 0 on every conversion, so
   values carry across only because ``KVM_X86_SW_PROTECTED_VM`` leaves contents alone
-  (semantics.md §1, v8 row). Each case is the selftest's sequence of host and guest
+  (docs/semantics.md §1, v8). Each case is the selftest's sequence of host and guest
   rounds on single bytes at the start of a page; multi-page cases run once per
   ``test_page`` on a fresh VM, as the selftest does.
 - ``private_mem_conversions_test`` as v8 40/46 and 45/46 leave it: a guest_memfd made
   ``MMAP | INIT_SHARED``, conversions requested by the guest (``KVM_HC_MAP_GPA_RANGE``)
   and done by the VMM, the host faulting on private pages, shared memory reset after the
   hole punch.
+- ``private_mem_kvm_exits_test`` as v8 46/46 leaves it: after the memslot is deleted,
+  the guest's read of its (private) page exits as emulated MMIO.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from functools import partial
 
 import pytest
 
-from guestmem.errors import HostFault, IoctlError
+from guestmem.errors import HostFault, IoctlError, MmioExit
 from guestmem.model import Vm
 from guestmem.model.gmem import HostMapping
 from guestmem.spec.terms import Direction
@@ -282,3 +284,19 @@ def test_private_mem_conversions_punch_hole(precise: bool) -> None:
     # after the VM is gone the guest_memfd still punches and preallocates
     t.gmem.fallocate(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0, PER_CPU_DATA_SIZE)
     t.gmem.fallocate(FALLOC_FL_KEEP_SIZE, 0, PER_CPU_DATA_SIZE)
+
+
+# --- private_mem_kvm_exits_test (v8 46/46) ---------------------------------------------------
+def test_private_access_memslot_deleted() -> None:
+    """With attributes kept in guest_memfd, deleting the memslot leaves the GPA without
+    memory, so the guest's read (of a page that was private) is emulated MMIO of 8 bytes,
+    not a memory-fault exit. (The selftest's other case, a private access to a memslot
+    without guest_memfd, cannot arise with in-place conversion; v8 skips it.)
+    docs/semantics.md §3 *Memslots*."""
+    vm = Vm("sw_protected", "v8")
+    gmem = vm.create_guest_memfd(PAGE_SIZE, 0)
+    assert gmem.is_private(0)  # guest_memfd memory starts private: no conversion needed
+    gmem.delete_memslot()
+    with pytest.raises(MmioExit) as info:
+        gmem.guest_read(0, 8)
+    assert (info.value.gpa, info.value.len, info.value.is_write) == (gmem.gpa, 8, False)

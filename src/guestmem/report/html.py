@@ -1,6 +1,6 @@
 """The HTML report: one self-contained file (no scripts, no external resources).
 
-Sections: the conversion matrix (semantics.md §2, from :func:`guestmem.report.matrix.compute`),
+Sections: the conversion matrix (docs/semantics.md §2, from :func:`guestmem.report.matrix.compute`),
 the suite results, and for every scenario run an SVG memory map: pages across, steps
 down, each cell showing the page's attribute and what a reader would see there, taken
 from the model's provenance (``GuestMemfd.origins``). Every user-supplied string goes
@@ -112,7 +112,7 @@ def _clip(text: str, limit: int) -> str:
 
 
 def matrix_table(cells: Sequence[Mapping[str, str]]) -> str:
-    """semantics.md §2 as a table: a row per platform and phase, a column per direction and policy."""
+    """docs/semantics.md §2 as a table: a row per platform and phase, a column per direction and policy."""
     columns: list[tuple[str, str]] = []
     rows: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
     for cell in cells:
@@ -188,7 +188,7 @@ def render(
         f"<p>{len(results)} runs: <span class='pass'>{passed} passed</span>, "
         f"<span class='fail'>{failed} failed</span>, <span class='skip'>{skipped} skipped</span>, "
         f"<span class='na'>{na} not applicable</span>.</p>",
-        f"<h2 id='matrix'>Conversion matrix (semantics.md §2, revision {e(abi)})</h2>",
+        f"<h2 id='matrix'>Conversion matrix (docs/semantics.md §2, revision {e(abi)})</h2>",
         "<p>What the next reader sees on an allocated page after a successful conversion, "
         "or the errno, measured on the model.</p>",
     ]

@@ -97,6 +97,8 @@ class KernelMachine:
         self.phase = Phase.PRE_LAUNCH
         self.mapping: Mapping | None = None
         self.host: HostAccess | None = None
+        #: Other host processes' mappings (``mapping=1``): each a helper forked at first use.
+        self.others: dict[int, HostAccess] = {}
         self.mmap_error: IoctlError | None = None
         self.guest: TinyGuest | None = None
         self.pinned: dict[tuple[int, int], pins.Pin] = {}
@@ -127,6 +129,8 @@ class KernelMachine:
         for pin in self.pinned.values():
             pin.release()
         self.pinned.clear()
+        for other in self.others.values():
+            other.close()
         if self.host is not None:
             self.host.close()
         self.vm.close()
@@ -149,17 +153,21 @@ class KernelMachine:
         self.close()
 
     # --- host side ------------------------------------------------------------------------
-    def _host(self) -> HostAccess:
-        if self.host is None:
+    def _host(self, which: int = 0) -> HostAccess:
+        if self.host is None or self.mapping is None:
             assert self.mmap_error is not None
             raise self.mmap_error
-        return self.host
+        if not which:
+            return self.host
+        if which not in self.others:  # another process: its own page tables, same file
+            self.others[which] = HostAccess(self.mapping, self.size)
+        return self.others[which]
 
-    def host_write(self, offset: int, data: bytes) -> Outcome:
-        return _outcome(lambda: self._host().write(offset, data))
+    def host_write(self, offset: int, data: bytes, mapping: int = 0) -> Outcome:
+        return _outcome(lambda: self._host(mapping).write(offset, data))
 
-    def host_read(self, offset: int, size: int) -> Outcome:
-        return _outcome(lambda: self._host().read(offset, size))
+    def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome:
+        return _outcome(lambda: self._host(mapping).read(offset, size))
 
     # --- guest side -----------------------------------------------------------------------
     def _guest_skip(self, access: str | None, offset: int, size: int) -> str | None:

@@ -223,7 +223,8 @@ def inside_script(command: Sequence[str], scratch: str, cwd: str, *, require_ioc
     if require_ioctl:
         lines.append(
             f"{python} -c 'import sys; from guestmem.vmrun import inside_check; sys.exit(inside_check())' "
-            f"2> {q(scratch)}/{CHECK_FILE} || {{ echo {EXIT_NO_IOCTL} > {q(scratch)}/{STATUS_FILE}.check; exit 0; }}"
+            f"2> {q(scratch)}/{CHECK_FILE} "
+            f"|| {{ echo {EXIT_NO_IOCTL} > {q(scratch)}/{STATUS_FILE}.check; exit 0; }}"
         )
     lines += [shlex.join(_command_argv(command)), f"echo $? > {q(scratch)}/{STATUS_FILE}"]
     return "\n".join(lines) + "\n"

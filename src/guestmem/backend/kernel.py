@@ -19,15 +19,16 @@ default VM has no launch ioctl, so the first ``launch`` succeeds and a second is
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Callable
 
-from guestmem.backend.base import Outcome, Unavailable, attributes2
+from guestmem.backend.base import GUEST_WINDOW, Outcome, Unavailable, attributes2, check_guest_range
 from guestmem.backend.model import hypercall_exit
 from guestmem.errors import HostFault, IoctlError, MemoryFault
 from guestmem.kvm import facts as kernel_facts
 from guestmem.kvm import pins
 from guestmem.kvm.gmem import GuestMemfd, Mapping
-from guestmem.kvm.guest import TinyGuest
+from guestmem.kvm.guest import LIMIT, TinyGuest
 from guestmem.kvm.hostaccess import HostAccess
 from guestmem.kvm.system import DEVICE, Kvm, KvmUnavailable
 from guestmem.kvm.vcpu import GuestTimeout, UnexpectedExit
@@ -48,8 +49,12 @@ GMEM_SLOT = 1
 #: The host mapping reaches this far past the end of the file, so that accesses past
 #: the end are answered by the kernel (``SIGBUS``) rather than by a missing mapping.
 HOST_SLACK = 64 * PAGE_SIZE
-#: How much of a large guest_memfd the guest program maps (its page tables' reach).
-GUEST_WINDOW = 64 << 30
+#: ``KVM_MEM_MAX_NR_PAGES``: the most pages one memslot may hold (``EINVAL`` beyond).
+MEMSLOT_MAX_PAGES = (1 << 31) - 1
+#: Kernel memory a memslot costs per 4 KiB page (its reverse-map entry), not seen in RSS.
+SLOT_BYTES_PER_PAGE = 8
+#: The share of ``MemAvailable`` one scenario's memslot may take.
+MEMORY_SHARE = 8
 
 
 def _outcome(action: Callable[[], bytes | None]) -> Outcome:
@@ -88,6 +93,7 @@ class KernelMachine:
         self.abi = abi
         self.size = size
         self.gpa_base = GPA_BASE
+        self.deadline: float | None = None
         self.phase = Phase.PRE_LAUNCH
         self.mapping: Mapping | None = None
         self.host: HostAccess | None = None
@@ -184,11 +190,13 @@ class KernelMachine:
     def _guest(self) -> TinyGuest:
         if self.guest is None:
             self.guest = TinyGuest(self.vm, GPA_BASE, min(self.size, GUEST_WINDOW))
+        # one command may run until the run's deadline, and never longer than LIMIT
+        left = LIMIT if self.deadline is None else self.deadline - time.monotonic()
+        self.guest.limit = min(LIMIT, max(left, 0.001))
         return self.guest
 
     def _check_guest_range(self, offset: int, size: int) -> None:
-        if offset < 0 or size < 0 or offset + size > self.size:
-            raise ValueError(f"guest access [{offset:#x}, +{size:#x}) is outside the memslot")
+        check_guest_range(offset, size, self.size)
 
     def guest_write(self, offset: int, data: bytes, access: str | None = None) -> Outcome:
         self._check_guest_range(offset, len(data))
@@ -307,6 +315,27 @@ class KernelBackend:
     def __init__(self, device: str = DEVICE) -> None:
         self.device = device
 
+    def max_pages(self) -> tuple[int, str]:
+        """What one memslot may hold (``KVM_MEM_MAX_NR_PAGES``), what the CPU's physical
+        address width leaves above the window's base, and what this machine's memory allows:
+        the memslot costs the kernel 8 bytes per page, held to an eighth of ``MemAvailable``."""
+        limits = [(MEMSLOT_MAX_PAGES, f"a memslot holds at most {MEMSLOT_MAX_PAGES} pages")]
+        bits = physical_address_bits()
+        if bits is not None:
+            pages = ((1 << bits) - GPA_BASE) // PAGE_SIZE
+            limits.append((pages, f"the CPU's {bits}-bit physical addresses end there"))
+        available = mem_available()
+        if available is not None:
+            pages = available // MEMORY_SHARE // SLOT_BYTES_PER_PAGE
+            limits.append(
+                (
+                    pages,
+                    f"the memslot costs the kernel {SLOT_BYTES_PER_PAGE} bytes per page, held to "
+                    f"1/{MEMORY_SHARE} of MemAvailable ({available >> 20} MiB)",
+                )
+            )
+        return min(limits)
+
     def open(self, platform: str, abi: str, size: int, flags: int) -> KernelMachine:
         """``Unavailable`` when ``/dev/kvm`` is unusable or the platform's VM type is not
         offered (``KVM_CAP_VM_TYPES``); ``IoctlError`` when guest_memfd creation fails."""
@@ -328,3 +357,27 @@ class KernelBackend:
         except BaseException:
             kvm.close()
             raise
+
+
+def mem_available() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo`` in bytes (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def physical_address_bits() -> int | None:
+    """The CPU's physical address width from ``/proc/cpuinfo`` (None if not given)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("address sizes"):
+                    return int(line.split(":")[1].split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -154,16 +154,20 @@ class Monitor:
         self._promises: dict[tuple[Op, Phase], Effect | None] = {}
 
     def observe(
-        self, op: Op, outcome: Outcome, before: State, after: State, step: int = 0
+        self, op: Op, outcome: Outcome, before: State, after: State, step: int = 0, *, pins: bool = True
     ) -> list[Violation]:
-        """The violations ``op`` shows."""
+        """The violations ``op`` shows. With ``pins`` False the one check that looks at
+        pages outside ``op``'s range (a private page holding a pin, after a successful
+        conversion: :meth:`pinned_private`) is left to the caller."""
         name = op.name
         found: list[Violation] = []
         if name in _CALLS:
             if outcome.errno is not None:
                 self._failed_call(op, outcome, before, after, step, found)
             elif name == "convert":
-                self._isolation_pins(after, step, found)
+                if pins:
+                    pinned = [p for p, count in after.pins if count and after.private(p)]
+                    found += self.pinned_private(pinned, step)
                 self._policy(op, before, after, step, found)
             return found
         if name == "host_read" or name == "host_write":
@@ -290,18 +294,20 @@ class Monitor:
 
     # --- isolation of pinned pages -------------------------------------------------------------
     @staticmethod
-    def _isolation_pins(after: State, step: int, found: list[Violation]) -> None:
-        pinned = [p for p, count in after.pins if count and after.private(p)]
-        if pinned:
-            found.append(
-                Violation(
-                    Property.ISOLATION,
-                    step,
-                    f"page {pinned[0]} became private while the host holds a pin on it",
-                    "EAGAIN",
-                    pinned[0] << PAGE_SHIFT,
-                )
+    def pinned_private(pinned: Sequence[int], step: int = 0) -> list[Violation]:
+        """Isolation after a successful conversion: ``pinned`` lists the private pages
+        that hold a pin, ascending."""
+        if not pinned:
+            return []
+        return [
+            Violation(
+                Property.ISOLATION,
+                step,
+                f"page {pinned[0]} became private while the host holds a pin on it",
+                "EAGAIN",
+                pinned[0] << PAGE_SHIFT,
             )
+        ]
 
     # --- policy --------------------------------------------------------------------------------
     def promised(self, op: Op, phase: Phase) -> Effect | None:

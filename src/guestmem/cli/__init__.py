@@ -1,7 +1,8 @@
 """The ``guestmem`` command line: one module per command, each with ``register(sub)``.
 
 Exit codes everywhere: 0 all expectations held, 1 one failed, 2 bad input (the message
-names the file, step, field and value).
+names the file, step, field and value), 130 stopped by Ctrl-C (one line says what was
+finished).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from guestmem import __version__
+from guestmem import __version__, progress
 from guestmem.errors import GuestmemError
 
 #: Command modules under guestmem.cli, in the order ``--help`` lists them.
@@ -60,4 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        newline = "\n" if sys.stderr.isatty() else ""  # after the terminal's ^C
+        print(f"{newline}guestmem: {progress.summary()}", file=sys.stderr)
+        return progress.INTERRUPTED
     return code

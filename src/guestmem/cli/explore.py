@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Any
 
+from guestmem import progress
 from guestmem.checker import counterexample
-from guestmem.checker.explore import DEFAULT_DEPTH, DEFAULT_PAGES, Exploration, explore
+from guestmem.checker.explore import DEFAULT_DEPTH, DEFAULT_PAGES, Exploration
+from guestmem.checker.schedule import Search, run_searches
 from guestmem.cli import UsageError
 from guestmem.cli.output import dump_json, table
 from guestmem.spec import platforms, revisions
@@ -50,6 +53,12 @@ def register(sub: Any) -> None:
         "--workers", type=int, default=None, help="processes sharing the search (default: the CPU count)"
     )
     parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--no-symmetry",
+        dest="symmetry",
+        action="store_false",
+        help="count states that differ only by a permutation of pages separately",
+    )
     parser.add_argument("--out", type=Path, help="write each counterexample as a scenario file here")
     parser.add_argument(
         "--ablate",
@@ -99,14 +108,35 @@ def _check(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     workers = _check(args)
     targets = _targets(args)
-    results: list[Exploration] = []
+    searches = [
+        Search(platform, args.abi, args.pages, args.depth, variant, args.symmetry)
+        for platform, variant in targets
+    ]
+    with progress.Status("explore", enabled=args.format != "json") as status:
+
+        def level(level: int, expanded: int, size: int, generated: int, distinct: int) -> None:
+            elapsed = time.monotonic() - status.started
+            status.update(
+                f"{running[0]}: depth {level}/{args.depth} ({expanded}/{size}), {generated} generated "
+                f"({progress.rate(generated, elapsed)}), {distinct} distinct"
+            )
+
+        def done(search: Search, result: Exploration) -> None:
+            status.finish(f"{result.label} ({result.distinct} states)")
+            status.update(f"finished {len(status.finished)}/{len(searches)}: {result.label}", force=True)
+
+        running = [searches[0].platform.name]
+        if workers > 1 and len(searches) > 1:
+            status.update(f"{len(searches)} searches on {workers} workers", force=True)
+            results = run_searches(searches, workers, done=done)
+        else:
+            results = []
+            for search in searches:
+                running[0] = search.platform.name + (f" ({search.variant})" if search.variant else "")
+                results += run_searches([search], workers, progress=level, done=done)
     written: dict[tuple[str, str], Path] = {}
-    for platform, variant in targets:
-        result = explore(
-            platform, args.abi, pages=args.pages, depth=args.depth, workers=workers, variant=variant
-        )
-        results.append(result)
-        if args.out is not None:
+    if args.out is not None:
+        for result in results:
             for prop, cx in result.counterexamples.items():
                 written[result.label, prop.value] = counterexample.write(result, cx, args.out)
     if args.format == "json":
@@ -130,8 +160,10 @@ def _print_text(
         found = [p.value + ("" if c.claimed else " (not claimed)") for p, c in r.counterexamples.items()] or [
             "none"
         ]
-        rows.append([r.label, r.generated, r.distinct, f"{r.seconds:.1f}", f"{r.rate:.0f}", ", ".join(found)])
-    table(["platform", "states explored", "distinct", "seconds", "states/s", "violations"], rows)
+        rows.append(
+            [r.label, r.generated, r.distinct, f"{r.cpu_seconds:.1f}", f"{r.rate:.0f}", ", ".join(found)]
+        )
+    table(["platform", "states explored", "distinct", "CPU seconds", "states/CPU-s", "violations"], rows)
     for r in results:
         for prop, cx in r.counterexamples.items():
             claim = "claimed" if cx.claimed else f"not claimed by {cx.platform}"

@@ -250,6 +250,25 @@ class Vcpu:
                 raise
             return decode_exit(self.run_view)
 
+    def complete_pending(self, limit: int = 1 << 16) -> None:
+        """Finish what KVM still expects userspace to complete (an IO or MMIO access, and
+        the rest of an emulated instruction that makes more) without entering the guest:
+        ``KVM_RUN`` with ``immediate_exit`` set (api.rst §5, ``immediate_exit``) until it
+        answers ``EINTR``, each exit it returns meanwhile left unanswered."""
+        self.run_struct.immediate_exit = 1
+        try:
+            for _ in range(limit):
+                try:
+                    syscalls.ioctl(self.fd, KVM_RUN)
+                except IoctlError as err:
+                    if err.code == errno.EINTR:
+                        return
+                    if err.code != errno.EFAULT:
+                        raise
+            raise IoctlError(errno.EBUSY, "KVM_RUN (completing pending exits)")
+        finally:
+            self.run_struct.immediate_exit = 0
+
     def set_hypercall_ret(self, value: int) -> None:
         """The value the guest's hypercall returns when it is re-entered (uapi.md §13)."""
         self.run_struct.hypercall.ret = value & ((1 << 64) - 1)

@@ -65,6 +65,10 @@ GmemSnapshot = tuple[
     tuple[tuple[int, int], ...],
     tuple[tuple[int, ...], ...],
 ]
+#: :meth:`GuestMemfd.rows`: one page's attribute, guest request, contents (``UNALLOCATED``
+#: when not allocated), pins, stale pins and host mappings (bit ``m``: mapping ``m`` maps it).
+PageRow = tuple[int, int, "Page | tuple[()]", int, int, int]
+UNALLOCATED: tuple[()] = ()
 #: The runs of a page the host wrote whole (shared, immutable).
 _HOST_PAGE_RUNS: Runs = ((0, PAGE_SIZE, Origin.HOST),)
 
@@ -250,6 +254,44 @@ class GuestMemfd:
         self.stale_pins.update(stale_pins)
         for mapping, mapped in zip(self.mappings, ptes, strict=True):
             mapping.ptes = set(mapped)
+
+    def rows(self) -> tuple[PageRow, ...]:
+        """The same state as :meth:`snapshot`, one :data:`PageRow` per page (for files of a
+        few pages: the checker's states, where pages are compared and permuted)."""
+        attributes, requests = self.attributes.expand(), self.requests.expand()
+        pages, pins, stale = self.pages, self.pins, self.stale_pins
+        mappings = self.mappings
+        return tuple(
+            [
+                (
+                    attributes[i],
+                    requests[i],
+                    pages.get(i, UNALLOCATED),
+                    pins.get(i, 0),
+                    stale.get(i, 0),
+                    sum(1 << m for m, mapping in enumerate(mappings) if i in mapping.ptes),
+                )
+                for i in range(self.npages)
+            ]
+        )
+
+    def restore_rows(self, rows: tuple[PageRow, ...]) -> None:
+        """Put back a :meth:`rows` of this file (same mappings, in the same order)."""
+        self.attributes.assign([row[0] for row in rows])
+        self.requests.assign([row[1] for row in rows])
+        pages, pins, stale = self.pages, self.pins, self.stale_pins
+        pages.clear()
+        pins.clear()
+        stale.clear()
+        for i, (_, _, page, pinned, stale_pinned, _) in enumerate(rows):
+            if page:
+                pages[i] = page
+            if pinned:
+                pins[i] = pinned
+            if stale_pinned:
+                stale[i] = stale_pinned
+        for m, mapping in enumerate(self.mappings):
+            mapping.ptes = {i for i, row in enumerate(rows) if row[5] >> m & 1}
 
     def _spans(self, offset: int, size: int) -> Iterator[tuple[int, int, int]]:
         end = offset + size

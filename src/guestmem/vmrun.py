@@ -311,23 +311,23 @@ class VmRun:
                 chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:
                     break
+                if booted_at is not None:  # the command's output: pass it on as it comes
+                    self.out.write(chunk.replace(b"\r\n", b"\n"))
+                    self.out.flush()
+                    continue
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
-                for raw in lines:
+                for number, raw in enumerate(lines):
                     line = raw.rstrip(b"\r").rstrip()
-                    if booted_at is None:
-                        text = line.decode("utf-8", "replace")
-                        if BOOTED in text:
-                            booted_at = time.monotonic()
-                            self.progress("booted" + text.split(BOOTED, 1)[1])
-                            continue
-                        tail = [*tail[-TAIL_LINES:], line]
-                        continue
-                    self.out.write(line + b"\n")
-                    self.out.flush()
-            if pending.strip() and booted_at is not None:
-                self.out.write(pending.rstrip() + b"\n")
-                self.out.flush()
+                    text = line.decode("utf-8", "replace")
+                    if BOOTED in text:
+                        booted_at = time.monotonic()
+                        self.progress("booted" + text.split(BOOTED, 1)[1])
+                        rest = b"\n".join([*lines[number + 1 :], pending])
+                        self.out.write(rest.replace(b"\r\n", b"\n"))
+                        self.out.flush()
+                        break
+                    tail = [*tail[-TAIL_LINES:], line]
             proc.wait(timeout=30)
         except BaseException:
             _stop(proc)

@@ -47,6 +47,11 @@ def section(number: int) -> str:
     return match.group(0)
 
 
+def _unquote(cell: str) -> str:
+    """``"`x`"`` → ``"x"``; cells with more code spans stay as written."""
+    return cell[1:-1] if cell.count("`") == 2 and cell[0] == cell[-1] == "`" else cell
+
+
 def table_rows(text: str) -> list[list[str]]:
     """The body rows of every markdown table in ``text`` (header and rule dropped)."""
     rows: list[list[str]] = []
@@ -55,7 +60,7 @@ def table_rows(text: str) -> list[list[str]]:
         if line.startswith("|") and i + 1 < len(lines) and re.match(r"^\|(-+\|)+$", lines[i + 1]):
             j = i + 2
             while j < len(lines) and lines[j].startswith("|"):
-                rows.append([c.strip().strip("`") for c in lines[j].strip("|").split("|")])
+                rows.append([_unquote(c.strip()) for c in lines[j].strip("|").split("|")])
                 j += 1
     return rows
 
@@ -332,3 +337,28 @@ def test_docs_analyze_flags_zero_agrees_with_section2() -> None:
             for (direction, phase), shown in zip(columns, answers, strict=True):
                 kind, value = cells[(abi, platform, direction, "default", phase)]
                 assert shown == (value if kind == "answer" else "ok"), (abi, platform, direction, phase)
+
+
+# --- §1: the revision table -------------------------------------------------------------------------
+def test_section1_table_matches_the_revisions() -> None:
+    rows = {row[0]: row for row in table_rows(section(1))}
+    assert list(rows) == list(ABIS)
+    resolved: dict[str, list[str]] = {}
+    for abi in ABIS:
+        row = [resolved["seed"][i] if cell == "as `seed`" else cell for i, cell in enumerate(rows[abi])]
+        resolved[abi] = row
+        _name, _what, _flags, _zero, private, error_offset, unchanged = row
+        revision = revisions.get(abi)
+        names = re.findall(r"`(\w+)`", private)
+        if private.startswith("every platform but"):
+            want = {p for p in PLATFORMS if p not in names}
+        else:
+            want = set(names)
+        assert {p for p in PLATFORMS if revision.has_private_memory(platforms.get(p))} == want, abi
+        assert revision.rejects_error_offset_input == error_offset.startswith("non-zero"), abi
+        assert revision.early_return == unchanged.startswith("returns 0"), abi
+        # flags = 0 decodes to what the "flags = 0" column says
+        decoded = revision.decode(0)
+        assert decoded is not None
+        assert decoded.value in ("zero", "unspecified")
+        assert (decoded.value == "zero") == (_zero == "ZERO"), abi

@@ -8,6 +8,25 @@ from typing import Any, Protocol
 
 from guestmem.spec.terms import Direction
 
+#: The largest guest_memfd (pages) any backend accepts; :meth:`Backend.max_pages` may say less.
+MAX_PAGES = (1 << 40) - 1
+#: The guest reaches the first 64 GiB of the guest_memfd: the kernel backend's guest
+#: program maps that much (its page tables' reach). Both backends give the same answer
+#: beyond it: a guest access that ends past the window is refused before anything runs
+#: (scenario validation) and raises ``ValueError`` on a :class:`Machine`.
+GUEST_WINDOW = 64 << 30
+
+
+def check_guest_range(offset: int, size: int, file_size: int) -> None:
+    """The guest access ``[offset, +size)`` lies in the file and the guest window, or ``ValueError``."""
+    if offset < 0 or size < 0 or offset + size > file_size:
+        raise ValueError(f"guest access [{offset:#x}, +{size:#x}) is outside the memslot")
+    if offset + size > GUEST_WINDOW:
+        raise ValueError(
+            f"guest access [{offset:#x}, +{size:#x}) ends beyond the guest window "
+            f"(the first {GUEST_WINDOW >> 30} GiB of the guest_memfd)"
+        )
+
 
 class Unavailable(Exception):
     """The backend cannot run this at all (no ``/dev/kvm``, VM type not offered, no
@@ -74,6 +93,9 @@ class Machine(Protocol):
     abi: str
     size: int
     gpa_base: int
+    #: ``time.monotonic()`` past which a guest command is stopped (the run's ``--timeout``);
+    #: None: only the backend's own per-command limit.
+    deadline: float | None
 
     def host_write(self, offset: int, data: bytes) -> Outcome: ...
     def host_read(self, offset: int, size: int) -> Outcome: ...
@@ -101,7 +123,12 @@ class Machine(Protocol):
 class Backend(Protocol):
     """Opens machines. ``open`` raises :class:`Unavailable` when it cannot run the
     platform at all, and :class:`~guestmem.errors.IoctlError` when guest_memfd creation
-    itself fails (bad ``size`` or ``flags``)."""
+    itself fails (bad ``size`` or ``flags``).
+
+    A backend may also offer ``max_pages() -> (pages, reason)``: the largest guest_memfd it
+    accepts and why (see :func:`guestmem.scenario.runner.check_limits`); without it,
+    :data:`MAX_PAGES` applies.
+    """
 
     name: str
 

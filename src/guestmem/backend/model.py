@@ -6,7 +6,7 @@ import errno
 from collections.abc import Callable
 from typing import Any
 
-from guestmem.backend.base import Outcome, attributes2
+from guestmem.backend.base import MAX_PAGES, Outcome, attributes2, check_guest_range
 from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit
 from guestmem.model import GuestMemfd, Vm
 from guestmem.spec.terms import Direction
@@ -59,6 +59,7 @@ class ModelMachine:
         self.abi = self.vm.revision.name
         self.size = size
         self.gpa_base = self.gmem.gpa
+        self.deadline: float | None = None
 
     def _with_origins(self, outcome: Outcome, offset: int, size: int) -> Outcome:
         if outcome.data is not None:
@@ -82,9 +83,11 @@ class ModelMachine:
         return self._with_origins(_outcome(act), offset, size)
 
     def guest_write(self, offset: int, data: bytes, access: str | None = None) -> Outcome:
+        check_guest_range(offset, len(data), self.size)
         return _outcome(lambda: self.gmem.guest_write(offset, data, access))
 
     def guest_read(self, offset: int, size: int, access: str | None = None) -> Outcome:
+        check_guest_range(offset, size, self.size)
         return self._with_origins(_outcome(lambda: self.gmem.guest_read(offset, size, access)), offset, size)
 
     def convert(
@@ -136,6 +139,10 @@ class ModelBackend:
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
+
+    def max_pages(self) -> tuple[int, str]:
+        """The model stores only what was touched: the limit of every backend."""
+        return MAX_PAGES, "the model stores only touched pages"
 
     def open(self, platform: str, abi: str, size: int, flags: int) -> ModelMachine:
         return ModelMachine(platform, abi, size, flags, seed=self.seed)

@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "consume",
     "report",
     "bench",
+    "vm",
 )
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from guestmem.cli import UsageError
-from guestmem.cli.run import check_selection, load_all
+from guestmem.cli.run import add_timeout, check_selection, load_all
 from guestmem.scenario import fixture, suite_files
 from guestmem.scenario import output as show
 from guestmem.scenario.runner import run_all
@@ -23,7 +24,9 @@ example:
 
 Each fixture is DIR/<scenario>.<platform>.<abi>.json: the scenario, the platform, the
 revision and the outcomes allowed at every step. A run that fails on the model is not
-frozen (exit 1)."""
+frozen (exit 1). Files are written only inside DIR: a scenario name that is not a safe
+file name is rewritten (see docs/scenarios.md, Fixtures), and two runs that would share
+a file name get -2, -3, ... suffixes."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,26 +44,53 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--platform", default="all", help=f"one of {', '.join(platforms.PLATFORMS)}, or all")
     parser.add_argument("--abi", default=None, help=f"one of {', '.join(revisions.REVISIONS)}")
+    add_timeout(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     check_selection(args)
     out = Path(args.dir)
+    if "\0" in args.dir:
+        raise UsageError(f"{args.dir!r}: a path cannot contain a NUL byte")
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: not a directory")
     scenarios = load_all(args.files or [str(p) for p in suite_files()])
-    results = run_all(scenarios, platform=args.platform, abi=args.abi, backend="model")
+    results = run_all(scenarios, platform=args.platform, abi=args.abi, backend="model", timeout=args.timeout)
     if not results:
         raise UsageError(f"no scenario runs on platform {args.platform!r}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"{out}: cannot create the directory: {err.strerror or err}") from None
     written = 0
+    used: set[str] = set()
     for result in results:
         if result.status != "pass":
             print(f"not frozen: {show.title(result)}: {result.status} on the model", file=sys.stderr)
             continue
+        name = fixture.file_name(result)
+        stem, count = name.removesuffix(".json"), 1
+        while name in used:
+            count += 1
+            name = f"{stem}-{count}.json"
+        used.add(name)
         text = json.dumps(fixture.freeze(result), indent=2) + "\n"
-        (out / fixture.file_name(result)).write_text(text, encoding="utf-8")
+        try:
+            _write(out, name, text)
+        except OSError as err:
+            raise UsageError(f"{out / name}: cannot write: {err.strerror or err}") from None
         written += 1
     print(f"wrote {written} fixtures to {out}")
     return show.exit_code(results)
+
+
+def _write(directory: Path, name: str, text: str) -> None:
+    """Write ``directory/name``; ``name`` is one path component, and a symbolic link
+    planted there is not followed."""
+    if os.sep in name or name in (".", "..") or "\0" in name:
+        raise AssertionError(f"not a plain file name: {name!r}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(directory / name, flags, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        stream.write(text)

@@ -44,8 +44,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     check_selection(args)
     out = Path(args.out)
+    if "\0" in args.out:
+        raise UsageError(f"--out: {args.out!r}: a path cannot contain a NUL byte")
     if out.is_dir():
         raise UsageError(f"--out: {out} is a directory")
+    if out.exists() and not out.is_file():
+        raise UsageError(f"--out: {out} is not a regular file")
     if not out.parent.is_dir():
         raise UsageError(f"--out: directory {out.parent} does not exist")
     scenarios = load_all(args.files or [str(p) for p in suite_files()])
@@ -61,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         matrix = compute(abi)
     except ImportError as err:
         matrix_error = f"guestmem.report.matrix is missing ({err})"
-    out.write_text(html.render(results, matrix, abi=abi, matrix_error=matrix_error), encoding="utf-8")
+    try:
+        out.write_text(html.render(results, matrix, abi=abi, matrix_error=matrix_error), encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"--out: {out}: cannot write: {err.strerror or err}") from None
     print(f"wrote {out} ({len(results)} runs)")
     return show.exit_code(results)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 
 from guestmem.cli import UsageError
 from guestmem.scenario import Scenario, ScenarioError, load
 from guestmem.scenario import output as show
-from guestmem.scenario.runner import RunResult, run_all
+from guestmem.scenario.runner import TIMEOUT, RunResult, run_all
 from guestmem.spec import platforms, revisions
 
 EXAMPLE = """\
@@ -17,6 +18,28 @@ example:
   guestmem run my.toml --platform all --abi v8 --format tap
 
 exit status: 0 every expectation held (skips included), 1 one failed, 2 bad input."""
+
+
+def seconds(text: str) -> float | None:
+    """``--timeout`` value: seconds > 0, or 0 for no limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text!r}")
+    return value or None
+
+
+def add_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=TIMEOUT,
+        metavar="SECONDS",
+        help=f"stop a scenario run (one platform) after this long and report it timed out "
+        f"(default {TIMEOUT:g}; 0: no limit)",
+    )
 
 
 def add_selection(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +56,7 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--backend", default="model", choices=("model", "kvm"), help="default: model")
     parser.add_argument("--format", default="text", choices=show.FORMATS, help="default: text")
+    add_timeout(parser)
 
 
 def check_selection(args: argparse.Namespace) -> None:
@@ -55,7 +79,12 @@ def load_all(files: Sequence[str]) -> list[Scenario]:
 
 
 def execute(scenarios: Sequence[Scenario], args: argparse.Namespace) -> list[RunResult]:
-    return run_all(scenarios, platform=args.platform, abi=args.abi, backend=args.backend)
+    try:
+        return run_all(
+            scenarios, platform=args.platform, abi=args.abi, backend=args.backend, timeout=args.timeout
+        )
+    except ScenarioError as err:  # beyond what the backend accepts
+        raise UsageError(str(err)) from None
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from guestmem.model.vm import Vm
 
 IOCTL = "KVM_SET_MEMORY_ATTRIBUTES2"
+_LLONG_MAX = (1 << 63) - 1
 ARG_SIZE = ctypes.sizeof(KvmMemoryAttributes2)
 _U64 = 1 << 64
 #: Guest requests, per page: none, share (for P→S), unshare (for S→P).
@@ -70,6 +71,12 @@ PageRow = tuple[int, int, "Page | tuple[()]", int, int, int]
 UNALLOCATED: tuple[()] = ()
 #: The runs of a page the host wrote whole (shared, immutable).
 _HOST_PAGE_RUNS: Runs = ((0, PAGE_SIZE, Origin.HOST),)
+
+
+def _loff_t(value: int) -> int:
+    """``value`` as the kernel's signed 64-bit ``loff_t`` (a C caller's u64 wraps)."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value > _LLONG_MAX else value
 
 
 class HostMapping:
@@ -309,17 +316,21 @@ class GuestMemfd:
     def fallocate(self, mode: int, offset: int, length: int) -> None:
         """``fallocate()``: ``PUNCH_HOLE|KEEP_SIZE`` deallocates, ``KEEP_SIZE`` preallocates.
 
-        Checks as ``vfs_fallocate`` then ``kvm_gmem_fallocate`` (docs/semantics.md §6): a
-        length of 0 or a negative offset → ``EINVAL``; other modes → ``EOPNOTSUPP``;
-        unaligned → ``EINVAL``; preallocating past the end → ``EINVAL``; punching past it
-        is clipped. Preallocated folios are not up to date: the first reader still sees
-        zeros and content policies pass them by, so the model records nothing for them
-        (§3 *Allocated*).
+        Checks as ``vfs_fallocate`` then ``kvm_gmem_fallocate`` (docs/semantics.md §6):
+        offset and length are ``loff_t`` (a u64 above 2^63 is negative); a length of 0 or
+        less or a negative offset → ``EINVAL``; other modes → ``EOPNOTSUPP``; an end beyond
+        ``LLONG_MAX`` → ``EFBIG``; unaligned → ``EINVAL``; preallocating past the end →
+        ``EINVAL``; punching past it is clipped. Preallocated folios are not up to date: the
+        first reader still sees zeros and content policies pass them by, so the model
+        records nothing for them (§3 *Allocated*).
         """
+        offset, length = _loff_t(offset), _loff_t(length)
         if offset < 0 or length <= 0:
             raise IoctlError(errno.EINVAL, "fallocate")
         if not mode & FALLOC_FL_KEEP_SIZE or mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
             raise IoctlError(errno.EOPNOTSUPP, "fallocate")
+        if offset + length > _LLONG_MAX:
+            raise IoctlError(errno.EFBIG, "fallocate")
         if offset % PAGE_SIZE or length % PAGE_SIZE:
             raise IoctlError(errno.EINVAL, "fallocate")
         lo = offset >> PAGE_SHIFT

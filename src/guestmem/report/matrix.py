@@ -12,9 +12,9 @@ How a cell is set up where the model needs help, each kept visible as a note:
 - ``consent``: once running, pKVM converts only pages the guest asked for (docs/semantics.md §3,
   a *model assumption*). A cell that fails with ``EPERM`` without a guest request is run
   again on a fresh VM after the guest's share (P→S) or unshare (S→P) request.
-- ``after-launch``: the guest cannot run before launch on a platform with a launch phase
-  (model assumption of :meth:`guestmem.model.Vm.require_running`), so a pre-launch S→P
-  cell is read by the guest after launch.
+- ``after-launch``: the guest cannot run before launch on ``tdx``, ``snp`` and ``cca``
+  (model assumption of :meth:`guestmem.model.Vm.run_guest`), so a pre-launch S→P cell is
+  read by the guest after launch; on ``pkvm`` the read itself is the launch.
 - ``payload`` / ``unwritten``: for a pre-launch P→S cell where the guest cannot write yet,
   the pattern enters private memory as a pre-launch S→P payload; ``unwritten`` when no
   conversion of the revision carries it (the page is then private from creation, never

@@ -48,8 +48,14 @@ KVM_CAP_GUEST_MEMFD = 234
 KVM_CAP_VM_TYPES = 235
 KVM_CAP_PRE_FAULT_MEMORY = 236
 KVM_CAP_GUEST_MEMFD_FLAGS = 244
-#: Numbers the series has used for its proposed capabilities; never trusted, only reported.
-PROPOSED_CAP_RANGE = range(245, 251)
+#: Numbers the series has used for its proposed capabilities; reported, and used only where
+#: an ioctl confirms them.
+PROPOSED_CAP_RANGE = range(245, 252)
+# --- the series' capabilities as the test kernels number them (shared/kernel/README.md) ----
+#: v8 and RFC v5: the attributes ``KVM_SET_MEMORY_ATTRIBUTES2`` accepts for a VM (PRIVATE).
+KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES = 250
+#: RFC v5 only: the content-mode ``flags`` a VM accepts (ZERO | PRESERVE).
+KVM_CAP_MEMORY_ATTRIBUTES2_FLAGS = 251
 
 # --- exit reasons and exit flags ------------------------------------------------------------
 KVM_EXIT_UNKNOWN = 0

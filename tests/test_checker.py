@@ -394,9 +394,12 @@ def test_flags_zero_cells_follow_semantics_section_1() -> None:
 
 @pytest.mark.slow
 def test_docs_analyze_md_is_the_current_output(monkeypatch: pytest.MonkeyPatch) -> None:
-    import guestmem.cli.analyze as command
+    from guestmem.checker.schedule import Search
 
-    monkeypatch.setattr(command, "explore", lambda platform, abi, workers=1: explored(platform, abi))
+    def searches(found: list[Search], workers: int, done: object = None) -> list[Exploration]:
+        return [explored(s.platform.name, s.abi) for s in found]
+
+    monkeypatch.setattr(analyze, "run_searches", searches)
     out = io.StringIO()
     with redirect_stdout(out):
         code = main(["analyze", "--abi", "all", "--format", "markdown"])

@@ -165,6 +165,7 @@ def _fixture(tmp_path: Path) -> Path:
         (b'{"fixture": 1, "platform": ["x"], "revision": "seed", "document": {}}', "'platform'"),
         (b'{"fixture": true}', "'fixture'"),
         (b"{", "not valid JSON"),
+        (b'{"fixture": 1, "document": {"about": "\\ud800"}}', "lone UTF-16 surrogate"),
     ],
 )
 def test_malformed_fixture_is_bad_input(

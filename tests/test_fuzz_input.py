@@ -100,8 +100,16 @@ step_fields = {
     "error_offset_in": numbers,
     "expect": expects,
     "error_offset": st.one_of(numbers, st.just("none")),
+    "expect_abi": st.one_of(
+        st.dictionaries(st.sampled_from([*REVISIONS, "v99"]), expects, max_size=2), single_expect
+    ),
+    "mapping": st.one_of(st.integers(-1, 3), text),
     "bogus": st.integers(),
 }
+# every field an op takes is generated (a field added to the format joins in as a number)
+for _allowed, _required in OPS.values():
+    for _name in _allowed:
+        step_fields.setdefault(_name, numbers)
 steps = st.fixed_dictionaries(
     {"op": st.one_of(st.sampled_from([*OPS, "launch", "launch", "explode"]), st.integers())},
     optional=step_fields,
@@ -122,7 +130,11 @@ scenario_docs = st.fixed_dictionaries(
         "platforms": st.one_of(
             st.lists(st.sampled_from([*PLATFORMS, "mainframe"]), min_size=1, max_size=2), text
         ),
-        "abi": st.one_of(st.sampled_from([*REVISIONS, "v99"]), st.integers()),
+        "abi": st.one_of(
+            st.sampled_from([*REVISIONS, "v99"]),
+            st.lists(st.sampled_from([*REVISIONS, "v99"]), max_size=3),
+            st.integers(),
+        ),
         "about": st.one_of(text, st.integers()),
         "color": text,
     },
@@ -197,7 +209,7 @@ def scenario_files(draw: st.DrawFn) -> bytes:
 def fixture_files(draw: st.DrawFn) -> bytes:
     document = draw(scenario_docs)
     platform = draw(st.one_of(st.sampled_from(PLATFORMS), st.integers(), st.lists(st.just("snp"))))
-    revision = draw(st.one_of(st.sampled_from(REVISIONS), st.none()))
+    revision = draw(st.one_of(st.sampled_from(REVISIONS), st.none(), st.lists(st.sampled_from(REVISIONS))))
     if draw(st.booleans()):  # consistent with its document, as 'fill' writes it
         document["platforms"] = [platform]
         document["abi"] = revision

@@ -33,6 +33,7 @@ from guestmem.kvm.hostaccess import HostAccess
 from guestmem.kvm.system import DEVICE, Kvm, KvmUnavailable
 from guestmem.kvm.vcpu import GuestTimeout, UnexpectedExit
 from guestmem.kvm.vm import Vm
+from guestmem.model.rangemap import RangeMap
 from guestmem.model.vm import GPA_BASE
 from guestmem.spec import platforms
 from guestmem.spec.terms import Direction, Phase
@@ -103,10 +104,10 @@ class KernelMachine:
         self.guest: TinyGuest | None = None
         self.pinned: dict[tuple[int, int], pins.Pin] = {}
         self.private_memory = facts.private_memory(spec.name)
-        #: Private pages, mirrored from creation flags and accepted conversions.
-        self.private: set[int] = set()
-        if self.private_memory and not flags & GUEST_MEMFD_FLAG_INIT_SHARED:
-            self.private = set(range(size // PAGE_SIZE))
+        #: Private pages (1) as runs, mirrored from creation flags and accepted conversions:
+        #: it costs what the conversions cost, never what the file's size does.
+        initial = int(self.private_memory and not flags & GUEST_MEMFD_FLAG_INIT_SHARED)
+        self.private = RangeMap(size // PAGE_SIZE, initial)
         self.vm: Vm = kvm.create_vm(spec.vm_type)
         self.gmem: GuestMemfd | None = None
         try:
@@ -181,13 +182,13 @@ class KernelMachine:
             )
         if access is not None and self.private_memory:
             first, last = offset // PAGE_SIZE, (offset + max(size, 1) - 1) // PAGE_SIZE
-            for page in range(first, last + 1):
-                if (page in self.private) != (access == "private"):
-                    return (
-                        f"a {self.platform} guest cannot make a {access} access to a "
-                        f"{'private' if page in self.private else 'shared'} page: KVM takes the side "
-                        "from the page's attribute (kvm_mmu_page_fault)"
-                    )
+            other = self.private.first_not(first, last + 1, int(access == "private"))
+            if other is not None:
+                return (
+                    f"a {self.platform} guest cannot make a {access} access to a "
+                    f"{'private' if self.private[other] else 'shared'} page: KVM takes the side "
+                    "from the page's attribute (kvm_mmu_page_fault)"
+                )
         if self.mapping is None and self.facts.emulated:
             return (
                 "guest code is emulated here and reaches memory through the memslot's userspace_addr; "
@@ -240,8 +241,8 @@ class KernelMachine:
         gmem = self.gmem
         outcome = _outcome(lambda: gmem.set_memory_attributes2(arg))
         if outcome.ok:
-            pages = set(range(offset // PAGE_SIZE, (offset + size) // PAGE_SIZE))
-            self.private = self.private | pages if attributes else self.private - pages
+            end = min((offset + size) // PAGE_SIZE, self.private.limit)
+            self.private.set(offset // PAGE_SIZE, end, int(bool(attributes)))
         return outcome
 
     def punch_hole(self, offset: int, size: int) -> Outcome:

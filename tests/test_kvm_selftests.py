@@ -58,6 +58,9 @@ def test_selftest_on_the_default_vm_until_conversion(scenario: Scenario) -> None
         assert all(step.passed for step in counted), [f.to_json() for f in result.failures]
     if facts.conversion_ioctl:
         return
+    if not any(s.op in ("convert", "pin", "guest_request") for s in scenario.steps):
+        assert result.status == "pass", [f.to_json() for f in result.failures]  # it all ran here
+        return
     assert result.skipped is not None
     op = result.skipped.split("(", 1)[1].split(")", 1)[0]
     assert op in ("convert", "pin", "guest_request")

@@ -10,6 +10,8 @@ from guestmem.scenario.expect import NOT_WRITTEN, matches, parse
 HYPERCALL = Outcome(exit={"reason": "HYPERCALL", "nr": 12, "gpa": 1 << 32, "npages": 1, "attributes": 16})
 FAULT_PRIVATE = Outcome(exit={"reason": "MEMORY_FAULT", "gpa": 1 << 32, "size": 4096, "flags": 8})
 FAULT_SHARED = Outcome(exit={"reason": "MEMORY_FAULT", "gpa": 1 << 32, "size": 4096, "flags": 0})
+MMIO_READ = Outcome(exit={"reason": "MMIO", "gpa": 1 << 32, "len": 8, "is_write": False})
+MMIO_WRITE = Outcome(exit={"reason": "MMIO", "gpa": 1 << 32, "len": 8, "is_write": True})
 
 
 @pytest.mark.parametrize(
@@ -28,6 +30,14 @@ FAULT_SHARED = Outcome(exit={"reason": "MEMORY_FAULT", "gpa": 1 << 32, "size": 4
         ("MEMORY_FAULT:private", FAULT_PRIVATE, True),
         ("MEMORY_FAULT:private", FAULT_SHARED, False),
         ("MEMORY_FAULT:shared", FAULT_SHARED, True),
+        ("MMIO", MMIO_READ, True),
+        ("MMIO", MMIO_WRITE, True),
+        ("MMIO", FAULT_PRIVATE, False),
+        ("MMIO:read", MMIO_READ, True),
+        ("MMIO:read", MMIO_WRITE, False),
+        ("MMIO:write", MMIO_WRITE, True),
+        ("ok", MMIO_READ, False),
+        ("MEMORY_FAULT", MMIO_READ, False),
         ("beef", Outcome(data=b"\xbe\xef"), True),
         ("BEEF", Outcome(data=b"\xbe\xef"), True),
         ("beef", Outcome(data=b"\xbe\xef\x00"), False),

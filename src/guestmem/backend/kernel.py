@@ -279,6 +279,10 @@ class KernelMachine:
             return Outcome(errno="EINVAL")
         return _outcome(pin.release)
 
+    def delete_memslot(self) -> Outcome:
+        """``KVM_SET_USER_MEMORY_REGION2`` with size 0 on the guest_memfd's slot."""
+        return _outcome(lambda: self.vm.set_user_memory_region2(GMEM_SLOT, GPA_BASE, 0))
+
     def launch(self) -> Outcome:
         """The default VM has no launch ioctl: bookkeeping only, as the model does."""
         if self.phase is Phase.RUNNING:

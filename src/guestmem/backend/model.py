@@ -114,6 +114,9 @@ class ModelMachine:
     def unpin(self, offset: int, size: int) -> Outcome:
         return _outcome(lambda: self.gmem.unpin(offset, size))
 
+    def delete_memslot(self) -> Outcome:
+        return _outcome(self.gmem.delete_memslot)
+
     def launch(self) -> Outcome:
         return _outcome(self.vm.launch)
 

@@ -4,7 +4,8 @@ The grammar (docs/scenarios.md): ``ok``, a hex string, ``zeros``, ``fill:XX``, `
 ``not:HEX``, an errno name (with the step's optional ``error_offset``, or inline as
 ``EAGAIN@0x1000``; ``@none`` = not written back), a signal name
 such as ``SIGBUS``, ``MEMORY_FAULT`` (optionally ``:private`` / ``:shared``, the access
-kind the exit reports, docs/semantics.md §9), or ``HYPERCALL``. A list means "any of these".
+kind the exit reports, docs/semantics.md §9), ``HYPERCALL``, or ``MMIO`` (optionally
+``:read`` / ``:write``; docs/semantics.md §3 *Memslots*). A list means "any of these".
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def parse(text: str, error_offset: int | None = None) -> Expect:
         raise ValueError(f"expected a non-empty string, got {text!r}")
     if text in ("ok", "any", "zeros"):
         return Expect(text, text)
-    if text == "HYPERCALL":
-        return Expect("exit", text, name="HYPERCALL")
+    if text in ("HYPERCALL", "MMIO", "MMIO:read", "MMIO:write"):
+        return Expect("exit", text, name=text)
     if text in ("MEMORY_FAULT", "MEMORY_FAULT:private", "MEMORY_FAULT:shared"):
         return Expect("exit", text, name=text)
     if text.startswith("fill:"):
@@ -156,6 +157,9 @@ def _exit_matches(name: str, outcome: Outcome) -> bool:
     reason = outcome.exit.get("reason")
     if name == "HYPERCALL":
         return reason == "HYPERCALL"
+    if name.startswith("MMIO"):
+        wrote = bool(outcome.exit.get("is_write"))
+        return reason == "MMIO" and (name == "MMIO" or wrote == (name == "MMIO:write"))
     if reason != "MEMORY_FAULT":
         return False
     if name == "MEMORY_FAULT":
@@ -175,6 +179,10 @@ def describe(outcome: Outcome, limit: int = 16) -> str:
         return outcome.signal
     if outcome.exit is not None:
         reason = outcome.exit.get("reason", "?")
+        if reason == "MMIO":
+            kind = "write" if outcome.exit.get("is_write") else "read"
+            gpa = int(outcome.exit.get("gpa", 0))
+            return f"MMIO exit ({kind} of {outcome.exit.get('len')} bytes, gpa {gpa:#x})"
         if reason == "MEMORY_FAULT":
             kind = "private" if int(outcome.exit.get("flags", 0)) & KVM_MEMORY_EXIT_FLAG_PRIVATE else "shared"
             return f"MEMORY_FAULT ({kind} access, gpa {int(outcome.exit.get('gpa', 0)):#x})"

@@ -36,6 +36,7 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pin": (("offset", "size"), ("offset", "size")),
     "unpin": (("offset", "size"), ("offset", "size")),
     "launch": ((), ()),
+    "delete_memslot": ((), ()),
     "guest_request": (("offset", "size", "to"), ("offset", "size", "to")),
 }
 TOP_LEVEL = ("name", "about", "platforms", "abi", "pages", "init", "step")
@@ -88,7 +89,7 @@ class Step:
     def label(self) -> str:
         """``convert 0x0+0x1000 to private (preserve)`` and the like."""
         parts = [self.op]
-        if self.op != "launch":
+        if self.op not in ("launch", "delete_memslot"):
             parts.append(f"{self.offset:#x}+{(self.size or len(self.data)):#x}")
         if self.access:
             parts.append(f"as {self.access}")

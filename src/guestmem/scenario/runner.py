@@ -200,6 +200,8 @@ def perform(machine: Machine, step: Step, abi: str) -> Outcome:
         return machine.pin(step.offset, step.size)
     if op == "unpin":
         return machine.unpin(step.offset, step.size)
+    if op == "delete_memslot":
+        return machine.delete_memslot()
     if op == "launch":
         return machine.launch()
     if op == "guest_request":

@@ -291,7 +291,7 @@ class KernelMachine:
         return Outcome()
 
     def guest_request(self, offset: int, size: int, to: Direction) -> Outcome:
-        """The guest issues ``KVM_HC_MAP_GPA_RANGE`` (uapi.md §13); this VMM answers it.
+        """The guest issues ``KVM_HC_MAP_GPA_RANGE`` (docs/semantics.md §9); this VMM answers it.
 
         Skipped when the probe found that a guest hypercall does not reach userspace.
         """

@@ -11,8 +11,8 @@
  * Prints one JSON line: {"rounds": N, "ns": total, "memory": "guest_memfd"|"anonymous"}.
  *
  * Self-contained: the installed UAPI headers may predate guest_memfd, so the few
- * structures and ioctl numbers used are spelled out here (uapi.md sections 2-3,
- * kvm-here.md section 6).
+ * structures and ioctl numbers used are spelled out here (docs/semantics.md
+ * section 9, kvm-here.md section 6).
  */
 #define _GNU_SOURCE
 #include <errno.h>

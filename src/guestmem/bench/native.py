@@ -26,7 +26,7 @@ from guestmem.uapi.kvm import (
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
-    """``fallocate(PUNCH_HOLE | KEEP_SIZE)`` (uapi.md §11)."""
+    """``fallocate(PUNCH_HOLE | KEEP_SIZE)`` (docs/semantics.md §3 *Punch hole*)."""
     from guestmem.kvm import syscalls
 
     syscalls.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)

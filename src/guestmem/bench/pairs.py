@@ -1,7 +1,7 @@
 """Model-versus-baseline pairs: conversions, ZERO, the NONE fill and host accesses.
 
 Every model side runs on ``sw_protected`` under the default ABI revision (``seed``),
-whose policies are semantics.md §2's first row: ZERO zeroes both ways, NONE fills
+whose policies are docs/semantics.md §2's first row: ZERO zeroes both ways, NONE fills
 ``0xab``. Sizes shrink under ``--quick`` and each figure's note says what ran.
 """
 

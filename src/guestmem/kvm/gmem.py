@@ -3,8 +3,8 @@
 Facts from kvm-here.md §3 (6.18): the fd is a regular anonymous-inode file whose size is
 fixed; it maps ``MAP_SHARED`` only (``MAP_PRIVATE`` → ``EINVAL``, no ``MMAP`` flag →
 ``ENODEV``); ``fallocate(PUNCH_HOLE|KEEP_SIZE)`` frees pages, which read zero afterwards.
-``KVM_SET_MEMORY_ATTRIBUTES2`` is issued on this fd (uapi.md §2, v8 17/46); a kernel
-without it answers ``ENOTTY`` (uapi.md §6-§7 check 0).
+``KVM_SET_MEMORY_ATTRIBUTES2`` is issued on this fd (docs/semantics.md §9, v8 17/46); a kernel
+without it answers ``ENOTTY`` (docs/semantics.md §4 step 0).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from guestmem.uapi.kvm import (
 if TYPE_CHECKING:
     from guestmem.kvm.vm import Vm
 
-#: errnos for which the conversion ioctl writes ``error_offset`` back (uapi.md §8).
+#: errnos for which the conversion ioctl writes ``error_offset`` back (docs/semantics.md §4).
 ERROR_OFFSET_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.EPERM, errno.EAGAIN, errno.ENOMEM})
 
 
@@ -86,7 +86,7 @@ class GuestMemfd(syscalls.Handle):
         """``KVM_SET_MEMORY_ATTRIBUTES2`` on this fd with the raw 128-byte struct.
 
         The kernel writes ``error_offset`` back for ``EOPNOTSUPP``/``EPERM``/``EAGAIN``/
-        ``ENOMEM``; it is attached to the raised :class:`IoctlError` (uapi.md §8).
+        ``ENOMEM``; it is attached to the raised :class:`IoctlError` (docs/semantics.md §4).
         """
         if len(memoryview(arg).cast("B")) != ctypes.sizeof(KvmMemoryAttributes2):
             raise ValueError(f"struct kvm_memory_attributes2 is {ctypes.sizeof(KvmMemoryAttributes2)} bytes")
@@ -105,7 +105,7 @@ class GuestMemfd(syscalls.Handle):
         """Whether this kernel has the conversion ioctl, without changing anything.
 
         Issues it with ``size = 0``: a kernel without it answers ``ENOTTY`` (check 0 of
-        uapi.md §7); one with it rejects the size with ``EINVAL`` (check 6) or refuses
+        docs/semantics.md §4); one with it rejects the size with ``EINVAL`` (check 6) or refuses
         the VM type with ``EINVAL`` (check 4). Returns the errno.
         """
         return self.try_set_memory_attributes2(KvmMemoryAttributes2(size=0))

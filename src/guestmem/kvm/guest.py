@@ -8,7 +8,7 @@ guest performs it and reports back with ``out`` to :data:`PORT_DONE`:
   host issues one command per page, in ascending order, so an access that faults stops
   at the faulting page with the earlier pages done (the ``Machine`` contract).
 * ``HYPERCALL``: ``vmcall`` with ``rax`` = ``nr`` and ``rbx``/``rcx``/``rdx`` = arguments;
-  the result ``rax`` is stored back into the mailbox (uapi.md §13).
+  the result ``rax`` is stored back into the mailbox (docs/semantics.md §9).
 * ``SPIN``: loop forever, to exercise the time limit. Any other value: ``hlt``.
 
 Layout (guest physical = guest virtual, long mode with 2 MiB pages, kvm-here.md §5):

@@ -1,8 +1,8 @@
 """Host accesses to a guest_memfd mapping that may fault, without risking the caller.
 
 The kernel answers a host touch of a private page, or of a page past the end of the
-file, with ``SIGBUS`` (uapi.md §10, kvm-here.md §8), which Python cannot survive. So every
-access is made by a forked helper process that shares the mapping (``MAP_SHARED``
+file, with ``SIGBUS`` (docs/semantics.md §3 *Host access*, kvm-here.md §8), which Python
+cannot survive. So every access is made by a forked helper process that shares the mapping (``MAP_SHARED``
 survives ``fork``): it copies page by page in ascending order and reports each page as
 it completes. If it dies, the access stopped at the first unreported page, earlier pages
 done, and the caller gets :class:`~guestmem.errors.HostFault` naming the signal; the
@@ -12,7 +12,7 @@ An access goes to the helper in requests of at most :data:`REQUEST` bytes, each 
 before the next is sent, so neither process holds more than that of it at once, however
 large the access. The part of an access beyond the mapping (past the end of the file and
 the mapping's slack) faults with ``SIGBUS`` as a page past the end does: the kernel gives
-every such page that answer, and the model does too (uapi.md §10).
+every such page that answer, and the model does too (docs/semantics.md §3 *Host access*).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Long-term page pins through ``CONFIG_GUP_TEST`` (``/sys/kernel/debug/gup_test``), as the
-v8 ``elevated_refcount`` selftest takes them (uapi.md §14): ``PIN_LONGTERM_TEST_START``
+v8 ``elevated_refcount`` selftest takes them (docs/semantics.md §3 *Pins*): ``PIN_LONGTERM_TEST_START``
 pins ``[addr, addr+size)`` of this process, ``PIN_LONGTERM_TEST_STOP`` releases them.
 The test module holds one pinned range per open file.
 """

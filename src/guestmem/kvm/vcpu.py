@@ -2,7 +2,7 @@
 
 ``run`` returns an :class:`Exit` record for IO, HLT, MMIO, HYPERCALL and the other
 reasons; ``KVM_EXIT_MEMORY_FAULT`` arrives on ``KVM_RUN``'s ``EFAULT`` error path with
-``exit_reason`` 39 and is raised as :class:`~guestmem.errors.MemoryFault` (uapi.md §13).
+``exit_reason`` 39 and is raised as :class:`~guestmem.errors.MemoryFault` (docs/semantics.md §9).
 A guest that does not exit within the limit is kicked out with ``SIGALRM`` (which makes
 ``KVM_RUN`` fail with ``EINTR``; ``immediate_exit`` covers a signal that lands before
 entry, kvm-here.md §10 item 9) and reported as :class:`GuestTimeout`.
@@ -101,7 +101,7 @@ _SHORT_NAMES = {code: name.removeprefix("KVM_EXIT_") for code, name in EXIT_REAS
 def decode_exit(run: memoryview) -> Exit:
     """Decode ``kvm_run`` (a byte view of the mapping) after a successful ``KVM_RUN``.
 
-    Layouts: kvm-here.md §7, uapi.md §13. ``struct`` reads straight from the shared
+    Layouts: kvm-here.md §7, docs/semantics.md §9. ``struct`` reads straight from the shared
     mapping; this is the per-exit hot path of every guest access.
     """
     # exit_reason and the IO member in one read: IO is the exit guest programs make most
@@ -270,7 +270,7 @@ class Vcpu:
             self.run_struct.immediate_exit = 0
 
     def set_hypercall_ret(self, value: int) -> None:
-        """The value the guest's hypercall returns when it is re-entered (uapi.md §13)."""
+        """The value the guest's hypercall returns when it is re-entered (docs/semantics.md §9)."""
         self.run_struct.hypercall.ret = value & ((1 << 64) - 1)
 
     # --- statistics --------------------------------------------------------------------------

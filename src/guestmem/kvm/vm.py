@@ -1,6 +1,6 @@
 """A VM fd: guest_memfd creation, memslots, capabilities and vCPUs (api.rst §4.5, §4.141).
 
-``create_guest_memfd`` follows ``KVM_CREATE_GUEST_MEMFD`` (uapi.md §3, kvm-here.md §3);
+``create_guest_memfd`` follows ``KVM_CREATE_GUEST_MEMFD`` (docs/semantics.md §6, §9, kvm-here.md §3);
 ``set_user_memory_region2`` binds a guest_memfd with ``KVM_MEM_GUEST_MEMFD``
 (kvm-here.md §5). Each operation also has a ``try_`` form returning 0 or the errno.
 """

@@ -39,7 +39,7 @@ def explore_states_per_cpu_s(reps: int, quick: bool) -> Figure:
     extra: dict[str, Any] = {
         "generated": generated,
         "distinct": distinct,
-        "cpu_seconds": round(seconds, 2),
+        "cpu_seconds": round(seconds, 4),
         "distinct_per_cpu_s": round(distinct / seconds) if seconds > 0 else None,
     }
     return Figure(

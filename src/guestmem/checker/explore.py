@@ -617,7 +617,7 @@ def ignore_interrupts() -> None:
 def cpu_time() -> float:
     """CPU seconds of this process and of its finished children (forked workers)."""
     times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
+    return time.process_time() + times.children_user + times.children_system
 
 
 def _expand_shard(bounds: tuple[int, int]) -> _Shard:

@@ -181,9 +181,11 @@ def test_depth_one_states_are_the_distinct_results_of_one_operation() -> None:
     assert explore("snp", "seed", depth=1, workers=1).distinct < len(reached)
 
 
-def test_workers_give_identical_results() -> None:
-    one = explore("sw_protected", "seed", depth=4, workers=1)
-    two = explore("sw_protected", "seed", depth=4, workers=2)
+@pytest.mark.parametrize(("platform", "abi"), [("sw_protected", "seed"), ("sw_protected", "rfc-v5")])
+def test_workers_give_identical_results(platform: str, abi: str) -> None:
+    """Also where pages made by keyed effects are named in the workers and merged."""
+    one = explore(platform, abi, depth=4, workers=1)
+    two = explore(platform, abi, depth=4, workers=2)
     assert (one.generated, one.distinct, one.per_level) == (two.generated, two.distinct, two.per_level)
     assert {p: c.ops for p, c in one.counterexamples.items()} == {
         p: c.ops for p, c in two.counterexamples.items()

@@ -39,7 +39,7 @@ def explore_states_per_cpu_s(reps: int, quick: bool) -> Figure:
     extra: dict[str, Any] = {
         "generated": generated,
         "distinct": distinct,
-        "cpu_seconds": round(seconds, 2),
+        "cpu_seconds": round(seconds, 4),
         "distinct_per_cpu_s": round(distinct / seconds) if seconds > 0 else None,
     }
     return Figure(
@@ -56,21 +56,23 @@ def analyze_all_cpu_s(reps: int, quick: bool) -> Figure:
     """``analyze --abi all`` once, in this process and its forked workers."""
     del reps
     from guestmem.checker import analyze
-    from guestmem.checker.explore import cpu_time
+    from guestmem.checker.explore import DEFAULT_DEPTH, cpu_time
     from guestmem.spec import revisions
 
-    abis = [revisions.DEFAULT] if quick else list(revisions.REVISIONS)
+    abis = list(revisions.REVISIONS)
+    depth = QUICK_DEPTH if quick else DEFAULT_DEPTH
     workers = os.cpu_count() or 1
     start = cpu_time()
-    results = analyze.analyze(abis, workers=workers)
+    ran: list[str] = []
+    results = analyze.analyze(abis, workers=workers, depth=depth, done=lambda s, _: ran.append(s.label))
     seconds = cpu_time() - start
-    runs = len({id(e) for r in results for e in r.explorations})
+    runs = len(ran)
     return Figure(
         "analyze_all_cpu_s",
         value=round(seconds, 1),
-        note=f"analyze --abi {'seed (quick)' if quick else 'all'}, {workers} workers: "
+        note=f"analyze --abi all{f' (quick: depth {depth})' if quick else ''}, {workers} workers: "
         f"{sum(len(r.explorations) for r in results)} explorations, {runs} run",
-        extra={"workers": workers, "revisions": abis},
+        extra={"workers": workers, "revisions": abis, "depth": depth},
     )
 
 

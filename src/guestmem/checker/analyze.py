@@ -97,7 +97,10 @@ def answers(abi: str) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, di
 
 
 def explorations(
-    abis: Sequence[str], workers: int = 1, done: Callable[[Search, Exploration], None] | None = None
+    abis: Sequence[str],
+    workers: int = 1,
+    done: Callable[[Search, Exploration], None] | None = None,
+    depth: int = DEFAULT_DEPTH,
 ) -> dict[str, list[Exploration]]:
     """Every platform explored under every revision in ``abis`` (default bounds), each
     distinct transition relation (:func:`~guestmem.checker.schedule.relation`) once."""
@@ -107,7 +110,7 @@ def explorations(
         plan[abi] = []
         for platform in platforms.PLATFORMS.values():
             key = (platform.name, relation(platform, revisions.get(abi)))
-            unique.setdefault(key, Search(platform, abi, DEFAULT_PAGES, DEFAULT_DEPTH))
+            unique.setdefault(key, Search(platform, abi, DEFAULT_PAGES, depth))
             plan[abi].append(key)
     searches = list(unique.values())
     found = dict(zip(unique, run_searches(searches, workers, done=done), strict=True))
@@ -118,11 +121,15 @@ def explorations(
 
 
 def analyze(
-    abis: Iterable[str], *, workers: int = 1, done: Callable[[Search, Exploration], None] | None = None
+    abis: Iterable[str],
+    *,
+    workers: int = 1,
+    done: Callable[[Search, Exploration], None] | None = None,
+    depth: int = DEFAULT_DEPTH,
 ) -> list[RevisionAnalysis]:
     """Measure each revision in ``abis``; explorations run over ``workers`` processes."""
     abis = list(abis)
-    explored = explorations(abis, workers, done)
+    explored = explorations(abis, workers, done, depth)
     out = []
     for abi in abis:
         flags_zero, policies = answers(abi)

@@ -17,12 +17,13 @@ Three reductions keep the search exact:
 
 - **Unchanged states.** A step that leaves the state as it was is counted and checked,
   never queued.
-- **Local steps.** An operation that names one page reads and writes only the launch
-  phase and that page's row, so its outcome, its violations and the new row are a
-  function of ``(operation, running, row)``: the first time that triple occurs the model
-  computes it (and the explorer checks that no other row changed), later it is looked up.
-  ``memo=False`` runs the model for every step (the reference path the tests compare
-  against).
+- **Local steps.** In the model an operation that names one page reads and writes only
+  the launch phase and that page's row (every check and effect of ``gmem.py`` is per page
+  of the range), so its outcome, its violations and the new row are a function of
+  ``(operation, running, row)``: the first time that triple occurs the model computes it,
+  later it is looked up. Each computation checks that no other row changed; if one did
+  (a deliberately broken model), the search starts again without lookups. ``memo=False``
+  runs the model for every step (the reference path the tests compare against).
 - **Page symmetry.** The model treats pages alike: every operation of the alphabet has
   its image under any permutation of the pages, and nothing compares one page's contents
   with another's. So states that differ only by a permutation of pages are one state: the
@@ -333,10 +334,7 @@ class Explorer:
         new_rows = new[1]
         for q, (a, b) in enumerate(zip(rows, new_rows, strict=True)):
             if q != page and a != b:
-                raise RuntimeError(
-                    f"{self.ops[index]} changed page {q}, outside its range: the explorer's "
-                    "local steps assume an operation on one page touches only that page"
-                )
+                raise NotLocal(f"{self.ops[index]} changed page {q}, outside its range")
         row = rows[page] if new_rows[page] == rows[page] else new_rows[page]
         ok_convert = self.ops[index].name == "convert" and outcome.errno is None
         learned = (new[0], row, tuple(violations), ok_convert)
@@ -408,7 +406,20 @@ class Explorer:
         return _Shard(generated, keys, states, parents, op_indices, found, terms)
 
     def run(self, workers: int = 1, progress: Progress | None = None) -> Exploration:
-        """Search to ``depth``; the result does not depend on ``workers``."""
+        """Search to ``depth``; the result does not depend on ``workers``.
+
+        If the model turns out not to be local (an operation on one page changed another,
+        as a deliberately broken model may), the search starts again running the model
+        for every step."""
+        try:
+            return self._run(workers, progress)
+        except NotLocal:
+            self.local = [None] * len(self.ops)
+            self.memo.clear()
+            self._loaded = None
+            return self._run(workers, progress)
+
+    def _run(self, workers: int, progress: Progress | None) -> Exploration:
         start, cpu_start = time.perf_counter(), cpu_time()
         result = Exploration(
             self.platform.name,
@@ -594,6 +605,10 @@ def _expect(outcome: Outcome) -> str:
 _ACTIVE: tuple[Explorer, list[Key], set[Key]] | None = None
 
 
+class NotLocal(Exception):
+    """An operation on one page changed another page (the model is not local)."""
+
+
 def ignore_interrupts() -> None:
     """In a worker: leave Ctrl-C to the parent, which stops the pool and reports."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -602,7 +617,7 @@ def ignore_interrupts() -> None:
 def cpu_time() -> float:
     """CPU seconds of this process and of its finished children (forked workers)."""
     times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
+    return time.process_time() + times.children_user + times.children_system
 
 
 def _expand_shard(bounds: tuple[int, int]) -> _Shard:

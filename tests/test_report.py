@@ -74,7 +74,7 @@ def report(tmp_path: Path) -> Path:
     scenario = tmp_path / "evil.toml"
     scenario.write_text(EVIL)
     out = tmp_path / "report.html"
-    files = [str(scenario), str(suite_dir() / "selftest_unallocated_folios.toml")]
+    files = [str(scenario), str(suite_dir() / "selftest_unallocated_folios_page1.toml")]
     assert main(["report", "--out", str(out), *files]) == 0
     return out
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 from typing import TextIO
 
+from guestmem import progress
 from guestmem.bench import suite
 from guestmem.bench.figure import NAMES, Figure
 from guestmem.cli import UsageError
@@ -19,9 +19,9 @@ from guestmem.cli.output import dump_json, table
 
 EPILOG = """\
 examples:
-  guestmem bench                      full run (one to two minutes; docs/bench.md shows one)
+  guestmem bench                      full run (a few minutes; docs/bench.md shows one)
   guestmem bench --quick --format json
-  guestmem bench --only host_access_vs_mmap --only attr_1tib_vs_4k
+  guestmem bench --only host_access_vs_mmap --only convert_1tib_vs_4k
 
 figures: """ + ", ".join(NAMES)
 
@@ -94,9 +94,14 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         if name not in suite.FIGURES:
             raise UsageError(f"--only: unknown figure {name!r} (choose from {', '.join(NAMES)})")
-    if args.format == "text":
-        print(f"measuring {len(names)} figure(s){' (quick)' if args.quick else ''}…", file=sys.stderr)
-    figures = suite.run(quick=args.quick, names=names)
+    with progress.Status("bench", enabled=args.format == "text") as status:
+
+        def measuring(name: str) -> None:
+            if status.current:
+                status.finish(status.current.split(" ", 1)[0])
+            status.update(f"{name} ({len(status.finished) + 1}/{len(names)})", force=True)
+
+        figures = suite.run(quick=args.quick, names=names, progress=measuring)
     if args.format == "json":
         dump_json({f.name: f.to_json() for f in figures})
     else:

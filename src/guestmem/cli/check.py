@@ -15,8 +15,9 @@ example:
   guestmem check                          # the whole suite on the model, every platform
   guestmem check --platform snp --format tap
   guestmem check --backend kvm            # on this machine's kernel (unsupported cases skip)
+  guestmem check --abi v8                 # cases that do not hold under v8 are reported N/A
 
-exit status: 0 every expectation held (skips included), 1 one failed, 2 bad input."""
+exit status: 0 every expectation held (skips and N/A included), 1 one failed, 2 bad input."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -53,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.dir)
     if "\0" in args.dir:
         raise UsageError(f"{args.dir!r}: a path cannot contain a NUL byte")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: not a directory")
+    try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{out}: not a directory")
+    except OSError as err:
+        raise UsageError(f"{_clip(args.dir)}: {err.strerror or err}") from None
     scenarios = load_all(args.files or [str(p) for p in suite_files()])
     results = run_all(scenarios, platform=args.platform, abi=args.abi, backend="model", timeout=args.timeout)
     if not results:
@@ -83,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         written += 1
     print(f"wrote {written} fixtures to {out}")
     return show.exit_code(results)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _write(directory: Path, name: str, text: str) -> None:

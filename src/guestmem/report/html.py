@@ -39,7 +39,7 @@ body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 13px; }
 th, td { border: 1px solid #bbb; padding: 2px 6px; text-align: left; }
 th { background: #eee; }
-.pass { color: #1e8449; } .fail { color: #c0392b; font-weight: bold; } .skip { color: #7f8c8d; }
+.pass { color: #1e8449; } .fail { color: #c0392b; font-weight: bold; } .skip, .na { color: #7f8c8d; }
 .about { white-space: pre-wrap; color: #444; font-size: 13px; }
 details { margin: 0.3em 0 0.8em; } summary { cursor: pointer; }
 .legend span { display: inline-block; padding: 1px 6px; margin: 2px; border: 1px solid #999;
@@ -136,16 +136,23 @@ def matrix_table(cells: Sequence[Mapping[str, str]]) -> str:
 def results_table(results: Sequence[RunResult]) -> str:
     rows = []
     for r in results:
-        why = r.skipped or r.error or "; ".join(f"step {s.step.index}" for s in r.failures)
+        why = (
+            r.not_applicable or r.skipped or r.error or "; ".join(f"step {s.step.index}" for s in r.failures)
+        )
         rows.append(
             f"<tr><td><a href='#{e(_anchor(r))}'>{e(r.scenario.name)}</a></td><td>{e(r.platform)}</td>"
-            f"<td>{e(r.abi)}</td><td>{e(r.backend)}</td><td class='{r.status}'>{r.status.upper()}</td>"
-            f"<td>{e(why)}</td></tr>"
+            f"<td>{e(r.abi)}</td><td>{e(r.backend)}</td><td class='{_css(r)}'>"
+            f"{r.status.upper()}</td><td>{e(why)}</td></tr>"
         )
     head = (
         "<tr><th>scenario</th><th>platform</th><th>abi</th><th>backend</th><th>result</th><th>note</th></tr>"
     )
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _css(result: RunResult) -> str:
+    """The CSS class of a run's status (``n/a`` → ``na``)."""
+    return result.status.replace("/", "")
 
 
 def _anchor(result: RunResult) -> str:
@@ -173,12 +180,14 @@ def render(
     passed = sum(r.status == "pass" for r in results)
     failed = sum(r.status == "fail" for r in results)
     skipped = sum(r.status == "skip" for r in results)
+    na = sum(r.status == "n/a" for r in results)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{e(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{e(title)}</h1>",
         f"<p>{len(results)} runs: <span class='pass'>{passed} passed</span>, "
-        f"<span class='fail'>{failed} failed</span>, <span class='skip'>{skipped} skipped</span>.</p>",
+        f"<span class='fail'>{failed} failed</span>, <span class='skip'>{skipped} skipped</span>, "
+        f"<span class='na'>{na} not applicable</span>.</p>",
         f"<h2 id='matrix'>Conversion matrix (docs/semantics.md §2, revision {e(abi)})</h2>",
         "<p>What the next reader sees on an allocated page after a successful conversion, "
         "or the errno, measured on the model.</p>",
@@ -198,7 +207,7 @@ def render(
             open_ = " open" if r.status == "fail" else ""
             parts.append(
                 f"<details id='{e(_anchor(r))}'{open_}><summary>{e(r.platform)} ({e(r.abi)}): "
-                f"<span class='{r.status}'>{r.status.upper()}</span></summary>{memory_map(r)}</details>"
+                f"<span class='{_css(r)}'>{r.status.upper()}</span></summary>{memory_map(r)}</details>"
             )
     parts.append("</body></html>")
     return "\n".join(parts)

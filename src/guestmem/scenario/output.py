@@ -24,7 +24,9 @@ __all__ = [
     "summary",
     "to_json",
 ]
-_STATUS = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}
+_STATUS = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP", "n/a": "N/A"}
+#: The summary's column for each run status.
+_COUNTS = {"pass": "passed", "fail": "failed", "skip": "skipped", "n/a": "not applicable"}
 
 
 def title(result: RunResult) -> str:
@@ -47,11 +49,11 @@ def to_json(results: Sequence[RunResult]) -> dict[str, Any]:
 
 
 def summary(results: Sequence[RunResult]) -> dict[str, dict[str, int]]:
-    """Per platform: how many runs passed, failed and were skipped."""
+    """Per platform: how many runs passed, failed, were skipped, or did not apply."""
     out: dict[str, dict[str, int]] = {}
     for r in sorted(results, key=lambda r: _ORDER.get(r.platform, len(_ORDER))):
-        counts = out.setdefault(r.platform, {"passed": 0, "failed": 0, "skipped": 0})
-        counts[{"pass": "passed", "fail": "failed", "skip": "skipped"}[r.status]] += 1
+        counts = out.setdefault(r.platform, dict.fromkeys(_COUNTS.values(), 0))
+        counts[_COUNTS[r.status]] += 1
     return out
 
 
@@ -62,6 +64,8 @@ def print_runs(results: Sequence[RunResult], stream: TextIO | None = None) -> No
         head = f"{title(r)} abi={r.abi} backend={r.backend}: {_STATUS[r.status]}"
         if r.skipped:
             head += f" (skipped: {r.skipped})"
+        if r.not_applicable:
+            head += f" (not applicable: {r.not_applicable})"
         if r.error:
             head += f" (error: {r.error})"
         rows = [
@@ -83,9 +87,11 @@ def print_cases(results: Sequence[RunResult], stream: TextIO | None = None) -> N
     """``guestmem check`` text: one line per case, the failing steps, then a summary."""
     stream = stream or sys.stdout
     for r in results:
-        line = f"{_STATUS[r.status]}  {title(r)}"
+        line = f"{_STATUS[r.status]:<4}  {title(r)}"
         if r.skipped:
             line += f"  # {r.skipped}"
+        if r.not_applicable:
+            line += f"  # {r.abi}: {r.not_applicable}"
         if r.error:
             line += f"  # error: {r.error}"
         print(line, file=stream)
@@ -96,19 +102,25 @@ def print_cases(results: Sequence[RunResult], stream: TextIO | None = None) -> N
             )
     print(file=stream)
     counts = summary(results)
-    rows = [(p, c["passed"], c["failed"], c["skipped"]) for p, c in counts.items()]
-    passed, failed, skipped = (sum(c[k] for c in counts.values()) for k in ("passed", "failed", "skipped"))
-    rows.append(("total", passed, failed, skipped))
-    output.table(("platform", "passed", "failed", "skipped"), rows, title="summary", stream=stream)
+    columns = tuple(_COUNTS.values())
+    rows: list[tuple[object, ...]] = [(p, *(c[k] for k in columns)) for p, c in counts.items()]
+    rows.append(("total", *(sum(c[k] for c in counts.values()) for k in columns)))
+    output.table(("platform", *columns), rows, title="summary", stream=stream)
 
 
 def print_tap(results: Sequence[RunResult], stream: TextIO | None = None, *, totals: bool = False) -> None:
     """TAP version 13: ``ok N - name [platform]``, ``not ok`` with ``#`` diagnostics,
-    ``# SKIP reason``; ``totals`` adds kselftest's ``# Totals:`` line."""
+    ``# SKIP reason``; ``totals`` adds kselftest's ``# Totals:`` line. A run that does not
+    apply to the revision is no test point: a ``# N/A`` line says so, and the totals
+    count it apart."""
     stream = stream or sys.stdout
     print("TAP version 13", file=stream)
-    print(f"1..{len(results)}", file=stream)
-    for n, r in enumerate(results, start=1):
+    for r in results:
+        if r.status == "n/a":
+            print(f"# N/A {title(r)} {r.abi}: {r.not_applicable}".replace("\n", " "), file=stream)
+    points = [r for r in results if r.status != "n/a"]
+    print(f"1..{len(points)}", file=stream)
+    for n, r in enumerate(points, start=1):
         name = f"{title(r)} {r.abi}".replace("#", "")
         if r.status == "fail":
             print(f"not ok {n} - {name}", file=stream)
@@ -125,13 +137,12 @@ def print_tap(results: Sequence[RunResult], stream: TextIO | None = None, *, tot
             print(f"ok {n} - {name}", file=stream)
     if totals:
         for platform, c in summary(results).items():
-            print(
-                f"# {platform}: passed {c['passed']} failed {c['failed']} skipped {c['skipped']}", file=stream
-            )
-        passed = sum(r.status == "pass" for r in results)
-        failed = sum(r.status == "fail" for r in results)
-        skipped = sum(r.status == "skip" for r in results)
+            counts = " ".join(f"{k} {v}" for k, v in c.items())
+            print(f"# {platform}: {counts}", file=stream)
+        passed, failed, skipped, na = (sum(r.status == s for r in results) for s in _COUNTS)
         print(f"# Totals: pass:{passed} fail:{failed} xfail:0 xpass:0 skip:{skipped} error:0", file=stream)
+        if na:
+            print(f"# not applicable to this revision: {na}", file=stream)
 
 
 def _expected(step: StepResult) -> str:

@@ -68,10 +68,8 @@ def test_kernel_answers_what_the_model_answers(scenario: Scenario, platform: str
 
 
 def applies(scenario: Scenario, series: str | None) -> bool:
-    """Whether the file's expectations are written for ``series``: its declared revisions
-    where the format has them, else its ``abi``."""
-    declared = getattr(scenario, "revisions", None) or (scenario.abi,)
-    return series in declared
+    """Whether the file's expectations are written for ``series``."""
+    return series is not None and scenario.applies_to(series)
 
 
 #: The kernel selftests in the project's form: guest_memfd_conversions_test and friends

@@ -193,7 +193,8 @@ class Inside:
 def _boot(series: str, scratch: Path) -> Inside:
     inner = (
         'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
-        f'guestmem check --backend kvm --abi {series} --format json > "$GUESTMEM_SCRATCH/check.json"; '
+        f"guestmem check --backend kvm --abi {series} --timeout 900 --format json "
+        '> "$GUESTMEM_SCRATCH/check.json"; '
         'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
         "exec python3 -m pytest -p no:cacheprovider -q -rs "
         '--junitxml="$GUESTMEM_SCRATCH/junit.xml" ' + " ".join(INSIDE_TESTS)

@@ -8,7 +8,8 @@ business (``guestmem check --abi``); that the model answers what the kernel answ
 checked here, so every expectation the model meets, the kernel meets too. A kernel skip
 must carry a reason and be one the kernel truly needs: a guest access naming the side
 that ``sw_protected`` cannot name, or a private access on a VM without private memory.
-The selftest scenarios (``selftest_*``) written for the kernel's revision must pass on it.
+The selftest scenarios (``selftest_*``, RFC v5's ``rfc_*``) written for the kernel's
+revision must pass on it.
 
 These tests run inside the test kernels (``tests/test_vm.py`` boots them); elsewhere
 they skip with the reason.
@@ -67,10 +68,13 @@ def test_kernel_answers_what_the_model_answers(scenario: Scenario, platform: str
 
 
 def applies(scenario: Scenario, series: str | None) -> bool:
-    """Whether the file's expectations are written for ``series``: its declared revisions
-    where the format has them, else its ``abi``."""
-    declared = getattr(scenario, "revisions", None) or (scenario.abi,)
-    return series in declared
+    """Whether the file's expectations are written for ``series``."""
+    return series is not None and scenario.applies_to(series)
+
+
+#: The kernel selftests in the project's form: guest_memfd_conversions_test and friends
+#: (``selftest_*``) and RFC v5's content-mode tests (``rfc_*``).
+SELFTEST_PREFIXES = ("selftest_", "rfc_")
 
 
 def _selftests() -> list[Any]:
@@ -78,7 +82,7 @@ def _selftests() -> list[Any]:
     return [
         pytest.param(s, id=s.name)
         for s in SCENARIOS
-        if s.name.startswith("selftest_") and applies(s, SERIES) and "sw_protected" in s.platforms
+        if s.name.startswith(SELFTEST_PREFIXES) and applies(s, SERIES) and "sw_protected" in s.platforms
     ]
 
 

@@ -193,6 +193,9 @@ class Inside:
 def _boot(series: str, scratch: Path) -> Inside:
     inner = (
         'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
+        f"guestmem check --backend kvm --abi {series} --timeout 900 --format json "
+        '> "$GUESTMEM_SCRATCH/check.json"; '
+        'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
         "exec python3 -m pytest -p no:cacheprovider -q -rs "
         '--junitxml="$GUESTMEM_SCRATCH/junit.xml" ' + " ".join(INSIDE_TESTS)
     )
@@ -234,6 +237,21 @@ def test_probe_inside_finds_the_series(inside: Inside) -> None:
     assert flags_cap == (3 if inside.series == "rfc-v5" else 0)
     assert facts["hypercall_exit"]["works"] is True
     assert facts["gup_test"] is None
+
+
+@pytest.mark.timeout(3000)
+def test_check_command_passes_inside(inside: Inside) -> None:
+    """``guestmem check --backend kvm --abi SERIES`` inside: no failure; skips only where the
+    kernel lacks the platform (no such VM type) or the access, each with its reason."""
+    status = int((inside.scratch / "check.status").read_text())
+    report = inside.json("check.json")
+    failed = [(r["scenario"], r["platform"]) for r in report["runs"] if r["status"] == "fail"]
+    assert status == 0 and not failed, failed
+    ran = [r for r in report["runs"] if r["status"] == "pass" and r["platform"] == "sw_protected"]
+    assert len(ran) >= 10, f"only {len(ran)} runs passed on sw_protected"
+    for r in report["runs"]:
+        if r["status"] == "skip":
+            assert r["skipped"], r
 
 
 @pytest.mark.timeout(3000)

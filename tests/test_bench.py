@@ -65,7 +65,9 @@ def guestmem(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
 def quick_run() -> QuickRun:
     proc = guestmem("bench", "--quick", "--format", "json")
     assert proc.returncode in (0, 1), proc.stderr
-    figures = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == "guestmem.bench/1"
+    figures = doc["figures"]
     assert isinstance(figures, dict)
     return proc.returncode, figures
 
@@ -87,13 +89,18 @@ def test_quick_run_produces_every_figure(quick_run: QuickRun) -> None:
             assert figure["met"] is False, name
             continue
         if kind == "ratio":
-            assert set(figure) == {"model", "baseline", "ratio", "target", "met", "note"}, name
+            assert set(figure) == {
+                *("model", "baseline", "ratio", "unit", "time_unit", "better", "target", "met", "note")
+            }, name
+            assert (figure["unit"], figure["time_unit"], figure["better"]) == ("model/baseline", "s", "lower")
             assert _number(figure["model"]) and figure["model"] > 0, name
             assert _number(figure["baseline"]) and figure["baseline"] > 0, name
             assert figure["ratio"] == pytest.approx(figure["model"] / figure["baseline"], rel=1e-3), name
             measured = figure["ratio"]
         else:
-            assert set(figure) == {"value", "target", "met", "note"}, name
+            assert set(figure) == {"value", "unit", "better", "target", "met", "note"}, name
+            assert figure["unit"] == {"explore_states_per_s": "states/s", "rss_1tib_mib": "MiB"}[name]
+            assert figure["better"] == ("higher" if at_least else "lower"), name
             assert _number(figure["value"]) and figure["value"] > 0, name
             measured = figure["value"]
         assert figure["met"] == (measured >= target if at_least else measured <= target), name

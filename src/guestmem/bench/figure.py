@@ -16,6 +16,8 @@ RATIO_TARGETS: dict[str, float] = {
 #: Value figures: met when the value ≤ target, or ≥ target for those in ``AT_LEAST``.
 VALUE_TARGETS: dict[str, float] = {"explore_states_per_s": 20000, "rss_1tib_mib": 150}
 AT_LEAST = frozenset({"explore_states_per_s"})
+#: Units of the value figures; ratio figures are model/baseline, their times in seconds.
+VALUE_UNITS: dict[str, str] = {"explore_states_per_s": "states/s", "rss_1tib_mib": "MiB"}
 NAMES: tuple[str, ...] = (*RATIO_TARGETS, *VALUE_TARGETS)
 
 
@@ -71,7 +73,15 @@ class Figure:
             }
         else:
             out = {"value": self.value}
-        out.update(target=self.target, met=self.met, note=self.note)
+        out.update(
+            unit="model/baseline" if self.is_ratio else VALUE_UNITS[self.name],
+            better="higher" if self.at_least else "lower",
+            target=self.target,
+            met=self.met,
+            note=self.note,
+        )
+        if self.is_ratio:
+            out["time_unit"] = "s"
         if self.skipped is not None:
             out["skipped"] = self.skipped
         return out

@@ -1,7 +1,8 @@
 """The ``guestmem`` command line: one module per command, each with ``register(sub)``.
 
 Exit codes everywhere: 0 all expectations held, 1 one failed, 2 bad input (the message
-names the file, step, field and value).
+names the file, step, field and value), 4 nothing ran because every run was skipped
+(kselftest's ``KSFT_SKIP``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 from guestmem import __version__
 from guestmem.errors import GuestmemError
+from guestmem.spec import revisions
 
 #: Command modules under guestmem.cli, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -26,6 +28,7 @@ COMMANDS: tuple[str, ...] = (
     "consume",
     "report",
     "bench",
+    "completion",
 )
 
 
@@ -33,12 +36,22 @@ class UsageError(GuestmemError):
     """Bad input: printed as ``guestmem: <message>`` with exit status 2."""
 
 
+def chosen_revisions(value: str) -> list[str]:
+    """``--abi``: one revision, or every revision for ``all``."""
+    if value == "all":
+        return list(revisions.REVISIONS)
+    if value in revisions.REVISIONS:
+        return [value]
+    raise UsageError(f"--abi: unknown revision {value!r} (choose from all, {', '.join(revisions.REVISIONS)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="guestmem",
         description="Model, run and check guest_memfd private/shared conversions "
         "(KVM_SET_MEMORY_ATTRIBUTES2) per platform and ABI revision.",
-        epilog="example: guestmem check --platform all --abi seed",
+        epilog="example: guestmem check --platform all --abi seed\n\n"
+        "exit status: 0 every expectation held, 1 one failed, 2 bad input, 4 every run skipped",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"guestmem {__version__}")

@@ -8,11 +8,16 @@ import argparse
 import os
 from typing import Any
 
+from guestmem import schemas
 from guestmem.checker import analyze
 from guestmem.checker.explore import explore
-from guestmem.cli import UsageError
-from guestmem.cli.output import dump_json, table
-from guestmem.spec import revisions
+from guestmem.cli import UsageError, chosen_revisions
+from guestmem.terminal import table
+
+DESCRIPTION = """\
+What a reviewer of the UAPI reads, per ABI revision: whether flags = 0 is accepted for
+every platform, direction and phase; which policies fail with EOPNOTSUPP; and the property
+violations an exhaustive exploration finds, each with its shortest counterexample."""
 
 EPILOG = """\
 examples:
@@ -27,7 +32,7 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "analyze",
         help="what a UAPI reviewer reads: flags = 0, EOPNOTSUPP, violations",
-        description=__doc__,
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -40,20 +45,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.abi == "all":
-        abis = list(revisions.REVISIONS)
-    elif args.abi in revisions.REVISIONS:
-        abis = [args.abi]
-    else:
-        raise UsageError(
-            f"--abi: unknown revision {args.abi!r} (choose from all, {', '.join(revisions.REVISIONS)})"
-        )
+    abis = chosen_revisions(args.abi)
     workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     if workers < 1:
         raise UsageError(f"--workers: {workers} must be >= 1")
     results = analyze.analyze(abis, lambda platform, abi: explore(platform, abi, workers=workers))
     if args.format == "json":
-        dump_json({"revisions": [r.to_json() for r in results]})
+        schemas.dump("analyze", {"revisions": [r.to_json() for r in results]})
     elif args.format == "markdown":
         print(analyze.markdown(results), end="")
     else:

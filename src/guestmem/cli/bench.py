@@ -12,14 +12,15 @@ import platform
 import sys
 from typing import TextIO
 
+from guestmem import schemas
 from guestmem.bench import suite
 from guestmem.bench.figure import NAMES, Figure
 from guestmem.cli import UsageError
-from guestmem.cli.output import dump_json, table
+from guestmem.terminal import table
 
 EPILOG = """\
 examples:
-  guestmem bench                      full run (one to two minutes; docs/bench.md shows one)
+  guestmem bench                      # full run (one to two minutes; docs/bench.md shows one)
   guestmem bench --quick --format json
   guestmem bench --only host_access_vs_mmap --only attr_1tib_vs_4k
 
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"measuring {len(names)} figure(s){' (quick)' if args.quick else ''}…", file=sys.stderr)
     figures = suite.run(quick=args.quick, names=names)
     if args.format == "json":
-        dump_json({f.name: f.to_json() for f in figures})
+        schemas.dump("bench", {"machine": machine(), "figures": {f.name: f.to_json() for f in figures}})
     else:
         render_text(figures)
     return 0 if all(f.met for f in figures) else 1

@@ -15,8 +15,10 @@ example:
   guestmem check                          # the whole suite on the model, every platform
   guestmem check --platform snp --format tap
   guestmem check --backend kvm            # on this machine's kernel (unsupported cases skip)
+  guestmem check --abi all --format junit > results.xml
 
-exit status: 0 every expectation held (skips included), 1 one failed, 2 bad input."""
+exit status: 0 every expectation held (skips beside passes included), 1 one failed,
+2 bad input, 4 every run was skipped (KSFT_SKIP)."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,4 +45,4 @@ def run(args: argparse.Namespace) -> int:
     results = execute(scenarios, args)
     if not results:
         raise UsageError("no case of the suite matches the selection")
-    return show.print_suite(results, args.format)
+    return show.print_results(results, args.format)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from guestmem.cli import UsageError
+from guestmem.cli import UsageError, chosen_revisions
 from guestmem.scenario import Scenario, ScenarioError, load
 from guestmem.scenario import output as show
 from guestmem.scenario.runner import RunResult, run_all
@@ -14,9 +14,10 @@ from guestmem.spec import platforms, revisions
 EXAMPLE = """\
 example:
   guestmem run src/guestmem/suite/review_payload_injection.toml --platform tdx
-  guestmem run my.toml --platform all --abi v8 --format tap
+  guestmem run my.toml --platform all --abi all --format junit > results.xml
 
-exit status: 0 every expectation held (skips included), 1 one failed, 2 bad input."""
+exit status: 0 every expectation held (skips beside passes included), 1 one failed,
+2 bad input, 4 every run was skipped (KSFT_SKIP)."""
 
 
 def add_selection(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +30,8 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--abi",
         default=None,
-        help=f"ABI revision for every run: {', '.join(revisions.REVISIONS)} (default: each scenario's own)",
+        help=f"ABI revision for every run: {', '.join(revisions.REVISIONS)}, or all "
+        "(default: each scenario's own)",
     )
     parser.add_argument("--backend", default="model", choices=("model", "kvm"), help="default: model")
     parser.add_argument("--format", default="text", choices=show.FORMATS, help="default: text")
@@ -40,10 +42,14 @@ def check_selection(args: argparse.Namespace) -> None:
     if args.platform != "all" and args.platform not in platforms.PLATFORMS:
         choices = ", ".join((*platforms.PLATFORMS, "all"))
         raise UsageError(f"--platform: unknown platform {args.platform!r} (choose from {choices})")
-    if args.abi is not None and args.abi not in revisions.REVISIONS:
-        raise UsageError(
-            f"--abi: unknown revision {args.abi!r} (choose from {', '.join(revisions.REVISIONS)})"
-        )
+    selected_revisions(args)
+
+
+def selected_revisions(args: argparse.Namespace) -> list[str | None]:
+    """``--abi``: None runs each scenario under its own revision; ``all`` under every one."""
+    if args.abi is None:
+        return [None]
+    return list(chosen_revisions(args.abi))
 
 
 def load_all(files: Sequence[str]) -> list[Scenario]:
@@ -54,8 +60,21 @@ def load_all(files: Sequence[str]) -> list[Scenario]:
         raise UsageError(str(err)) from None
 
 
-def execute(scenarios: Sequence[Scenario], args: argparse.Namespace) -> list[RunResult]:
-    return run_all(scenarios, platform=args.platform, abi=args.abi, backend=args.backend)
+def execute(
+    scenarios: Sequence[Scenario],
+    args: argparse.Namespace,
+    *,
+    backend: str | None = None,
+    observe: bool = False,
+) -> list[RunResult]:
+    """Every scenario on each selected platform, under each selected revision."""
+    return [
+        result
+        for abi in selected_revisions(args)
+        for result in run_all(
+            scenarios, platform=args.platform, abi=abi, backend=backend or args.backend, observe=observe
+        )
+    ]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -78,10 +97,4 @@ def run(args: argparse.Namespace) -> int:
     results = execute(scenarios, args)
     if not results:
         raise UsageError(f"no scenario runs on platform {args.platform!r}")
-    if args.format == "json":
-        show.dump_json(show.to_json(results))
-    elif args.format == "tap":
-        show.print_tap(results)
-    else:
-        show.print_runs(results)
-    return show.exit_code(results)
+    return show.print_results(results, args.format, per_step=True)

@@ -31,11 +31,14 @@ from guestmem.uapi.kvm import (
 
 @dataclass(frozen=True)
 class PageView:
-    """One page after a step (model backend only): its attribute and what a reader sees."""
+    """One page after a step (model backend only): its attribute, what a reader sees,
+    how many pins hold it and how many host mappings have it mapped."""
 
     private: bool
     allocated: bool
     origins: tuple[str, ...]
+    pins: int = 0
+    mapped: int = 0
 
 
 @dataclass
@@ -158,7 +161,11 @@ def snapshot(machine: Machine) -> list[PageView] | None:
     for index in range(machine.size >> PAGE_SHIFT):
         runs = gmem.origins(index << PAGE_SHIFT, PAGE_SIZE)
         labels = tuple(dict.fromkeys(o.label for _a, _b, o in runs))
-        views.append(PageView(gmem.is_private(index << PAGE_SHIFT), index in gmem.pages, labels))
+        pins = gmem.pins.get(index, 0) + gmem.stale_pins.get(index, 0)
+        mapped = sum(index in m.ptes for m in gmem.mappings)
+        views.append(
+            PageView(gmem.is_private(index << PAGE_SHIFT), index in gmem.pages, labels, pins, mapped)
+        )
     return views
 
 

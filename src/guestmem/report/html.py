@@ -103,7 +103,8 @@ td { overflow-wrap: anywhere; }
 dl.notes { display: grid; grid-template-columns: max-content 1fr; gap: 0.2em 0.8em; font-size: 0.88em; }
 dl.notes dt { font-weight: 700; } dl.notes dd { margin: 0; }
 .about { white-space: pre-wrap; color: #333333; font-size: 0.92em; margin: 0.2em 0 0.5em; max-width: 60em; }
-details.run { margin: 0.3em 0 0.8em; }
+.runs { display: flex; flex-wrap: wrap; align-items: flex-start; gap: 0.2em 2.5em; }
+details.run { margin: 0.2em 0 0.6em; }
 details.run > summary { cursor: pointer; font-weight: 600; padding: 0.15em 0; }
 .map { border-collapse: separate; border-spacing: 3px; font-size: 0.82em; margin: 0.3em 0 0.6em; }
 .map th, .map td { border: none; padding: 0; }
@@ -432,11 +433,13 @@ def render(
             f"<h3 id='{e(_scenario_anchor(name))}'>{e(name)}</h3>"
             f"<p class='about'>{e(runs[0].scenario.about.strip())}</p>"
         )
+        parts.append("<div class='runs'>")
         for r in runs:
             open_ = " open" if r.status == "fail" or name.startswith(OPEN_PREFIX) else ""
             parts.append(
                 f"<details class='run' id='{e(_anchor(r))}'{open_}><summary>{e(r.platform)} ({e(r.abi)}) "
                 f"{_badge(r.status)}</summary>{memory_map(r)}</details>"
             )
+        parts.append("</div>")
     parts.append("</section></body></html>")
     return "\n".join(parts)

@@ -6,6 +6,7 @@ screenshots. Stdlib only; skips with the reason when Chromium is not installed."
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -77,10 +78,8 @@ class Browser:
         self.send("Runtime.enable")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(BrowserError):
             self.call("Browser.close")
-        except BrowserError:
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

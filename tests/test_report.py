@@ -77,55 +77,7 @@ expect = "ok"
 #: What the page reports about itself: every memory-map table (visible or not), every
 #: piece of text that spills out of its table cell or legend swatch, and every text whose
 #: contrast against its background is below WCAG AA (4.5, or 3 for large text).
-MEASURE = r"""
-(() => {
-  const rgb = (c) => { const m = c.match(/rgba?\(([^)]+)\)/); if (!m) return null;
-    const p = m[1].split(/[ ,\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
-  const lum = (c) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
-    return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); };
-  const ratio = (a, b) => { const x = lum(a), y = lum(b); return (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05); };
-  const background = (el) => { for (let n = el; n && n.nodeType === 1; n = n.parentElement) {
-      const c = rgb(getComputedStyle(n).backgroundColor); if (c && c[3] > 0.5) return c; } return [255, 255, 255, 1]; };
-  const shown = (el) => { const r = el.getBoundingClientRect();
-    return el.checkVisibility({ visibilityProperty: true, opacityProperty: true }) && r.width > 0 && r.height > 0; };
-  const out = { maps: [], overflow: [], contrast: [], checked: 0, cells: 0 };
-  for (const t of document.querySelectorAll('table.map')) {
-    const r = t.getBoundingClientRect(); const d = t.closest('details');
-    out.maps.push({ label: t.getAttribute('aria-label'), visible: shown(t), width: r.width, height: r.height,
-      open: d ? d.open : true, pages: t.querySelectorAll('td.page').length });
-  }
-  const boxes = document.querySelectorAll('td, th, .swatch, .verdict');
-  for (const box of boxes) {
-    if (!shown(box)) continue;
-    out.cells++;
-    const outer = box.getBoundingClientRect();
-    const walker = document.createTreeWalker(box, NodeFilter.SHOW_TEXT);
-    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-      if (!node.textContent.trim()) continue;
-      const range = document.createRange(); range.selectNodeContents(node);
-      for (const r of range.getClientRects()) {
-        if (r.left < outer.left - 0.5 || r.right > outer.right + 0.5 || r.top < outer.top - 0.5 || r.bottom > outer.bottom + 0.5)
-          out.overflow.push({ text: node.textContent.slice(0, 60), cell: box.className, box: [outer.left, outer.right], text_box: [r.left, r.right] });
-      }
-    }
-    if (box.scrollWidth > box.clientWidth + 1 && getComputedStyle(box).overflowX === 'visible' && box.clientWidth > 0)
-      out.overflow.push({ text: box.textContent.slice(0, 60), cell: box.className, scroll: [box.scrollWidth, box.clientWidth] });
-  }
-  const all = document.body.querySelectorAll('*');
-  for (const el of all) {
-    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
-    if (!own || !shown(el)) continue;
-    const s = getComputedStyle(el); const fg = rgb(s.color); const bg = background(el);
-    const size = parseFloat(s.fontSize); const bold = parseInt(s.fontWeight) >= 700;
-    const need = (size >= 24 || (size >= 18.66 && bold)) ? 3 : 4.5;
-    const got = ratio(fg, bg);
-    out.checked++;
-    if (got < need) out.contrast.push({ text: el.textContent.trim().slice(0, 40), tag: el.tagName, cls: el.className,
-      ratio: Math.round(got * 100) / 100, need, fg: s.color, bg: bg.join(',') });
-  }
-  return JSON.stringify(out);
-})()
-"""
+MEASURE = (Path(__file__).parent / "report_measure.js").read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +178,8 @@ def test_rendered_small_report(browser: Browser, small_report: Path, tmp_path: P
     # the pin and the host mapping are drawn on page 1, and the touched range is marked
     cells = browser.evaluate(
         "[...document.querySelector('table[aria-label^=\"failing_pinned\"]').rows].map("
-        "r => [...r.querySelectorAll('td.page')].map(c => [c.innerText.replace(/\\s+/g, ' ').trim(), c.className]))"
+        "r => [...r.querySelectorAll('td.page')]"
+        ".map(c => [c.innerText.replace(/\\s+/g, ' ').trim(), c.className]))"
     )
     pin_row, convert_row = cells[3], cells[4]  # after the head row, the initial state, host_write
     assert "pin" in pin_row[1][0] and "map" in pin_row[1][0], pin_row

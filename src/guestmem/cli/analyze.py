@@ -44,6 +44,11 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def document(results: list[analyze.RevisionAnalysis]) -> dict[str, Any]:
+    """The ``guestmem.analyze/1`` document of ``results``."""
+    return schemas.document("analyze", {"revisions": [r.to_json() for r in results]})
+
+
 def run(args: argparse.Namespace) -> int:
     abis = chosen_revisions(args.abi)
     workers = (os.cpu_count() or 1) if args.workers is None else args.workers
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers: {workers} must be >= 1")
     results = analyze.analyze(abis, lambda platform, abi: explore(platform, abi, workers=workers))
     if args.format == "json":
-        schemas.dump("analyze", {"revisions": [r.to_json() for r in results]})
+        schemas.write(document(results))
     elif args.format == "markdown":
         print(analyze.markdown(results), end="")
     else:

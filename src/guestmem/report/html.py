@@ -328,13 +328,13 @@ def results_table(results: Sequence[RunResult], platform_names: Sequence[str]) -
     for (name, abi), runs in grid.items():
         tds = []
         for p in platform_names:
-            r = runs.get(p)
-            if r is None:
+            run = runs.get(p)
+            if run is None:
                 tds.append("<td class='none' title='not a platform of this scenario'>–</td>")
                 continue
-            why = r.skipped or r.error or "; ".join(f"step {s.step.index} failed" for s in r.failures)
+            why = run.skipped or run.error or "; ".join(f"step {s.step.index} failed" for s in run.failures)
             tip = f" title='{e(why)}'" if why else ""
-            tds.append(f"<td{tip}><a href='#{e(_anchor(r))}'>{_badge(r.status)}</a></td>")
+            tds.append(f"<td{tip}><a href='#{e(_anchor(run))}'>{_badge(run.status)}</a></td>")
         abi_td = f"<td>{e(abi)}</td>" if many else ""
         rows.append(
             f"<tr><th scope='row'><a href='#{e(_scenario_anchor(name))}'>{e(name)}</a></th>{abi_td}"

@@ -11,6 +11,7 @@ errno and its ``error_offset`` always survive a narrow terminal. Verdict words (
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -74,57 +75,86 @@ def table(
     *,
     title: str | None = None,
     stream: TextIO | None = None,
+    verdicts: Sequence[int] = (),
+    whole_words: Sequence[int] = (),
 ) -> None:
     """Print a table: rich on a terminal, wrapped plain text on a terminal without rich,
-    one line per row when piped."""
+    one line per row when piped. Cells of the ``verdicts`` columns (and verdict words in
+    the title) are coloured; cells of the ``whole_words`` columns break only between words
+    (up to :data:`WORD_LIMIT` characters), so ``(error_offset=0x1000)`` stays in one piece."""
     stream = stream or sys.stdout
+    texts = [[str(c) for c in row] for row in rows]
+    floors = [0] * len(headers)
+    for i in whole_words:
+        floors[i] = min(WORD_LIMIT, max((len(w) for r in texts for w in r[i].split()), default=0))
     if use_rich(stream):
-        _rich_table(headers, rows, title, stream)
+        _rich_table(headers, texts, title, stream, verdicts, floors)
         return
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
-    widths = _fit([max(len(r[i]) for r in cells) for i in range(len(headers))], width(stream))
+    cells = [[str(h) for h in headers], *texts]
+    widths = _fit([max(len(r[i]) for r in cells) for i in range(len(headers))], floors, width(stream))
     if title:
-        print(title, file=stream)
+        print(_colour_words(title, stream), file=stream)
     for n, row in enumerate(cells):
         wrapped = [_wrap(c, w) for c, w in zip(row, widths, strict=True)]
         for line in range(max(len(w) for w in wrapped)):
             parts = []
-            for column, w in zip(wrapped, widths, strict=True):
+            for i, (column, w) in enumerate(zip(wrapped, widths, strict=True)):
                 text = column[line] if line < len(column) else ""
-                shown = verdict(text, stream) if n > 0 else text
+                shown = verdict(text, stream) if n > 0 and i in verdicts else text
                 parts.append(shown + " " * (w - len(text)))
             print(GAP.join(parts).rstrip(), file=stream)
         if n == 0:
             print(GAP.join("-" * w for w in widths), file=stream)
 
 
+#: The longest word a ``whole_words`` column keeps in one piece.
+WORD_LIMIT = 24
+
+
+def _colour_words(text: str, stream: TextIO) -> str:
+    return re.sub(r"\b(PASS|FAIL|SKIP)\b", lambda m: verdict(m.group(1), stream), text)
+
+
 def _rich_table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None, stream: TextIO
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    title: str | None,
+    stream: TextIO,
+    verdicts: Sequence[int],
+    floors: Sequence[int],
 ) -> None:
+    from rich import box
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
-    # cells are plain text: "[g]" or "[0x1000, +0x1000)" must not be read as rich markup
-    t = Table(title=None if title is None else escape(title), title_justify="left")
-    for h in headers:
-        t.add_column(escape(str(h)), overflow="fold")
+    heading = None
+    if title is not None:
+        heading = Text(title, style="bold")
+        for word in ("PASS", "FAIL", "SKIP"):
+            heading.highlight_regex(rf"\b{word}\b", VERDICTS[word][0])
+    # cells are Text, never markup: "[g]" or "[0x1000, +0x1000)" must stay as they are
+    t = Table(title=heading, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for h, floor in zip(headers, floors, strict=True):
+        t.add_column(Text(str(h)), overflow="fold", min_width=floor or None)
     for row in rows:
-        t.add_row(*(Text(str(c), style=VERDICTS.get(str(c), ("", ""))[0]) for c in row))
+        styles = [VERDICTS.get(c, ("", ""))[0] if i in verdicts else "" for i, c in enumerate(row)]
+        t.add_row(*(Text(c, style=style) for c, style in zip(row, styles, strict=True)))
     Console(file=stream).print(t)
 
 
-def _fit(natural: list[int], available: int | None) -> list[int]:
-    """Column widths within ``available`` columns: the widest column gives way first."""
+def _fit(natural: list[int], floors: Sequence[int], available: int | None) -> list[int]:
+    """Column widths within ``available`` columns: the widest column gives way first, no
+    column below its floor or 8 characters."""
     widths = list(natural)
     if available is None:
         return widths
     budget = available - len(GAP) * (len(widths) - 1)
     while sum(widths) > budget:
-        widest = max(range(len(widths)), key=lambda i: widths[i])
-        if widths[widest] <= 8:
+        shrinkable = [i for i in range(len(widths)) if widths[i] > max(8, floors[i])]
+        if not shrinkable:
             break
+        widest = max(shrinkable, key=lambda i: widths[i])
         widths[widest] -= 1
     return widths
 

@@ -9,6 +9,7 @@ when nothing failed and nothing passed because every run was skipped; bad input 
 from __future__ import annotations
 
 import sys
+import textwrap
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -84,17 +85,11 @@ def print_runs(results: Sequence[RunResult], stream: TextIO | None = None) -> No
         if r.error:
             head += f" (error: {r.error})"
         rows = [
-            (
-                s.step.index,
-                s.step.side,
-                s.step.label(),
-                saw(s),
-                " | ".join(map(str, s.expect)),
-                step_verdict(s),
-            )
+            (s.step.index, s.step.label(), saw(s), " | ".join(map(str, s.expect)), step_verdict(s))
             for s in r.steps
         ]
-        terminal.table(("#", "side", "action", "saw", "expect", "result"), rows, title=head, stream=stream)
+        headers = ("#", "action", "saw", "expect", "result")
+        terminal.table(headers, rows, title=head, stream=stream, verdicts=(4,), whole_words=(2, 3))
         print(file=stream)
 
 
@@ -102,17 +97,15 @@ def print_cases(results: Sequence[RunResult], stream: TextIO | None = None) -> N
     """``guestmem check`` text: one line per case, the failing steps, then a summary."""
     stream = stream or sys.stdout
     for r in results:
-        line = f"{terminal.verdict(_STATUS[r.status], stream)}  {title(r)}"
+        status = _STATUS[r.status]
+        line = f"{status}  {title(r)}"
         if r.skipped:
             line += f"  # {r.skipped}"
         if r.error:
             line += f"  # error: {r.error}"
-        print(line, file=stream)
+        print(terminal.verdict(status, stream) + _fold(line, stream, "      ")[len(status) :], file=stream)
         for s in r.failures:
-            print(
-                f"      step {s.step.index} {s.step.label()}: expected {_expected(s)}, saw {saw(s)}",
-                file=stream,
-            )
+            print(_fold(f"      {_failure(s)}", stream, "        "), file=stream)
     print(file=stream)
     counts = summary(results)
     rows = [(p, c["passed"], c["failed"], c["skipped"]) for p, c in counts.items()]
@@ -121,6 +114,16 @@ def print_cases(results: Sequence[RunResult], stream: TextIO | None = None) -> N
     terminal.table(("platform", "passed", "failed", "skipped"), rows, title="summary", stream=stream)
     if exit_code(results) == EXIT_SKIP:
         print(f"every run was skipped: exit status {EXIT_SKIP} (KSFT_SKIP)", file=stream)
+
+
+def _fold(line: str, stream: TextIO, indent: str) -> str:
+    """``line`` broken between words to the terminal's width (unchanged when piped)."""
+    columns = terminal.width(stream)
+    if columns is None:
+        return line
+    return textwrap.fill(
+        line, columns, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+    )
 
 
 def print_tap(results: Sequence[RunResult], stream: TextIO | None = None, *, totals: bool = False) -> None:

@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
         description="Probe /dev/kvm: API version, guest_memfd capabilities and flags, VM types, "
         "memory-attribute capabilities, whether KVM_SET_MEMORY_ATTRIBUTES2 exists, and whether "
         "guest code runs natively or in KVM's emulator. Exits 1 when /dev/kvm is unusable.",
-        epilog="example: guestmem probe --format json",
+        epilog="examples:\n  guestmem probe\n  guestmem probe --format json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")

@@ -186,3 +186,19 @@ def test_fill_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         "rfc-v5",
         "v8",
     }
+
+
+def test_readme_tour_parses_and_writes_only_to_its_temporary_directory() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    tour = readme.split("## A tour", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    lines = [line for line in tour.splitlines() if line.strip()]
+    assert lines[0].startswith("tmp=$(mktemp -d)")
+    for line in lines[1:]:
+        for command in line.split("#", 1)[0].split("&&"):
+            argv = shlex.split(command.replace('"$tmp', '"/tmp/x'))
+            assert argv[0] == "guestmem", line
+            build_parser().parse_args(argv[1:])
+            for option in ("--out", "fill"):
+                if option in argv:
+                    target = argv[argv.index(option) + 1]
+                    assert target.startswith("/tmp/x/"), f"the tour writes outside $tmp: {line}"

@@ -4,6 +4,7 @@ a person looks at it (layout boxes, computed colours, print media), not as a str
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,7 +78,17 @@ expect = "ok"
 #: What the page reports about itself: every memory-map table (visible or not), every
 #: piece of text that spills out of its table cell or legend swatch, and every text whose
 #: contrast against its background is below WCAG AA (4.5, or 3 for large text).
+#: Screenshots and the printed PDF stay here for a person to look at (``/build/`` is ignored).
+ARTIFACTS = Path(
+    os.environ.get("GUESTMEM_ARTIFACTS", Path(__file__).parent.parent / "build" / "test-artifacts")
+)
 MEASURE = (Path(__file__).parent / "report_measure.js").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +140,7 @@ def test_report_is_self_contained_and_escaped(small_report: Path) -> None:
     assert not re.search(r"(src|href)=['\"](https?:|//)", text), "no external resources"
 
 
-def test_rendered_report_on_screen(browser: Browser, suite_report: Path, tmp_path: Path) -> None:
+def test_rendered_report_on_screen(browser: Browser, suite_report: Path, artifacts: Path) -> None:
     measured = measure(browser, suite_report)
     maps = measured["maps"]
     assert len(maps) == 130  # a map per run of the built-in suite
@@ -142,25 +153,25 @@ def test_rendered_report_on_screen(browser: Browser, suite_report: Path, tmp_pat
     assert measured["overflow"] == [], measured["overflow"][:5]
     assert measured["checked"] > 500
     assert measured["contrast"] == [], measured["contrast"][:5]
-    shot = tmp_path / "report.png"
+    shot = artifacts / "report.png"
     browser.screenshot(shot)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 100_000
     print(f"screenshot: {shot}")
 
 
-def test_rendered_report_in_print(browser: Browser, suite_report: Path, tmp_path: Path) -> None:
+def test_rendered_report_in_print(browser: Browser, suite_report: Path, artifacts: Path) -> None:
     measured = measure(browser, suite_report, "print")
     assert len(measured["maps"]) == 130
     hidden = [m["label"] for m in measured["maps"] if not m["visible"]]
     assert hidden == [], "every map prints, open or not"
     assert measured["overflow"] == [], measured["overflow"][:5]
     assert measured["contrast"] == [], measured["contrast"][:5]
-    pdf = tmp_path / "report.pdf"
+    pdf = artifacts / "report.pdf"
     browser.pdf(pdf)
     assert pdf.read_bytes()[:5] == b"%PDF-"
 
 
-def test_rendered_small_report(browser: Browser, small_report: Path, tmp_path: Path) -> None:
+def test_rendered_small_report(browser: Browser, small_report: Path, artifacts: Path) -> None:
     measured = measure(browser, small_report)
     title = browser.evaluate("document.title")
     assert title == "guestmem report"  # no script of the scenario ran
@@ -185,7 +196,7 @@ def test_rendered_small_report(browser: Browser, small_report: Path, tmp_path: P
     assert "pin" in pin_row[1][0] and "map" in pin_row[1][0], pin_row
     assert "touched" in pin_row[1][1] and "touched" not in pin_row[0][1], "pin touched page 1 only"
     assert all("touched" in c[1] for c in convert_row), "convert touched every page"
-    shot = tmp_path / "small.png"
+    shot = artifacts / "report-failing.png"
     browser.screenshot(shot)
     assert shot.stat().st_size > 10_000
 

@@ -57,6 +57,8 @@ def test_results_of_check_run_and_consume(capsys: pytest.CaptureFixture[str], tm
     fill = printed(capsys, ["fill", str(tmp_path / "fx"), PAYLOAD, "--format", "json"], (0, 1))
     valid("fill", fill)
     assert fill["written"] and all(Path(p).is_file() for p in fill["written"])
+    for path in fill["written"]:
+        valid("fixture", json.loads(Path(path).read_text()))
     consume = printed(capsys, ["consume", str(tmp_path / "fx"), "--format", "json"])
     valid("results", consume)
     assert {r["backend"] for r in consume["runs"]} == {"model"}  # the default backend everywhere

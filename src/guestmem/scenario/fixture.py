@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from guestmem import schemas
 from guestmem.backend.base import Outcome
 from guestmem.scenario.expect import NOT_WRITTEN, Expect, matches
 from guestmem.scenario.format import Scenario, ScenarioError, from_dict
@@ -86,15 +87,18 @@ def freeze(result: RunResult) -> dict[str, Any]:
         "init": scenario.init,
         "step": steps,
     }
-    return {
-        "fixture": VERSION,
-        "scenario": scenario.name,
-        "file": Path(scenario.file).name,
-        "platform": result.platform,
-        "revision": result.abi,
-        "document": document,
-        "model": [None if s.outcome is None else s.outcome.to_json() for s in result.steps],
-    }
+    return schemas.document(
+        "fixture",
+        {
+            "fixture": VERSION,
+            "scenario": scenario.name,
+            "file": Path(scenario.file).name,
+            "platform": result.platform,
+            "revision": result.abi,
+            "document": document,
+            "model": [None if s.outcome is None else s.outcome.to_json() for s in result.steps],
+        },
+    )
 
 
 def file_name(result: RunResult) -> str:

@@ -23,6 +23,7 @@ KINDS: dict[str, str] = {
     "probe": "probe --format json",
     "fill": "fill --format json",
     "report": "report --format json",
+    "fixture": "the files fill writes and consume reads",
 }
 VERSION = 1
 

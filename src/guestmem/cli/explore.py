@@ -142,10 +142,8 @@ def _print_text(
         for prop, cx in r.counterexamples.items():
             claim = "claimed" if cx.claimed else f"not claimed by {cx.platform}"
             print()
-            print(
-                f"{r.label} [{r.abi}]: {prop.value} ({claim}) violated after {cx.length} steps "
-                f"from init {cx.init}"
-            )
+            where = f"{r.label} [{r.abi}]" if several else r.label
+            print(f"{where}: {prop.value} ({claim}) violated after {cx.length} steps from init {cx.init}")
             print(f"  {cx.message}")
             for number, (op, expect) in enumerate(zip(cx.ops, cx.expects, strict=True), start=1):
                 mark = "  <- fails here on replay" if number == cx.fails_at + 1 else ""

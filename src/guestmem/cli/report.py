@@ -8,7 +8,7 @@ from pathlib import Path
 from guestmem import schemas
 from guestmem.cli import UsageError
 from guestmem.cli.run import check_selection, execute, load_all, selected_revisions
-from guestmem.report import html
+from guestmem.report import html, matrix
 from guestmem.scenario import output as show
 from guestmem.scenario import suite_files
 from guestmem.spec import platforms, revisions
@@ -59,9 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise UsageError(f"no scenario runs on platform {args.platform!r}")
     chosen = [a for a in selected_revisions(args) if a is not None] or [revisions.DEFAULT]
-    from guestmem.report.matrix import compute
-
-    matrices = {abi: compute(abi) for abi in chosen}
+    matrices = {abi: matrix.compute(abi) for abi in chosen}
     revision = "each scenario's own" if args.abi is None else ", ".join(chosen)
     out.write_text(html.render(results, matrices, revision=revision), encoding="utf-8")
     code = show.exit_code(results)

@@ -375,7 +375,6 @@ def render(
     *,
     revision: str,
     backend: str = "model",
-    matrix_error: str | None = None,
     title: str = "guestmem report",
     generated: datetime | None = None,
 ) -> str:
@@ -417,7 +416,7 @@ def render(
         for abi, cells in matrices.items():
             parts.append(f"<h3 id='matrix-{e(abi)}'>revision {e(abi)}</h3>{matrix_tables(abi, cells)}")
     else:
-        parts.append(f"<p class='map-note'>matrix not available: {e(matrix_error or 'unknown reason')}</p>")
+        parts.append("<p class='map-note'>no revision chosen: no matrix</p>")
     parts += [
         "</section><section><h2 id='results'>Suite results</h2>",
         "<p>A row per scenario, a column per platform; each verdict links to the run's memory map.</p>",

@@ -202,3 +202,12 @@ def test_readme_tour_parses_and_writes_only_to_its_temporary_directory() -> None
                 if option in argv:
                     target = argv[argv.index(option) + 1]
                     assert target.startswith("/tmp/x/"), f"the tour writes outside $tmp: {line}"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_fits_80_columns(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    text = subparsers()[name].format_help()
+    assert max(len(line) for line in text.splitlines()) <= 80, [
+        line for line in text.splitlines() if len(line) > 80
+    ]

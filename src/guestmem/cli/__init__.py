@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from guestmem import __version__
@@ -36,6 +37,20 @@ class UsageError(GuestmemError):
     """Bad input: printed as ``guestmem: <message>`` with exit status 2."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs keep their line breaks and indented examples; a long line
+    of prose is wrapped to the terminal's width."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines: list[str] = []
+        for line in text.splitlines():
+            if line.startswith(" ") or len(indent + line) <= width:
+                lines.append(indent + line)
+            else:
+                lines += textwrap.wrap(line, width, initial_indent=indent, subsequent_indent=indent)
+        return "\n".join(lines)
+
+
 def chosen_revisions(value: str) -> list[str]:
     """``--abi``: one revision, or every revision for ``all``."""
     if value == "all":
@@ -52,13 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(KVM_SET_MEMORY_ATTRIBUTES2) per platform and ABI revision.",
         epilog="example: guestmem check --platform all --abi seed\n\n"
         "exit status: 0 every expectation held, 1 one failed, 2 bad input, 4 every run skipped",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"guestmem {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"guestmem.cli.{name}")
         module.register(sub)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
     return parser
 
 

@@ -20,7 +20,7 @@ from guestmem.terminal import table
 
 EPILOG = """\
 examples:
-  guestmem bench                      # full run (one to two minutes; docs/bench.md shows one)
+  guestmem bench                      # full run: minutes (docs/bench.md)
   guestmem bench --quick --format json
   guestmem bench --only host_access_vs_mmap --only attr_1tib_vs_4k
 

@@ -12,9 +12,9 @@ from guestmem.scenario import suite_files
 
 EXAMPLE = """\
 example:
-  guestmem check                          # the whole suite on the model, every platform
+  guestmem check                   # the whole suite on the model
   guestmem check --platform snp --format tap
-  guestmem check --backend kvm            # on this machine's kernel (unsupported cases skip)
+  guestmem check --backend kvm     # on this machine's kernel (the rest skips)
   guestmem check --abi all --format junit > results.xml
 
 exit status: 0 every expectation held (skips beside passes included), 1 one failed,

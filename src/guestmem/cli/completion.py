@@ -17,7 +17,7 @@ SHELLS = ("bash", "zsh", "fish")
 EXAMPLE = """\
 examples:
   guestmem completion bash > ~/.local/share/bash-completion/completions/guestmem
-  guestmem completion zsh > ~/.zfunc/_guestmem        # with fpath+=(~/.zfunc) in .zshrc
+  guestmem completion zsh > ~/.zfunc/_guestmem   # fpath+=(~/.zfunc) in .zshrc
   guestmem completion fish > ~/.config/fish/completions/guestmem.fish
 
 bash and zsh need the optional extra: pip install 'guestmem[completion]' (shtab)."""

@@ -15,7 +15,7 @@ from guestmem.spec import platforms, revisions
 
 EXAMPLE = """\
 example:
-  guestmem report --out report.html                 # the built-in suite, every platform
+  guestmem report --out report.html      # the built-in suite, every platform
   guestmem report --out snp.html --platform snp --abi all
 
 The file is self-contained (no scripts, no external resources); open it in any browser or

@@ -47,8 +47,8 @@ def test_text_shows_what_each_side_read(capsys: pytest.CaptureFixture[str]) -> N
     lines = out.splitlines()
     host = next(line for line in lines if "host_read" in line)
     guest = next(line for line in lines if "guest_read" in line)
-    assert "SIGBUS" in host and host.split()[1] == "host"
-    assert "efbe" in guest and guest.split()[1] == "guest"
+    assert "SIGBUS" in host and host.split()[1] == "host_read"  # the op names the side
+    assert "efbe" in guest and guest.split()[1] == "guest_read"
     assert "[sw_protected]" not in out
 
 

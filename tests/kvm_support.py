@@ -28,3 +28,27 @@ def kvm() -> Iterator[Kvm]:
         pytest.skip(f"/dev/kvm unusable: {KVM_REASON}")
     with Kvm() as handle:
         yield handle
+
+
+def _series() -> tuple[str | None, str]:
+    """The series this kernel implements (``v8``, ``rfc-v5``) and why not when None."""
+    if KVM_REASON is not None:
+        return None, f"/dev/kvm unusable: {KVM_REASON}"
+    from guestmem.kvm import facts
+
+    found = facts.cached("/dev/kvm")
+    if found.series is None:
+        return None, (
+            f"{found.conversion_skip_reason()}; these tests run inside the test kernels "
+            "(tests/test_vm.py boots them with guestmem vm)"
+        )
+    return found.series, ""
+
+
+SERIES, SERIES_REASON = _series()
+
+#: Mark a module or test as needing a kernel with ``KVM_SET_MEMORY_ATTRIBUTES2``.
+requires_conversions = [
+    pytest.mark.kvm,
+    pytest.mark.skipif(SERIES is None, reason=SERIES_REASON),
+]

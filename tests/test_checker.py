@@ -342,7 +342,9 @@ def test_explore_cli_json_and_out(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == 0  # sw_protected does not claim confidentiality
     report = json.loads(capsys.readouterr().out)
     [entry] = report["results"]
-    assert entry["platform"] == "sw_protected" and entry["generated"] > 0 and entry["states_per_second"] > 0
+    assert (
+        entry["platform"] == "sw_protected" and entry["generated"] > 0 and entry["states_per_cpu_second"] > 0
+    )
     violations = {v["property"]: v for v in entry["violations"]}
     assert set(violations) == {"confidentiality", "integrity"}  # the two sw_protected does not claim
     for violation in violations.values():

@@ -52,6 +52,16 @@ def test_consume_on_the_model_and_a_tampered_fixture(
 ) -> None:
     out = tmp_path / "fx"
     assert main(["fill", str(out), str(SUITE / "selftest_truncate.toml")]) == 0
+    # what the fixture pins is the upstream test's own expectations (stated there, not by
+    # the model): zeros after each punch, A through the guest, SIGBUS for the host
+    pinned = json.loads((out / "selftest_truncate.sw_protected.seed.json").read_text())
+    reads = [(s["op"], s["expect"]) for s in pinned["document"]["step"] if s["op"].endswith("_read")]
+    assert reads == [
+        ("host_read", ["zeros"]),
+        ("guest_read", ["4141414141414141"]),
+        ("guest_read", ["zeros"]),
+        ("host_read", ["SIGBUS"]),
+    ]
     assert main(["consume", str(out), "--backend", "model"]) == 0
     assert "PASS  selftest_truncate [sw_protected]" in capsys.readouterr().out
     path = out / "selftest_truncate.sw_protected.seed.json"

@@ -47,11 +47,21 @@ def test_json_facts_match_the_kernel(capsys: pytest.CaptureFixture[str]) -> None
             KVM_CAP_GUEST_MEMFD_FLAGS
         )
         assert ("default" in facts["vm_types"]) == bool(kvm.vm_types() & 1)
-    assert set(facts["proposed_capabilities"]) == {str(n) for n in range(245, 251)}
+    assert set(facts["proposed_capabilities"]) == {str(n) for n in range(245, 252)}
     assert facts["conversion_ioctl"] == (facts["set_memory_attributes2"]["guest_memfd"] != "ENOTTY")
     assert facts["guest_code"]["mode"] in ("emulated", "native", "partly emulated", "unknown")
     if facts["guest_code"]["mode"] == "emulated":
         assert facts["guest_code"]["insn_emulation"] >= facts["guest_code"]["instructions"]
+    # every VM type offered was probed for private memory by a real to-private conversion
+    assert set(facts["vm_type_facts"]) == set(facts["vm_types"])
+    for name, found in facts["vm_type_facts"].items():
+        assert found["private_memory"] == (found["to_private"] == "ok"), name
+    assert facts["vm_type_facts"]["default"]["private_memory"] is False
+    if not facts["conversion_ioctl"]:
+        assert facts["series"] is None
+        assert facts["vm_type_facts"]["default"]["to_private"] == "ENOTTY"
+    else:
+        assert facts["series"] in ("v8", "rfc-v5")
 
 
 @pytest.mark.kvm

@@ -91,7 +91,7 @@ def test_assumption_notes(computed: dict[str, list[dict[str, str]]]) -> None:
     assert notes("seed", "tdx", "to_private", "preserve", "running") == []  # EOPNOTSUPP: no note
     assert notes("seed", "sw_protected", "to_private", "preserve", "pre_launch") == []  # no launch phase
     assert notes("seed", "snp", "to_shared", "none", "pre_launch") == ["payload"]
-    assert notes("rfc-v5", "cca", "to_shared", "none", "pre_launch") == ["no-payload"]
+    assert notes("rfc-v5", "cca", "to_shared", "none", "pre_launch") == ["unwritten"]
     assert notes("v8", "tdx", "to_private", "default", "pre_launch") == ["after-launch", "v8-populate"]
     assert notes("v8", "sw_protected", "to_private", "default", "pre_launch") == []
 

@@ -146,8 +146,10 @@ def test_shared_access_to_private_page_is_memory_fault() -> None:
     assert (info.value.gpa, info.value.flags, info.value.private) == (GPA_BASE + PAGE_SIZE, 0, False)
 
 
-def test_guest_cannot_run_before_launch_where_there_is_a_launch_phase() -> None:
-    for platform in ("pkvm", "tdx", "snp", "cca"):
+def test_guest_cannot_run_before_launch_where_there_is_a_finalize_step() -> None:
+    """docs/semantics.md §3 *Launch*; pKVM, whose first run is its launch, is in
+    test_model_fidelity.py."""
+    for platform in ("tdx", "snp", "cca"):
         gmem = Vm(platform).create_guest_memfd(PAGE_SIZE, MMAP)
         with pytest.raises(IoctlError) as info:
             gmem.guest_read(0, 1)
@@ -222,10 +224,13 @@ def test_fallocate_errors(mode: int, offset: int, length: int, code: int) -> Non
     assert info.value.code == code and gmem.digest() == before
 
 
-def test_keep_size_preallocates() -> None:
+def test_keep_size_preallocates_without_allocating_contents() -> None:
+    """Preallocated folios are not up to date: no content policy reaches them and the
+    first reader sees zeros (docs/semantics.md §3 *Allocated*)."""
     gmem = shared(pages=4)
     gmem.fallocate(FALLOC_FL_KEEP_SIZE, PAGE_SIZE, 2 * PAGE_SIZE)
-    assert gmem.allocated() == [1, 2]
+    assert gmem.allocated() == []
+    assert gmem.mmap().read(PAGE_SIZE, 4) == bytes(4)
 
 
 # --- pins ---------------------------------------------------------------------------------------

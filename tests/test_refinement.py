@@ -1,18 +1,24 @@
 """Refinement: the model against a deliberately simple per-page reference.
 
-The reference below is written from semantics.md (the tables of §1-§4), page by page,
-without looking at how the model stores anything: a page is private or shared, holds
-bytes or is unallocated, has pins and a pending guest request. A hypothesis state
+The reference below is written from docs/semantics.md (the tables of §1-§4), page by
+page, without looking at how the model stores anything: a page is private or shared,
+holds bytes or is unallocated, has pins and a pending guest request. A hypothesis state
 machine drives both with the same random operations and compares every outcome and,
 after every step, every page's attribute and contents.
 
-Assumptions the reference states where semantics.md is silent:
-- a guest cannot run (access memory or issue requests) before launch on platforms with
-  a launch phase (``EINVAL``), as on TDX before finalize;
-- under ``v8``, a pre-launch to-private conversion on TDX and SNP keeps its contents:
-  the in-place populate (uapi.md §6, v8 22/46 and 23/46) reads the guest_memfd page;
-- under ``v8``, which has no content policy, a page of the range already in the target
-  state is left alone (KVM "does not directly manipulate the memory contents", uapi.md §0).
+What the reference takes from docs/semantics.md beyond the §2 table:
+- a guest cannot run (access memory or issue requests) before launch on ``tdx``, ``snp``
+  and ``cca`` (``EINVAL``); on ``pkvm`` the first run launches the VM (§3 *Launch*);
+- under ``v8``, a pre-launch to-private conversion on TDX and SNP keeps its contents
+  (the in-place populate reads the guest_memfd page; §8);
+- a native effect (NONE except ``sw_protected``'s fill, ``rfc-v5``'s flags = 0 except
+  ``sw_protected``'s scramble, everything under ``v8``) reaches only pages that change
+  state; a policy KVM applies reaches every allocated page of the range (§3 *Whole range*);
+- ``fallocate`` without ``PUNCH_HOLE`` allocates nothing a reader or a policy sees (§3
+  *Allocated*);
+- under ``rfc-v5`` only x86 VM types with private memory accept PRIVATE (§1);
+- an injected allocation failure gives ``ENOMEM`` at ``offset`` before the unmap, and only
+  a range that changes state allocates (§4 step 10a).
 """
 
 from __future__ import annotations
@@ -34,10 +40,14 @@ GPA_BASE = 1 << 32
 PRIVATE_ATTR = 8
 FAULT_PRIVATE = 1 << 3
 LAUNCHED_PLATFORMS = {"pkvm", "tdx", "snp", "cca"}
+FIRST_RUN_LAUNCHES = {"pkvm"}
+X86_PRIVATE = {"sw_protected", "tdx", "snp"}
 
 # semantics.md §1: flags per revision (seed and iteration2 share the encoding).
 SEED_FLAGS = {"default": 0, "zero": 1, "preserve": 2, "none": 4}
 SEED_DECODE = {0: "zero", 1: "zero", 2: "preserve", 4: "none"}
+# rfc-v5: MODE_UNSPECIFIED 0, ZERO 1<<0, PRESERVE 1<<1.
+RFC_DECODE = {0: "unspecified", 1: "zero", 2: "preserve"}
 
 # semantics.md §2 under seed: (to, policy) -> result; "pre:" = only before launch; "X" = EOPNOTSUPP.
 SEED_TABLE: dict[str, dict[tuple[str, str], str]] = {
@@ -82,11 +92,14 @@ SEED_TABLE: dict[str, dict[tuple[str, str], str]] = {
         ("private", "none"): "zeros",
     },
 }
-# platforms.md: the native effect (what v8 gives), per direction.
+# docs/semantics.md §2 "native: X" and §1 v8: the native effect, per direction.
 NATIVE = {
     "sw_protected": {"shared": "preserved", "private": "preserved"},
+    "pkvm": {"shared": "preserved", "private": "preserved"},
     "tdx": {"shared": "zeros", "private": "zeros"},
     "snp": {"shared": "opaque", "private": "opaque"},
+    "cca": {"shared": "zeros", "private": "zeros"},
+    "default": {"shared": "preserved", "private": "preserved"},
 }
 
 
@@ -107,6 +120,8 @@ class Reference:
     running: bool = False
     #: filled in by the caller after an opaque conversion (ciphertext / garbage)
     opaque: list[int] = field(default_factory=list)
+    #: allocations that fail next (fault injection)
+    failslab: int = 0
 
     @property
     def has_private(self) -> bool:
@@ -134,8 +149,16 @@ class Reference:
         return Outcome(data=None if data is not None else bytes(out))
 
     # --- guest (§3 Guest access mismatch) ------------------------------------------------------
-    def guest_access(self, offset: int, data: bytes | None, size: int, access: str | None) -> Outcome:
+    def run(self) -> bool:
+        """The vCPU runs: False when it may not yet (``EINVAL``)."""
         if self.platform in LAUNCHED_PLATFORMS and not self.running:
+            if self.platform not in FIRST_RUN_LAUNCHES:
+                return False
+            self.running = True
+        return True
+
+    def guest_access(self, offset: int, data: bytes | None, size: int, access: str | None) -> Outcome:
+        if not self.run():
             return Outcome(errno="EINVAL")
         out = bytearray()
         end = offset + (len(data) if data is not None else size)
@@ -164,7 +187,7 @@ class Reference:
         return Outcome(data=None if data is not None else bytes(out))
 
     def guest_request(self, first: int, count: int, to: str) -> Outcome:
-        if self.platform in LAUNCHED_PLATFORMS and not self.running:
+        if not self.run():
             return Outcome(errno="EINVAL")
         if count == 0 or first + count > NPAGES:
             return Outcome(errno="EINVAL")
@@ -182,6 +205,16 @@ class Reference:
 
     # --- the conversion (§4 in order) ----------------------------------------------------------
     def result(self, to: str, policy: str) -> str:
+        if self.abi == "rfc-v5":
+            if policy == "unspecified":
+                return "opaque" if self.platform == "sw_protected" else NATIVE[self.platform][to]
+            if self.platform not in X86_PRIVATE:
+                return "X"  # no content mode on arm64 or the default VM
+            if policy == "zero":
+                return "zeros" if to == "shared" else "X"
+            if self.platform == "sw_protected":
+                return "preserved"
+            return "preserved" if to == "private" and not self.running else "X"
         if self.abi == "v8":
             if to == "private" and not self.running and self.platform in ("tdx", "snp"):
                 return "preserved"  # in-place populate (module docstring)
@@ -198,20 +231,36 @@ class Reference:
             return "X" if self.running else cell[4:]
         return cell
 
+    def applied_by_kvm(self, policy: str) -> bool:
+        """§3 *Whole range*: KVM's own policies reach pages already in the target state."""
+        if self.abi == "v8":
+            return False
+        if policy in ("unspecified", "none"):
+            return self.platform == "sw_protected"  # rfc-v5's scramble, seed's 0xab fill
+        return True
+
     def convert(self, offset: int, size: int, to: str, flags: int) -> Outcome:
         self.opaque = []
         # 2. flags
-        policy = ("unspecified" if flags == 0 else None) if self.abi == "v8" else SEED_DECODE.get(flags)
+        if self.abi == "v8":
+            policy = "unspecified" if flags == 0 else None
+        else:
+            policy = (RFC_DECODE if self.abi == "rfc-v5" else SEED_DECODE).get(flags)
         if policy is None:
             return Outcome(errno="EINVAL")
-        # 4./5. private memory (v8: only sw_protected, tdx and snp)
-        if not self.has_private or (self.abi == "v8" and self.platform not in NATIVE):
+        # 4./5. private memory (v8, rfc-v5: only x86 VM types have it; rfc-v5 lets
+        # attributes = 0 through on any VM)
+        if self.abi == "rfc-v5":
+            if to == "private" and self.platform not in X86_PRIVATE:
+                return Outcome(errno="EINVAL")
+        elif not self.has_private or (self.abi == "v8" and self.platform not in X86_PRIVATE):
             return Outcome(errno="EINVAL")
         # 6.-8. size, alignment, bounds
         if size == 0 or offset % PAGE or size % PAGE or offset + size > NPAGES * PAGE:
             return Outcome(errno="EINVAL")
         pages = range(offset // PAGE, (offset + size) // PAGE)
-        if self.abi == "v8" and all(self.pages[i].private == (to == "private") for i in pages):
+        changes = any(self.pages[i].private != (to == "private") for i in pages)
+        if self.abi == "v8" and not changes:
             return Outcome()  # nothing to change
         # 9. policy supported
         effect = self.result(to, policy)
@@ -222,20 +271,25 @@ class Reference:
             for i in pages:
                 if self.pages[i].request != to:
                     return Outcome(errno="EPERM", error_offset=i * PAGE)
+        # 10a. an injected allocation failure, where new attributes must be stored
+        if changes and self.failslab:
+            self.failslab -= 1
+            return Outcome(errno="ENOMEM", error_offset=offset)
         # 11. pins refuse a to-private conversion
         if to == "private":
             for i in pages:
                 if self.pages[i].pins:
                     return Outcome(errno="EAGAIN", error_offset=i * PAGE)
         # 12. attributes, then the content policy on allocated pages of the whole range
-        # (v8 has no policy: only pages that change state meet the native effect)
+        # (a native effect only on pages that change state)
+        whole_range = self.applied_by_kvm(policy)
         for i in pages:
             page = self.pages[i]
             unchanged = page.private == (to == "private")
             page.private = to == "private"
             if page.request == to:
                 page.request = None
-            if page.data is None or effect == "preserved" or (self.abi == "v8" and unchanged):
+            if page.data is None or effect == "preserved" or (unchanged and not whole_range):
                 continue
             if effect == "zeros":
                 page.data = bytes(PAGE)
@@ -291,7 +345,7 @@ class Refinement(RuleBasedStateMachine):
 
     @initialize(
         platform=st.sampled_from(["sw_protected", "pkvm", "tdx", "snp", "cca", "default"]),
-        abi=st.sampled_from(["seed", "iteration2", "v8"]),
+        abi=st.sampled_from(["seed", "iteration2", "rfc-v5", "v8"]),
         shared=st.booleans(),
     )
     def start(self, platform: str, abi: str, shared: bool) -> None:
@@ -361,6 +415,17 @@ class Refinement(RuleBasedStateMachine):
     def convert(self, first: int, count: int, to: str, policy: str) -> None:
         count = min(count, NPAGES - first)
         self._convert(first * PAGE, count * PAGE, to, SEED_FLAGS[policy])
+
+    @rule(first=PAGE_INDEX, count=COUNT)
+    def preallocate(self, first: int, count: int) -> None:
+        """``fallocate(KEEP_SIZE)``: nothing a reader or a policy sees (§3 *Allocated*)."""
+        count = min(count, NPAGES - first)
+        self.model.gmem.fallocate(1, first * PAGE, count * PAGE)
+
+    @rule()
+    def inject_enomem(self) -> None:
+        self.model.vm.failslab += 1
+        self.ref.failslab += 1
 
     @rule(
         first=st.integers(0, NPAGES),

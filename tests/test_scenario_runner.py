@@ -98,6 +98,17 @@ def scenario(tmp_path: Path, init: str = "shared", abi: str = "seed", policy: st
     return load(path)
 
 
+#: The ``flags`` each revision's VMM passes per policy, stated from docs/semantics.md §1
+#: (not computed by the code under test): seed's encoding; RFC v5's modes, where NONE is
+#: MODE_UNSPECIFIED = 0; v8 has no values, so a VMM written for seed passes seed's.
+FLAGS = {
+    "seed": {"zero": 1, "preserve": 2, "none": 4, "default": 0},
+    "iteration2": {"zero": 1, "preserve": 2, "none": 4, "default": 0},
+    "rfc-v5": {"zero": 1, "preserve": 2, "none": 0, "default": 0},
+    "v8": {"zero": 1, "preserve": 2, "none": 4, "default": 0},
+}
+
+
 @pytest.mark.parametrize("abi", list(revisions.REVISIONS))
 @pytest.mark.parametrize("policy", [p.value for p in Policy])
 def test_policy_flags_come_from_the_revision(tmp_path: Path, abi: str, policy: str) -> None:
@@ -111,7 +122,7 @@ def test_policy_flags_come_from_the_revision(tmp_path: Path, abi: str, policy: s
         0,
         4096,
         KVM_MEMORY_ATTRIBUTE_PRIVATE,
-        revisions.get(abi).encode(Policy(policy)),
+        FLAGS[abi][policy],
     )
     assert converts[1][1] == (0, 4096, 0, 6)  # raw flags override
     assert machine.closed

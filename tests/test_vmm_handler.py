@@ -39,7 +39,7 @@ class OnlyMachine:
 
     _OPS = frozenset(
         {"host_write", "host_read", "guest_write", "guest_read", "convert", "punch_hole"}
-        | {"pin", "unpin", "launch", "guest_request", "close"}
+        | {"pin", "unpin", "launch", "guest_request", "check_extension", "close"}
     )
 
     def __init__(self, inner: ModelMachine) -> None:
@@ -68,8 +68,9 @@ class OnlyMachine:
         # iteration2: no S→P ZERO on hardware platforms
         ("tdx", "iteration2", (ZERO, NONE, NONE, None)),
         ("cca", "iteration2", (ZERO, NONE, NONE, None)),
-        # rfc-v5: arm64 has no mode; to-private ZERO refused for all; NONE means flags 0
-        ("pkvm", "rfc-v5", (NONE, NONE, None, None)),
+        # rfc-v5: arm64 has no mode and no PRIVATE attribute (S→P is EINVAL: flags 0
+        # reports it); to-private ZERO refused for all; NONE means flags 0
+        ("pkvm", "rfc-v5", (NONE, DEFAULT, None, None)),
         ("sw_protected", "rfc-v5", (PRESERVE, PRESERVE, ZERO, NONE)),
         ("tdx", "rfc-v5", (ZERO, NONE, NONE, None)),
         # v8: flags must be 0

@@ -5,7 +5,7 @@ a failing call raises :class:`IoctlError` (errno plus the call's name, and
 ``error_offset`` where the call writes one back); a host access that the kernel answers
 with a signal raises :class:`HostFault`; a guest access that exits to the VMM with
 ``KVM_EXIT_MEMORY_FAULT`` raises :class:`MemoryFault` (it arrives on ``KVM_RUN``'s
-``EFAULT`` path, uapi.md §13).
+``EFAULT`` path, docs/semantics.md §9).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class IoctlError(GuestmemError, OSError):
     """A call failed with ``errno``; ``call`` names the ioctl or syscall.
 
     ``error_offset`` is set when the call wrote ``kvm_memory_attributes2.error_offset``
-    back (semantics.md §4: ``EOPNOTSUPP``, ``EPERM``, ``EAGAIN``, ``ENOMEM``).
+    back (docs/semantics.md §4: ``EOPNOTSUPP``, ``EPERM``, ``EAGAIN``, ``ENOMEM``).
     """
 
     def __init__(self, code: int, call: str, error_offset: int | None = None) -> None:
@@ -106,3 +106,18 @@ class MemoryFault(GuestmemError):
 
     def __reduce__(self) -> tuple[type[MemoryFault], tuple[int, int, int]]:
         return (type(self), (self.gpa, self.size, self.flags))
+
+
+class MmioExit(GuestmemError):
+    """``KVM_EXIT_MMIO``: the guest touched ``gpa`` where no memslot is bound any more
+    (docs/semantics.md §3 *Memslots*); ``len`` is the access's first chunk (at most 8 bytes)."""
+
+    def __init__(self, gpa: int, length: int, is_write: bool) -> None:
+        kind = "write" if is_write else "read"
+        super().__init__(f"MMIO exit: {kind} of {length} bytes at gpa {gpa:#x} (no memslot)")
+        self.gpa = gpa
+        self.len = length
+        self.is_write = is_write
+
+    def __reduce__(self) -> tuple[type[MmioExit], tuple[int, int, bool]]:
+        return (type(self), (self.gpa, self.len, self.is_write))

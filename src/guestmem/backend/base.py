@@ -8,6 +8,25 @@ from typing import Any, Protocol
 
 from guestmem.spec.terms import Direction
 
+#: The largest guest_memfd (pages) any backend accepts; :meth:`Backend.max_pages` may say less.
+MAX_PAGES = (1 << 40) - 1
+#: The guest reaches the first 64 GiB of the guest_memfd: the kernel backend's guest
+#: program maps that much (its page tables' reach). Both backends give the same answer
+#: beyond it: a guest access that ends past the window is refused before anything runs
+#: (scenario validation) and raises ``ValueError`` on a :class:`Machine`.
+GUEST_WINDOW = 64 << 30
+
+
+def check_guest_range(offset: int, size: int, file_size: int) -> None:
+    """The guest access ``[offset, +size)`` lies in the file and the guest window, or ``ValueError``."""
+    if offset < 0 or size < 0 or offset + size > file_size:
+        raise ValueError(f"guest access [{offset:#x}, +{size:#x}) is outside the memslot")
+    if offset + size > GUEST_WINDOW:
+        raise ValueError(
+            f"guest access [{offset:#x}, +{size:#x}) ends beyond the guest window "
+            f"(the first {GUEST_WINDOW >> 30} GiB of the guest_memfd)"
+        )
+
 
 class Unavailable(Exception):
     """The backend cannot run this at all (no ``/dev/kvm``, VM type not offered, no
@@ -51,7 +70,7 @@ class Outcome:
 def attributes2(
     offset: int, size: int, attributes: int, flags: int, error_offset: int, reserved: tuple[int, ...]
 ) -> bytearray:
-    """A raw, writable ``struct kvm_memory_attributes2`` (128 bytes, uapi.md §3); each word
+    """A raw, writable ``struct kvm_memory_attributes2`` (128 bytes, docs/semantics.md §9); each word
     is taken modulo 2^64, as a C caller's u64 would be."""
     words = (offset, size, attributes, flags, error_offset, *reserved)
     if len(words) > 16:
@@ -74,6 +93,9 @@ class Machine(Protocol):
     abi: str
     size: int
     gpa_base: int
+    #: ``time.monotonic()`` past which a guest command is stopped (the run's ``--timeout``);
+    #: None: only the backend's own per-command limit.
+    deadline: float | None
 
     def host_write(self, offset: int, data: bytes) -> Outcome: ...
     def host_read(self, offset: int, size: int) -> Outcome: ...
@@ -94,13 +116,19 @@ class Machine(Protocol):
     def unpin(self, offset: int, size: int) -> Outcome: ...
     def launch(self) -> Outcome: ...
     def guest_request(self, offset: int, size: int, to: Direction) -> Outcome: ...
+    def check_extension(self, cap: int) -> int: ...
     def close(self) -> None: ...
 
 
 class Backend(Protocol):
     """Opens machines. ``open`` raises :class:`Unavailable` when it cannot run the
     platform at all, and :class:`~guestmem.errors.IoctlError` when guest_memfd creation
-    itself fails (bad ``size`` or ``flags``)."""
+    itself fails (bad ``size`` or ``flags``).
+
+    A backend may also offer ``max_pages() -> (pages, reason)``: the largest guest_memfd it
+    accepts and why (see :func:`guestmem.scenario.runner.check_limits`); without it,
+    :data:`MAX_PAGES` applies.
+    """
 
     name: str
 

@@ -6,22 +6,29 @@ process (``SIGBUS`` → ``Outcome(signal="SIGBUS")``), and the tiny guest progra
 accesses. What this kernel cannot do is reported as skipped with the reason found by
 :mod:`guestmem.kvm.facts`, never as passed: conversions without the ioctl (``ENOTTY``),
 pins without ``CONFIG_GUP_TEST``, guest requests when the guest's hypercall does not
-reach userspace. Launch mirrors the model's bookkeeping (semantics.md §3 *Launch*): the
+reach userspace, private guest accesses on a VM type that has no private memory here.
+
+On ``sw_protected`` KVM takes the side of a guest access from the page's attribute
+(``kvm_mmu_page_fault`` sets ``PFERR_PRIVATE_ACCESS`` from ``kvm_mem_is_private``): the
+guest cannot name the other side, so a scenario step that does is skipped with that reason.
+The backend knows each page's attribute by mirroring the conversions the kernel accepted.
+Launch mirrors the model's bookkeeping (docs/semantics.md §3 *Launch*): the
 default VM has no launch ioctl, so the first ``launch`` succeeds and a second is ``EINVAL``.
 """
 
 from __future__ import annotations
 
 import errno
+import time
 from collections.abc import Callable
 
-from guestmem.backend.base import Outcome, Unavailable, attributes2
+from guestmem.backend.base import GUEST_WINDOW, Outcome, Unavailable, attributes2, check_guest_range
 from guestmem.backend.model import hypercall_exit
 from guestmem.errors import HostFault, IoctlError, MemoryFault
 from guestmem.kvm import facts as kernel_facts
 from guestmem.kvm import pins
 from guestmem.kvm.gmem import GuestMemfd, Mapping
-from guestmem.kvm.guest import TinyGuest
+from guestmem.kvm.guest import LIMIT, TinyGuest
 from guestmem.kvm.hostaccess import HostAccess
 from guestmem.kvm.system import DEVICE, Kvm, KvmUnavailable
 from guestmem.kvm.vcpu import GuestTimeout, UnexpectedExit
@@ -30,6 +37,7 @@ from guestmem.model.vm import GPA_BASE
 from guestmem.spec import platforms
 from guestmem.spec.terms import Direction, Phase
 from guestmem.uapi.kvm import (
+    GUEST_MEMFD_FLAG_INIT_SHARED,
     KVM_CAP_EXIT_HYPERCALL,
     KVM_HC_MAP_GPA_RANGE,
     KVM_MAP_GPA_RANGE_DECRYPTED,
@@ -41,8 +49,12 @@ GMEM_SLOT = 1
 #: The host mapping reaches this far past the end of the file, so that accesses past
 #: the end are answered by the kernel (``SIGBUS``) rather than by a missing mapping.
 HOST_SLACK = 64 * PAGE_SIZE
-#: How much of a large guest_memfd the guest program maps (its page tables' reach).
-GUEST_WINDOW = 64 << 30
+#: ``KVM_MEM_MAX_NR_PAGES``: the most pages one memslot may hold (``EINVAL`` beyond).
+MEMSLOT_MAX_PAGES = (1 << 31) - 1
+#: Kernel memory a memslot costs per 4 KiB page (its reverse-map entry), not seen in RSS.
+SLOT_BYTES_PER_PAGE = 8
+#: The share of ``MemAvailable`` one scenario's memslot may take.
+MEMORY_SHARE = 8
 
 
 def _outcome(action: Callable[[], bytes | None]) -> Outcome:
@@ -81,12 +93,18 @@ class KernelMachine:
         self.abi = abi
         self.size = size
         self.gpa_base = GPA_BASE
+        self.deadline: float | None = None
         self.phase = Phase.PRE_LAUNCH
         self.mapping: Mapping | None = None
         self.host: HostAccess | None = None
         self.mmap_error: IoctlError | None = None
         self.guest: TinyGuest | None = None
         self.pinned: dict[tuple[int, int], pins.Pin] = {}
+        self.private_memory = facts.private_memory(spec.name)
+        #: Private pages, mirrored from creation flags and accepted conversions.
+        self.private: set[int] = set()
+        if self.private_memory and not flags & GUEST_MEMFD_FLAG_INIT_SHARED:
+            self.private = set(range(size // PAGE_SIZE))
         self.vm: Vm = kvm.create_vm(spec.vm_type)
         self.gmem: GuestMemfd | None = None
         try:
@@ -120,6 +138,10 @@ class KernelMachine:
             self.gmem.close()
         self.kvm.close()
 
+    def check_extension(self, cap: int) -> int:
+        """``KVM_CHECK_EXTENSION`` on this VM's fd (the model answers the same call)."""
+        return self.vm.check_extension(cap)
+
     def __enter__(self) -> KernelMachine:
         return self
 
@@ -140,11 +162,24 @@ class KernelMachine:
         return _outcome(lambda: self._host().read(offset, size))
 
     # --- guest side -----------------------------------------------------------------------
-    def _guest_skip(self, access: str | None) -> str | None:
+    def _guest_skip(self, access: str | None, offset: int, size: int) -> str | None:
         if access not in (None, "private", "shared"):
             raise ValueError(f"access must be 'private', 'shared' or None, not {access!r}")
-        if access == "private":
-            return f"a {self.platform} VM has no private memory: the guest cannot make a private access"
+        if access == "private" and not self.private_memory:
+            found = self.facts.vm_type_facts.get(self.platform, {}).get("to_private", "not probed")
+            return (
+                f"a {self.platform} VM has no private memory on this kernel (a to-private conversion "
+                f"of a fresh guest_memfd: {found}): the guest cannot make a private access"
+            )
+        if access is not None and self.private_memory:
+            first, last = offset // PAGE_SIZE, (offset + max(size, 1) - 1) // PAGE_SIZE
+            for page in range(first, last + 1):
+                if (page in self.private) != (access == "private"):
+                    return (
+                        f"a {self.platform} guest cannot make a {access} access to a "
+                        f"{'private' if page in self.private else 'shared'} page: KVM takes the side "
+                        "from the page's attribute (kvm_mmu_page_fault)"
+                    )
         if self.mapping is None and self.facts.emulated:
             return (
                 "guest code is emulated here and reaches memory through the memslot's userspace_addr; "
@@ -155,22 +190,24 @@ class KernelMachine:
     def _guest(self) -> TinyGuest:
         if self.guest is None:
             self.guest = TinyGuest(self.vm, GPA_BASE, min(self.size, GUEST_WINDOW))
+        # one command may run until the run's deadline, and never longer than LIMIT
+        left = LIMIT if self.deadline is None else self.deadline - time.monotonic()
+        self.guest.limit = min(LIMIT, max(left, 0.001))
         return self.guest
 
     def _check_guest_range(self, offset: int, size: int) -> None:
-        if offset < 0 or size < 0 or offset + size > self.size:
-            raise ValueError(f"guest access [{offset:#x}, +{size:#x}) is outside the memslot")
+        check_guest_range(offset, size, self.size)
 
     def guest_write(self, offset: int, data: bytes, access: str | None = None) -> Outcome:
-        skip = self._guest_skip(access)
         self._check_guest_range(offset, len(data))
+        skip = self._guest_skip(access, offset, len(data))
         if skip:
             return Outcome(skipped=skip)
         return _outcome(lambda: self._guest().write(GPA_BASE + offset, data))
 
     def guest_read(self, offset: int, size: int, access: str | None = None) -> Outcome:
-        skip = self._guest_skip(access)
         self._check_guest_range(offset, size)
+        skip = self._guest_skip(access, offset, size)
         if skip:
             return Outcome(skipped=skip)
         return _outcome(lambda: self._guest().read(GPA_BASE + offset, size))
@@ -193,7 +230,11 @@ class KernelMachine:
             return Outcome(skipped=skip)
         assert self.gmem is not None
         gmem = self.gmem
-        return _outcome(lambda: gmem.set_memory_attributes2(arg))
+        outcome = _outcome(lambda: gmem.set_memory_attributes2(arg))
+        if outcome.ok:
+            pages = set(range(offset // PAGE_SIZE, (offset + size) // PAGE_SIZE))
+            self.private = self.private | pages if attributes else self.private - pages
+        return outcome
 
     def punch_hole(self, offset: int, size: int) -> Outcome:
         assert self.gmem is not None
@@ -274,6 +315,27 @@ class KernelBackend:
     def __init__(self, device: str = DEVICE) -> None:
         self.device = device
 
+    def max_pages(self) -> tuple[int, str]:
+        """What one memslot may hold (``KVM_MEM_MAX_NR_PAGES``), what the CPU's physical
+        address width leaves above the window's base, and what this machine's memory allows:
+        the memslot costs the kernel 8 bytes per page, held to an eighth of ``MemAvailable``."""
+        limits = [(MEMSLOT_MAX_PAGES, f"a memslot holds at most {MEMSLOT_MAX_PAGES} pages")]
+        bits = physical_address_bits()
+        if bits is not None:
+            pages = ((1 << bits) - GPA_BASE) // PAGE_SIZE
+            limits.append((pages, f"the CPU's {bits}-bit physical addresses end there"))
+        available = mem_available()
+        if available is not None:
+            pages = available // MEMORY_SHARE // SLOT_BYTES_PER_PAGE
+            limits.append(
+                (
+                    pages,
+                    f"the memslot costs the kernel {SLOT_BYTES_PER_PAGE} bytes per page, held to "
+                    f"1/{MEMORY_SHARE} of MemAvailable ({available >> 20} MiB)",
+                )
+            )
+        return min(limits)
+
     def open(self, platform: str, abi: str, size: int, flags: int) -> KernelMachine:
         """``Unavailable`` when ``/dev/kvm`` is unusable or the platform's VM type is not
         offered (``KVM_CAP_VM_TYPES``); ``IoctlError`` when guest_memfd creation fails."""
@@ -295,3 +357,27 @@ class KernelBackend:
         except BaseException:
             kvm.close()
             raise
+
+
+def mem_available() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo`` in bytes (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def physical_address_bits() -> int | None:
+    """The CPU's physical address width from ``/proc/cpuinfo`` (None if not given)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("address sizes"):
+                    return int(line.split(":")[1].split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

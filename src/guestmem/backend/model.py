@@ -6,8 +6,8 @@ import errno
 from collections.abc import Callable
 from typing import Any
 
-from guestmem.backend.base import Outcome, attributes2
-from guestmem.errors import HostFault, IoctlError, MemoryFault
+from guestmem.backend.base import MAX_PAGES, Outcome, attributes2, check_guest_range
+from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit
 from guestmem.model import GuestMemfd, Vm
 from guestmem.spec.terms import Direction
 from guestmem.uapi.kvm import (
@@ -29,6 +29,8 @@ def _outcome(action: Callable[[], bytes | None]) -> Outcome:
     except MemoryFault as fault:
         exit_ = {"reason": "MEMORY_FAULT", "gpa": fault.gpa, "size": fault.size, "flags": fault.flags}
         return Outcome(exit=exit_)
+    except MmioExit as mmio:
+        return Outcome(exit={"reason": "MMIO", "gpa": mmio.gpa, "len": mmio.len, "is_write": mmio.is_write})
     return Outcome(data=data)
 
 
@@ -57,6 +59,7 @@ class ModelMachine:
         self.abi = self.vm.revision.name
         self.size = size
         self.gpa_base = self.gmem.gpa
+        self.deadline: float | None = None
 
     def _with_origins(self, outcome: Outcome, offset: int, size: int) -> Outcome:
         if outcome.data is not None:
@@ -80,9 +83,11 @@ class ModelMachine:
         return self._with_origins(_outcome(act), offset, size)
 
     def guest_write(self, offset: int, data: bytes, access: str | None = None) -> Outcome:
+        check_guest_range(offset, len(data), self.size)
         return _outcome(lambda: self.gmem.guest_write(offset, data, access))
 
     def guest_read(self, offset: int, size: int, access: str | None = None) -> Outcome:
+        check_guest_range(offset, size, self.size)
         return self._with_origins(_outcome(lambda: self.gmem.guest_read(offset, size, access)), offset, size)
 
     def convert(
@@ -112,11 +117,15 @@ class ModelMachine:
 
     def guest_request(self, offset: int, size: int, to: Direction) -> Outcome:
         """The guest's ``KVM_HC_MAP_GPA_RANGE``: on success the outcome carries the
-        ``HYPERCALL`` exit the VMM sees (uapi.md §13)."""
+        ``HYPERCALL`` exit the VMM sees (docs/semantics.md §9)."""
         outcome = _outcome(lambda: self.gmem.guest_request(offset, size, to))
         if outcome.errno is None:
             outcome.exit = hypercall_exit(self.gpa_base + offset, size, to)
         return outcome
+
+    def check_extension(self, cap: int) -> int:
+        """``KVM_CHECK_EXTENSION`` on the VM (docs/semantics.md §7)."""
+        return self.vm.check_extension(cap)
 
     def close(self) -> None:
         if self.mapping is not None:
@@ -130,6 +139,10 @@ class ModelBackend:
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
+
+    def max_pages(self) -> tuple[int, str]:
+        """The model stores only what was touched: the limit of every backend."""
+        return MAX_PAGES, "the model stores only touched pages"
 
     def open(self, platform: str, abi: str, size: int, flags: int) -> ModelMachine:
         return ModelMachine(platform, abi, size, flags, seed=self.seed)

@@ -3,32 +3,54 @@
 From the two initial states (every page shared, every page private) the search applies
 every operation of :func:`~guestmem.checker.ops.alphabet` to every state, level by level,
 up to ``depth`` operations. It runs the real model: one
-:class:`~guestmem.backend.model.ModelMachine` whose state is restored from a compact
-snapshot before each operation, applied through the backend API, and snapshotted after
-(restore-apply-snapshot; no objects are re-created). Each step is checked by the
-property :class:`~guestmem.checker.properties.Monitor`.
+:class:`~guestmem.backend.model.ModelMachine` whose state is restored before an operation,
+applied through the backend API, and read back after (restore-apply-capture; no objects
+are re-created). Each step is checked by the property
+:class:`~guestmem.checker.properties.Monitor`.
 
-States are canonical tuples (:meth:`Explorer.key`): launch phase, attribute and
-guest-request runs, each allocated page as a content digest of its bytes and provenance,
-pins and host page-table entries. A state already seen is
-not expanded again, so every state is visited once.
+A state is a small tuple, ``(running, rows)``: whether the VM runs, and one
+:data:`~guestmem.model.gmem.PageRow` per page (attribute, guest request, contents and
+provenance, pins, stale pins, host mappings). Page contents are the model's own
+immutable objects, shared between states. The state is its own visited-set key.
+
+Three reductions keep the search exact:
+
+- **Unchanged states.** A step that leaves the state as it was is counted and checked,
+  never queued.
+- **Local steps.** An operation that names one page reads and writes only the launch
+  phase and that page's row, so its outcome, its violations and the new row are a
+  function of ``(operation, running, row)``: the first time that triple occurs the model
+  computes it (and the explorer checks that no other row changed), later it is looked up.
+  ``memo=False`` runs the model for every step (the reference path the tests compare
+  against).
+- **Page symmetry.** Where the model treats pages alike — every operation of the alphabet
+  has its image under any permutation of the pages, and no content depends on a page's
+  offset (ciphertext, garbage and ``rfc-v5``'s scramble do: :func:`symmetric`) — states that
+  differ only by a permutation of pages are one state: the visited set holds the sorted
+  rows. The frontier keeps the concrete state first reached, so every counterexample is
+  a real path from an initial state, replayable as a scenario file.
 
 Counting follows the usual model-checker convention: ``generated`` counts every state
 the search produces (one per operation applied), ``distinct`` counts states after
-canonicalisation. States per second is ``generated`` over wall time.
+canonicalisation (under page symmetry: classes of states). States per second is
+``generated`` over the CPU time of the search.
 
 Determinism: each level's states are kept in the order of their lexicographically least
 shortest path (parents in order, operations in alphabet order), so the counterexample
-reported for a property is the least of its shortest ones. ``workers`` > 1 splits each
-level into contiguous shards expanded by forked processes and merged in shard order,
-which gives results identical to one worker.
+reported for a property is the least of its shortest ones. Page symmetry keeps that: the
+least path to any state in a class runs through the kept representative of every class
+on the way (a shorter-or-less prefix to a permuted state would give a lesser path, as
+the permuted operations lead to the permuted states), so the first violation the search
+meets is the one the unreduced search meets. ``workers`` > 1 splits each level into
+contiguous shards expanded by forked processes and merged in shard order, which gives
+results identical to one worker.
 """
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
-import struct
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,19 +70,27 @@ from guestmem.checker.properties import (
     record_trace,
     restore,
 )
-from guestmem.model.provenance import Page
+from guestmem.model.gmem import PageRow
 from guestmem.spec import platforms, revisions
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions import Revision
-from guestmem.spec.terms import Phase
-from guestmem.uapi.kvm import PAGE_SIZE
+from guestmem.spec.terms import Direction, Effect, Phase, Policy
+from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE
 
 INITS = ("shared", "private")
 DEFAULT_PAGES = 2
 DEFAULT_DEPTH = 6
 
-PageId = bytes
-Key = tuple[Any, ...]
+#: A state of the search: whether the VM runs, and one row per page (the visited-set key).
+Key = tuple[bool, tuple[PageRow, ...]]
+#: Effects whose bytes depend on the page's offset (keyed by the VM key and the offset).
+KEYED = frozenset({Effect.CIPHERTEXT, Effect.GARBAGE, Effect.RANDOM})
+#: What a local step gives: running after, the page's row after, violations, and
+#: whether it was a successful conversion (then pinned private pages are checked).
+Learned = tuple[bool, PageRow, tuple[Violation, ...], bool]
+#: Progress callback: (level, states of the level expanded, states in the level,
+#: generated so far, distinct so far).
+Progress = Callable[[int, int, int, int, int], None]
 
 
 @dataclass
@@ -116,9 +146,11 @@ class Exploration:
     depth: int
     workers: int
     variant: str = ""
+    symmetry: bool = False
     generated: int = 0
     distinct: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     per_level: list[int] = field(default_factory=list)
     counterexamples: dict[Property, Counterexample] = field(default_factory=dict)
 
@@ -128,7 +160,8 @@ class Exploration:
 
     @property
     def rate(self) -> float:
-        return self.generated / self.seconds if self.seconds > 0 else 0.0
+        """Generated states per CPU-second of the search (all its processes)."""
+        return self.generated / self.cpu_seconds if self.cpu_seconds > 0 else 0.0
 
     def violated(self, *, claimed_only: bool = False) -> list[Property]:
         return [p for p, c in self.counterexamples.items() if c.claimed or not claimed_only]
@@ -140,6 +173,7 @@ class Exploration:
             "abi": self.abi,
             "pages": self.pages,
             "depth": self.depth,
+            "symmetry": "pages" if self.symmetry else None,
             "generated": self.generated,
             "distinct": self.distinct,
             "per_level": self.per_level,
@@ -148,7 +182,8 @@ class Exploration:
             out |= {
                 "workers": self.workers,
                 "seconds": round(self.seconds, 3),
-                "states_per_second": round(self.rate),
+                "cpu_seconds": round(self.cpu_seconds, 3),
+                "states_per_cpu_second": round(self.rate),
             }
         out["violations"] = [c.to_json() for c in self.counterexamples.values()]
         return out
@@ -160,10 +195,30 @@ class _Shard:
 
     generated: int
     keys: list[Key]
+    states: list[Key]
     parents: list[int]
     ops: list[int]
-    pages: dict[PageId, Page]
     found: dict[Property, tuple[int, int, Violation]]
+
+
+def symmetric(platform: Platform, revision: Revision) -> bool:
+    """Whether pages are interchangeable: no conversion of ``platform`` under ``revision``
+    gives offset-dependent bytes (:data:`KEYED`), for any direction, policy the alphabet
+    asks for, and phase. The alphabet itself is symmetric by construction."""
+    for direction in Direction:
+        for policy in Policy:
+            decoded = revision.decode(revision.encode(policy))
+            if decoded is None:
+                continue
+            for phase in Phase:
+                if revision.effect(platform, direction, decoded, phase) in KEYED:
+                    return False
+    return True
+
+
+def canonical(state: Key) -> Key:
+    """The representative of ``state``'s class under page permutations: sorted rows."""
+    return state[0], tuple(sorted(state[1]))
 
 
 class Explorer:
@@ -177,6 +232,8 @@ class Explorer:
         pages: int = DEFAULT_PAGES,
         depth: int = DEFAULT_DEPTH,
         variant: str = "",
+        symmetry: bool = True,
+        memo: bool = True,
     ) -> None:
         self.platform = platforms.get(platform) if isinstance(platform, str) else platform
         self.revision = revisions.get(abi) if isinstance(abi, str) else abi
@@ -185,95 +242,143 @@ class Explorer:
         self.pages = pages
         self.depth = depth
         self.variant = variant
+        self.symmetry = symmetry and pages > 1 and symmetric(self.platform, self.revision)
         self.ops = alphabet(pages, self.revision.name)
         self.machine = open_machine(self.platform, self.revision, pages, "shared")
         self.calls: list[Callable[[], Outcome]] = [bind(op, self.machine) for op in self.ops]
+        #: The page a local operation names (None: the step runs the model every time).
+        self.local: list[int | None] = [
+            op.pages[0] if memo and op.name != "launch" and len(op.pages) == 1 else None for op in self.ops
+        ]
         self.monitor = Monitor(self.platform, self.revision)
-        self.table: dict[PageId, Page] = {}
-        self._ids: dict[Page, PageId] = {}
-        self.roots = [capture(open_machine(self.platform, self.revision, pages, init)) for init in INITS]
+        self.memo: dict[tuple[int, bool, PageRow], Learned] = {}
+        self._loaded: Key | None = None
+        self._before: State | None = None
+        self.roots = [self.state(open_machine(self.platform, self.revision, pages, init)) for init in INITS]
 
-    # --- canonical keys ------------------------------------------------------------------------
-    def page_id(self, page: Page) -> PageId:
-        """A digest of a page's bytes and provenance runs (the same in every process)."""
-        pid = self._ids.get(page)
-        if pid is None:
-            data, runs = page
-            h = hashlib.blake2b(data, digest_size=16)
-            h.update(b"".join(struct.pack("<HHB", a, b, int(o)) for a, b, o in runs))
-            pid = h.digest()
-            self._ids[page] = pid
-            self.table[pid] = page
-        return pid
+    # --- states --------------------------------------------------------------------------------
+    @staticmethod
+    def state(machine: Any) -> Key:
+        """The search state of a model machine."""
+        return machine.vm.phase is Phase.RUNNING, machine.gmem.rows()
 
-    def key(self, state: State) -> Key:
-        """The canonical, hashable, process-independent form of a state."""
-        pid = self.page_id
-        return (
-            state.phase is Phase.RUNNING,
-            state.attributes,
-            state.requests,
-            tuple([(i, pid(p)) for i, p in state.pages]),
-            state.pins,
-            state.stale_pins,
-            state.ptes,
-        )
+    def key(self, state: Key) -> Key:
+        """The visited-set key of ``state``: itself, or its class under page symmetry."""
+        return canonical(state) if self.symmetry else state
 
-    def unkey(self, key: Key) -> State:
-        running, attributes, requests, pages, pins, stale, ptes = key
-        table = self.table
-        return State(
-            Phase.RUNNING if running else Phase.PRE_LAUNCH,
-            attributes,
-            requests,
-            tuple([(i, table[p]) for i, p in pages]),
-            pins,
-            stale,
-            ptes,
-        )
+    def load(self, state: Key) -> State:
+        """Put ``state`` into the machine; its :class:`State` (what the monitor reads)."""
+        if self._loaded is not state or self._before is None:
+            machine = self.machine
+            machine.vm.phase = Phase.RUNNING if state[0] else Phase.PRE_LAUNCH
+            machine.gmem.restore_rows(state[1])
+            self._loaded, self._before = state, capture(machine)
+        return self._before
+
+    def step(self, state: Key, index: int, *, pins: bool = True) -> tuple[Key, list[Violation], Outcome]:
+        """Apply operation ``index`` to ``state`` on the model: the state after, the
+        violations the monitor sees, the outcome."""
+        before = self.load(state)
+        outcome = self.calls[index]()
+        machine = self.machine
+        after = capture(machine)
+        violations = self.monitor.observe(self.ops[index], outcome, before, after, pins=pins)
+        new = self.state(machine)
+        if new == state:
+            return state, violations, outcome  # the machine still holds ``state``
+        self._loaded = None
+        return new, violations, outcome
+
+    def learn(self, state: Key, index: int, page: int) -> Learned:
+        """Run a local step on the model and remember what it gives for its page's row."""
+        running, rows = state
+        new, violations, outcome = self.step(state, index, pins=False)
+        new_rows = new[1]
+        for q, (a, b) in enumerate(zip(rows, new_rows, strict=True)):
+            if q != page and a != b:
+                raise RuntimeError(
+                    f"{self.ops[index]} changed page {q}, outside its range: the explorer's "
+                    "local steps assume an operation on one page touches only that page"
+                )
+        row = rows[page] if new_rows[page] == rows[page] else new_rows[page]
+        ok_convert = self.ops[index].name == "convert" and outcome.errno is None
+        learned = (new[0], row, tuple(violations), ok_convert)
+        self.memo[index, running, rows[page]] = learned
+        return learned
 
     # --- the search ------------------------------------------------------------------------------
-    def expand(self, frontier: Sequence[Key], lo: int, hi: int, seen: set[Key]) -> _Shard:
+    def expand(
+        self,
+        frontier: Sequence[Key],
+        lo: int,
+        hi: int,
+        seen: set[Key],
+        tick: Callable[[int], None] | None = None,
+    ) -> _Shard:
         """Apply every operation to states ``frontier[lo:hi]``; keep successors not in ``seen``."""
-        machine, calls, ops, observe = self.machine, self.calls, self.ops, self.monitor.observe
-        before_ids = set(self.table)
+        memo, local_page, key_of = self.memo, self.local, self.key
+        pinned_private = self.monitor.pinned_private
+        n = len(self.ops)
         local: set[Key] = set()
         keys: list[Key] = []
+        states: list[Key] = []
         parents: list[int] = []
         op_indices: list[int] = []
         found: dict[Property, tuple[int, int, Violation]] = {}
         generated = 0
-        key_of = self.key
         for parent in range(lo, hi):
-            state = self.unkey(frontier[parent])
-            dirty = True
-            for index, call in enumerate(calls):
-                if dirty:
-                    restore(machine, state)
-                outcome = call()
-                after = capture(machine)
+            state = frontier[parent]
+            running, rows = state
+            if tick is not None and not (parent - lo) & 255:
+                tick(parent - lo)
+            for index in range(n):
+                page = local_page[index]
+                violations: Sequence[Violation]
+                if page is None:
+                    after, violations, _ = self.step(state, index)
+                else:
+                    row = rows[page]
+                    learned = memo.get((index, running, row))
+                    if learned is None:
+                        learned = self.learn(state, index, page)
+                    now_running, now_row, violations, ok_convert = learned
+                    if now_row is row and now_running is running:
+                        after = state
+                    else:
+                        after = (now_running, (*rows[:page], now_row, *rows[page + 1 :]))
+                    if ok_convert:
+                        pinned = [
+                            i for i, r in enumerate(after[1]) if r[3] and r[0] & KVM_MEMORY_ATTRIBUTE_PRIVATE
+                        ]
+                        if pinned:
+                            violations = [*violations, *pinned_private(pinned)]
                 generated += 1
-                for violation in observe(ops[index], outcome, state, after):
+                for violation in violations:
                     if violation.prop not in found:
                         found[violation.prop] = (parent, index, violation)
-                dirty = after != state
-                if not dirty:
+                if after is state or after == state:
                     continue  # the same state: already seen
                 key = key_of(after)
                 if key in seen or key in local:
                     continue
                 local.add(key)
                 keys.append(key)
+                states.append(after)
                 parents.append(parent)
                 op_indices.append(index)
-        new_pages = {pid: page for pid, page in self.table.items() if pid not in before_ids}
-        return _Shard(generated, keys, parents, op_indices, new_pages, found)
+        return _Shard(generated, keys, states, parents, op_indices, found)
 
-    def run(self, workers: int = 1) -> Exploration:
+    def run(self, workers: int = 1, progress: Progress | None = None) -> Exploration:
         """Search to ``depth``; the result does not depend on ``workers``."""
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_time()
         result = Exploration(
-            self.platform.name, self.revision.name, self.pages, self.depth, workers, self.variant
+            self.platform.name,
+            self.revision.name,
+            self.pages,
+            self.depth,
+            workers,
+            self.variant,
+            self.symmetry,
         )
         frontier: list[Key] = []
         seen: set[Key] = set()
@@ -281,47 +386,54 @@ class Explorer:
             key = self.key(root)
             if key not in seen:
                 seen.add(key)
-                frontier.append(key)
+                frontier.append(root)
         levels: list[list[tuple[int, int]]] = [[(-1, i) for i in range(len(frontier))]]
         result.per_level.append(len(frontier))
         found: dict[Property, tuple[int, int, int, Violation]] = {}
         for level in range(self.depth):
             if not frontier:
                 break
-            shards = self._expand_level(frontier, seen, workers)
+            tick = None if progress is None else _ticker(progress, level + 1, len(frontier), result, seen)
+            shards = self._expand_level(frontier, seen, workers, tick)
             next_frontier: list[Key] = []
             links: list[tuple[int, int]] = []
             for shard in shards:
-                self.table.update(shard.pages)
                 result.generated += shard.generated
                 for prop, (parent, op_index, violation) in shard.found.items():
                     if prop not in found:
                         found[prop] = (level, parent, op_index, violation)
-                for key, parent, op_index in zip(shard.keys, shard.parents, shard.ops, strict=True):
+                for key, state, parent, op_index in zip(
+                    shard.keys, shard.states, shard.parents, shard.ops, strict=True
+                ):
                     if key not in seen:
                         seen.add(key)
-                        next_frontier.append(key)
+                        next_frontier.append(state)
                         links.append((parent, op_index))
             levels.append(links)
             result.per_level.append(len(next_frontier))
             frontier = next_frontier
         result.distinct = len(seen)
-        result.seconds = time.perf_counter() - start
+        if progress is not None:
+            progress(len(levels) - 1, 0, 0, result.generated, result.distinct)
         for prop in Property:
             if prop in found:
                 level, parent, op_index, violation = found[prop]
                 origin, path = self._path(levels, level, parent)
                 result.counterexamples[prop] = self._counterexample(origin, [*path, op_index], violation)
+        result.seconds = time.perf_counter() - start
+        result.cpu_seconds = cpu_time() - cpu_start
         return result
 
-    def _expand_level(self, frontier: list[Key], seen: set[Key], workers: int) -> list[_Shard]:
-        if workers <= 1 or len(frontier) < 2 * workers:
-            return [self.expand(frontier, 0, len(frontier), seen)]
+    def _expand_level(
+        self, frontier: list[Key], seen: set[Key], workers: int, tick: Callable[[int], None] | None
+    ) -> list[_Shard]:
+        if workers <= 1 or len(frontier) < 64 * workers:
+            return [self.expand(frontier, 0, len(frontier), seen, tick)]
         bounds = [(len(frontier) * w // workers, len(frontier) * (w + 1) // workers) for w in range(workers)]
         global _ACTIVE
         _ACTIVE = (self, frontier, seen)
         try:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            with multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts) as pool:
                 return pool.map(_expand_shard, bounds)
         finally:
             _ACTIVE = None
@@ -402,6 +514,7 @@ class Explorer:
         if expected == after:
             expected = before
         machine = self.machine
+        self._loaded = None
         for op, call in zip(self.ops, self.calls, strict=True):
             restore(machine, expected)
             want = call()
@@ -410,6 +523,19 @@ class Explorer:
             if want != got:
                 return op, _expect(want), want.error_offset if want.errno else None
         return None
+
+
+def _ticker(
+    progress: Progress, level: int, size: int, result: Exploration, seen: set[Key]
+) -> Callable[[int], None]:
+    """Progress within one level: how many of its ``size`` states are expanded."""
+    done, total = result.generated, len(seen)
+
+    def tick(expanded: int) -> None:
+        progress(level, expanded, size, done, total)
+
+    tick(0)
+    return tick
 
 
 def _expect(outcome: Outcome) -> str:
@@ -428,6 +554,17 @@ def _expect(outcome: Outcome) -> str:
 _ACTIVE: tuple[Explorer, list[Key], set[Key]] | None = None
 
 
+def ignore_interrupts() -> None:
+    """In a worker: leave Ctrl-C to the parent, which stops the pool and reports."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def cpu_time() -> float:
+    """CPU seconds of this process and of its finished children (forked workers)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def _expand_shard(bounds: tuple[int, int]) -> _Shard:
     assert _ACTIVE is not None, "workers are forked with the level to expand"
     explorer, frontier, seen = _ACTIVE
@@ -442,6 +579,12 @@ def explore(
     depth: int = DEFAULT_DEPTH,
     workers: int = 1,
     variant: str = "",
+    symmetry: bool = True,
+    memo: bool = True,
+    progress: Progress | None = None,
 ) -> Exploration:
     """Search ``platform`` under ``abi``; see :class:`Explorer`."""
-    return Explorer(platform, abi, pages=pages, depth=depth, variant=variant).run(workers)
+    explorer = Explorer(
+        platform, abi, pages=pages, depth=depth, variant=variant, symmetry=symmetry, memo=memo
+    )
+    return explorer.run(workers, progress)

@@ -1,4 +1,4 @@
-"""The security properties of semantics.md §5 as executable predicates over a trace.
+"""The security properties of docs/semantics.md §5 as executable predicates over a trace.
 
 A trace is a list of :class:`Record` s: the operation, its :class:`Outcome` (with the
 provenance of every byte a read returned) and the model state before and after it
@@ -16,8 +16,11 @@ provenance of every byte a read returned) and the model state before and after i
 - **policy**: after a successful conversion whose result is a guarantee (§2: zeros,
   preserved, ``0xab``), the next reader of each allocated page in the range (the host
   after P→S, the guest after S→P) sees exactly that;
-- **atomicity**: a failed call changes nothing (§3 *All or nothing*; a to-private call
-  that failed with ``EAGAIN`` has already removed host mappings of its range);
+- **atomicity**: a failed call changes nothing, with one exception: a to-private
+  conversion that got as far as unmapping (every check before the unmap passed, so it
+  failed with ``EAGAIN`` or with ``EFAULT`` writing ``EAGAIN``'s ``error_offset`` back)
+  has removed every host mapping of its range, and must have (docs/semantics.md §3 *All
+  or nothing*);
 - **reporting**: a failed conversion writes back the ``error_offset`` §4 defines (the
   range start for ``EOPNOTSUPP``, the first page without a guest request for ``EPERM``,
   the first pinned page for ``EAGAIN``) and nothing for other errors.
@@ -52,7 +55,7 @@ from guestmem.uapi.kvm import (
 
 
 class Property(enum.Enum):
-    """A property of semantics.md §5 (``reporting`` is §4's ``error_offset`` rule)."""
+    """A property of docs/semantics.md §5 (``reporting`` is §4's ``error_offset`` rule)."""
 
     ISOLATION = "isolation"
     CONFIDENTIALITY = "confidentiality"
@@ -62,7 +65,7 @@ class Property(enum.Enum):
     REPORTING = "reporting"
 
 
-#: Platforms that claim confidentiality and integrity (semantics.md §5).
+#: Platforms that claim confidentiality and integrity (docs/semantics.md §5).
 CONFIDENTIAL = frozenset({"pkvm", "tdx", "snp", "cca"})
 
 
@@ -151,16 +154,20 @@ class Monitor:
         self._promises: dict[tuple[Op, Phase], Effect | None] = {}
 
     def observe(
-        self, op: Op, outcome: Outcome, before: State, after: State, step: int = 0
+        self, op: Op, outcome: Outcome, before: State, after: State, step: int = 0, *, pins: bool = True
     ) -> list[Violation]:
-        """The violations ``op`` shows."""
+        """The violations ``op`` shows. With ``pins`` False the one check that looks at
+        pages outside ``op``'s range (a private page holding a pin, after a successful
+        conversion: :meth:`pinned_private`) is left to the caller."""
         name = op.name
         found: list[Violation] = []
         if name in _CALLS:
             if outcome.errno is not None:
                 self._failed_call(op, outcome, before, after, step, found)
             elif name == "convert":
-                self._isolation_pins(after, step, found)
+                if pins:
+                    pinned = [p for p, count in after.pins if count and after.private(p)]
+                    found += self.pinned_private(pinned, step)
                 self._policy(op, before, after, step, found)
             return found
         if name == "host_read" or name == "host_write":
@@ -189,7 +196,7 @@ class Monitor:
                             f"not:{plain.hex()}",
                         )
                     )
-        elif name == "guest_read" and outcome.data is not None and self._running(before):
+        elif name == "guest_read" and outcome.data is not None and self._running(after):
             injected = [
                 (a, b)
                 for a, b, label in outcome.origins or ()
@@ -211,14 +218,15 @@ class Monitor:
 
     def _running(self, state: State) -> bool:
         """The guest runs: after launch, or always on a platform without a launch phase
-        (semantics.md §3 *Launch*), where nothing is measured before it runs."""
+        (docs/semantics.md §3 *Launch*), where nothing is measured before it runs. A read
+        is judged by the state after it: on pKVM the first guest read is the launch."""
         return state.phase is Phase.RUNNING or not self.platform.launch
 
     # --- atomicity and reporting ---------------------------------------------------------------
     def _failed_call(
         self, op: Op, outcome: Outcome, before: State, after: State, step: int, found: list[Violation]
     ) -> None:
-        unmapped = op.name == "convert" and op.to == "private" and outcome.errno == "EAGAIN"
+        unmapped = outcome.errno in ("EAGAIN", "EFAULT") and self._reached_unmap(op, before)
         expected_ptes = (
             tuple(tuple(p for p in mapped if p not in op.pages) for mapped in before.ptes)
             if unmapped
@@ -247,11 +255,29 @@ class Monitor:
                     Violation(
                         Property.REPORTING,
                         step,
-                        f"{outcome.errno} wrote back error_offset {got}, semantics.md §4 says {want}",
+                        f"{outcome.errno} wrote back error_offset {got}, docs/semantics.md §4 says {want}",
                         outcome.errno,
                         expected,
                     )
                 )
+
+    def _reached_unmap(self, op: Op, before: State) -> bool:
+        """Whether to-private ``op`` passed every check before the unmap (§4 steps 9-10a)
+        and then found a pinned page: the only way it fails after unmapping. The
+        checker's operations always carry valid arguments, so checks 1-8 pass."""
+        if op.name != "convert" or op.to != "private":
+            return False
+        revision, direction = self.revision, op.direction
+        policy = revision.decode(revision.encode(Policy(op.policy)))
+        if policy is None or revision.effect(self.platform, direction, policy, before.phase) is None:
+            return False
+        if revision.early_return and all(before.private(p) for p in op.pages):
+            return False
+        if revision.needs_consent(self.platform, before.phase) and any(
+            before.request(p) != _WANTED[direction] for p in op.pages
+        ):
+            return False
+        return self._error_offset(op, "EAGAIN", before) is not None
 
     @staticmethod
     def _error_offset(op: Op, errno_name: str | None, before: State) -> int | None:
@@ -268,18 +294,20 @@ class Monitor:
 
     # --- isolation of pinned pages -------------------------------------------------------------
     @staticmethod
-    def _isolation_pins(after: State, step: int, found: list[Violation]) -> None:
-        pinned = [p for p, count in after.pins if count and after.private(p)]
-        if pinned:
-            found.append(
-                Violation(
-                    Property.ISOLATION,
-                    step,
-                    f"page {pinned[0]} became private while the host holds a pin on it",
-                    "EAGAIN",
-                    pinned[0] << PAGE_SHIFT,
-                )
+    def pinned_private(pinned: Sequence[int], step: int = 0) -> list[Violation]:
+        """Isolation after a successful conversion: ``pinned`` lists the private pages
+        that hold a pin, ascending."""
+        if not pinned:
+            return []
+        return [
+            Violation(
+                Property.ISOLATION,
+                step,
+                f"page {pinned[0]} became private while the host holds a pin on it",
+                "EAGAIN",
+                pinned[0] << PAGE_SHIFT,
             )
+        ]
 
     # --- policy --------------------------------------------------------------------------------
     def promised(self, op: Op, phase: Phase) -> Effect | None:

@@ -2,7 +2,7 @@
 
 Exit codes everywhere: 0 all expectations held, 1 one failed, 2 bad input (the message
 names the file, step, field and value), 4 nothing ran because every run was skipped
-(kselftest's ``KSFT_SKIP``).
+(kselftest's ``KSFT_SKIP``), 130 stopped by Ctrl-C (one line says what was finished).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from guestmem import __version__
+from guestmem import __version__, progress
 from guestmem.errors import GuestmemError
 from guestmem.spec import revisions
 
@@ -29,6 +29,7 @@ COMMANDS: tuple[str, ...] = (
     "consume",
     "report",
     "bench",
+    "vm",
     "completion",
 )
 
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Model, run and check guest_memfd private/shared conversions "
         "(KVM_SET_MEMORY_ATTRIBUTES2) per platform and ABI revision.",
         epilog="example: guestmem check --platform all --abi seed\n\n"
-        "exit status: 0 every expectation held, 1 one failed, 2 bad input, 4 every run skipped",
+        "exit status: 0 every expectation held, 1 one failed, 2 bad input, 4 every run skipped,\n"
+        "130 stopped by Ctrl-C",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"guestmem {__version__}")
@@ -89,4 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        newline = "\n" if sys.stderr.isatty() else ""  # after the terminal's ^C
+        print(f"{newline}guestmem: {progress.summary()}", file=sys.stderr)
+        return progress.INTERRUPTED
     return code

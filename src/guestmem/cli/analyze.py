@@ -8,9 +8,10 @@ import argparse
 import os
 from typing import Any
 
-from guestmem import schemas
+from guestmem import progress, schemas
 from guestmem.checker import analyze
-from guestmem.checker.explore import explore
+from guestmem.checker.explore import Exploration
+from guestmem.checker.schedule import Search
 from guestmem.cli import UsageError, chosen_revisions
 from guestmem.terminal import table
 
@@ -39,7 +40,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--abi", default="all", help="ABI revision or 'all' (default: all)")
     parser.add_argument("--format", choices=("text", "json", "markdown"), default="text")
     parser.add_argument(
-        "--workers", type=int, default=None, help="processes for each exploration (default: the CPU count)"
+        "--workers",
+        type=int,
+        default=None,
+        help="processes sharing the explorations (default: the CPU count)",
     )
     parser.set_defaults(func=run)
 
@@ -54,7 +58,16 @@ def run(args: argparse.Namespace) -> int:
     workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     if workers < 1:
         raise UsageError(f"--workers: {workers} must be >= 1")
-    results = analyze.analyze(abis, lambda platform, abi: explore(platform, abi, workers=workers))
+    with progress.Status("analyze", enabled=args.format != "json") as status:
+        count = [0]
+
+        def done(search: Search, result: Exploration) -> None:
+            count[0] += 1
+            status.finish(f"{search.label}")
+            status.update(f"explored {count[0]}: {search.label} ({result.distinct} states)", force=True)
+
+        status.update(f"exploring with {workers} worker(s)", force=True)
+        results = analyze.analyze(abis, workers=workers, done=done)
     if args.format == "json":
         schemas.write(document(results))
     elif args.format == "markdown":

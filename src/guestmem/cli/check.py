@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "check",
         help="run the built-in conformance suite",
-        description="Run the built-in suite (semantics.md §2-§4, the review's examples, the kernel "
+        description="Run the built-in suite (docs/semantics.md §2-§4, the review's examples, the kernel "
         "selftests' cases) and print a pass/fail line per case and a per-platform summary.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 from guestmem.cli import UsageError
+from guestmem.cli.run import add_timeout
 from guestmem.scenario import ScenarioError, fixture
 from guestmem.scenario import output as show
-from guestmem.scenario.runner import open_backend
+from guestmem.scenario.runner import check_limits, open_backend
 from guestmem.scenario.runner import run as run_one
 
 EXAMPLE = """\
@@ -32,20 +33,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("dir", metavar="DIR", help="directory of *.json fixtures")
     parser.add_argument("--backend", default="model", choices=("model", "kvm"), help="default: model")
     parser.add_argument("--format", default="text", choices=show.FORMATS, help="default: text")
+    add_timeout(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
-    if not directory.is_dir():
-        raise UsageError(f"{directory}: not a directory")
-    paths = sorted(directory.glob("*.json"))
+    try:
+        if not directory.is_dir():
+            raise UsageError(f"{directory}: not a directory")
+        paths = sorted(directory.glob("*.json"))
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{args.dir!r}: cannot list: {err}") from None
     if not paths:
         raise UsageError(f"{directory}: no *.json fixtures")
+    backend = open_backend(args.backend)
     try:
         loaded = [fixture.load(p) for p in paths]
+        check_limits([scenario for scenario, _platform in loaded], backend)
     except ScenarioError as err:
         raise UsageError(str(err)) from None
-    backend = open_backend(args.backend)
-    results = [run_one(scenario, platform, backend) for scenario, platform in loaded]
+    results = [run_one(scenario, platform, backend, timeout=args.timeout) for scenario, platform in loaded]
     return show.print_results(results, args.format)

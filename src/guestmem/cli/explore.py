@@ -1,17 +1,19 @@
 """``guestmem explore``: search every operation sequence up to a depth for property
-violations (semantics.md §5) and print the shortest counterexample of each."""
+violations (docs/semantics.md §5) and print the shortest counterexample of each."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-from guestmem import schemas
+from guestmem import progress, schemas
 from guestmem.checker import counterexample
-from guestmem.checker.explore import DEFAULT_DEPTH, DEFAULT_PAGES, Exploration, explore
+from guestmem.checker.explore import DEFAULT_DEPTH, DEFAULT_PAGES, Exploration
+from guestmem.checker.schedule import Search, run_searches
 from guestmem.cli import UsageError, chosen_revisions
 from guestmem.spec import platforms, revisions
 from guestmem.terminal import table
@@ -37,7 +39,7 @@ def register(sub: Any) -> None:
         "explore",
         help="search every operation sequence for property violations",
         description="Search every sequence of host, guest and VMM operations up to a depth for "
-        "violations of the properties of semantics.md §5 (isolation, confidentiality, integrity, "
+        "violations of the properties of docs/semantics.md §5 (isolation, confidentiality, integrity, "
         "policy, atomicity) and print the shortest counterexample of each.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -54,6 +56,12 @@ def register(sub: Any) -> None:
         "--workers", type=int, default=None, help="processes sharing the search (default: the CPU count)"
     )
     parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--no-symmetry",
+        dest="symmetry",
+        action="store_false",
+        help="count states that differ only by a permutation of pages separately",
+    )
     parser.add_argument("--out", type=Path, help="write each counterexample as a scenario file here")
     parser.add_argument(
         "--ablate",
@@ -100,12 +108,36 @@ def _check(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     workers = _check(args)
     targets = _targets(args)
-    results: list[Exploration] = []
+    searches = [
+        Search(platform, abi, args.pages, args.depth, variant, args.symmetry)
+        for abi in chosen_revisions(args.abi)
+        for platform, variant in targets
+    ]
+    with progress.Status("explore", enabled=args.format != "json") as status:
+
+        def level(level: int, expanded: int, size: int, generated: int, distinct: int) -> None:
+            elapsed = time.monotonic() - status.started
+            status.update(
+                f"{running[0]}: depth {level}/{args.depth} ({expanded}/{size}), {generated} generated "
+                f"({progress.rate(generated, elapsed)}), {distinct} distinct"
+            )
+
+        def done(search: Search, result: Exploration) -> None:
+            status.finish(f"{result.label} ({result.distinct} states)")
+            status.update(f"finished {len(status.finished)}/{len(searches)}: {result.label}", force=True)
+
+        running = [searches[0].platform.name]
+        if workers > 1 and len(searches) > 1:
+            status.update(f"{len(searches)} searches on {workers} workers", force=True)
+            results = run_searches(searches, workers, done=done)
+        else:
+            results = []
+            for search in searches:
+                running[0] = search.platform.name + (f" ({search.variant})" if search.variant else "")
+                results += run_searches([search], workers, progress=level, done=done)
     written: dict[tuple[str, str, str], Path] = {}
-    for abi, (platform, variant) in ((a, t) for a in chosen_revisions(args.abi) for t in targets):
-        result = explore(platform, abi, pages=args.pages, depth=args.depth, workers=workers, variant=variant)
-        results.append(result)
-        if args.out is not None:
+    if args.out is not None:
+        for result in results:
             for prop, cx in result.counterexamples.items():
                 written[result.abi, result.label, prop.value] = counterexample.write(result, cx, args.out)
     if args.format == "json":
@@ -136,8 +168,10 @@ def _print_text(
             "none"
         ]
         label = f"{r.label} [{r.abi}]" if several else r.label
-        rows.append([label, r.generated, r.distinct, f"{r.seconds:.1f}", f"{r.rate:.0f}", ", ".join(found)])
-    table(["platform", "states explored", "distinct", "seconds", "states/s", "violations"], rows)
+        rows.append(
+            [label, r.generated, r.distinct, f"{r.cpu_seconds:.1f}", f"{r.rate:.0f}", ", ".join(found)]
+        )
+    table(["platform", "states explored", "distinct", "CPU seconds", "states/CPU-s", "violations"], rows)
     for r in results:
         for prop, cx in r.counterexamples.items():
             claim = "claimed" if cx.claimed else f"not claimed by {cx.platform}"

@@ -1,4 +1,4 @@
-"""``guestmem matrix``: semantics.md §2 for one ABI revision, every cell computed by the model.
+"""``guestmem matrix``: docs/semantics.md §2 for one ABI revision, every cell computed by the model.
 
 See :mod:`guestmem.report.matrix` for how a cell is measured and what its notes mean.
 """
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "matrix",
         help="what a conversion does, per platform, policy and phase (computed by the model)",
-        description="Print semantics.md §2 for an ABI revision (or all); every cell runs the model.",
+        description="Print docs/semantics.md §2 for an ABI revision (or all); every cell runs the model.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         ("guest_memfd flags (KVM_CAP_GUEST_MEMFD_FLAGS)", ", ".join(facts.guest_memfd_flags) or "none"),
         *((name, str(value)) for name, value in facts.capabilities.items()),
         (
-            "proposed CAPs 245-250 (not trusted)",
+            "proposed CAPs 245-251",
             ", ".join(f"{k}={v}" for k, v in facts.proposed_capabilities.items()),
         ),
         (
@@ -64,6 +64,16 @@ def run(args: argparse.Namespace) -> int:
             "in-place conversion",
             "yes" if facts.conversion_ioctl else f"no ({facts.conversion_skip_reason()})",
         ),
+        *(
+            (
+                f"VM type {name}",
+                f"private memory: {'yes' if f.get('private_memory') else 'no'} "
+                f"(to-private: {f.get('to_private', f.get('error'))}; "
+                f"CAP 250 = {f.get('memory_attributes')}, CAP 251 = {f.get('attributes2_flags')})",
+            )
+            for name, f in facts.vm_type_facts.items()
+        ),
+        ("series (from what the kernel answers)", facts.series or "none"),
         ("guest code", runs),
         (
             "guest hypercall exit",

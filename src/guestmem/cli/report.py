@@ -7,7 +7,7 @@ from pathlib import Path
 
 from guestmem import schemas
 from guestmem.cli import UsageError
-from guestmem.cli.run import check_selection, execute, load_all, selected_revisions
+from guestmem.cli.run import add_timeout, check_selection, execute, load_all, selected_revisions
 from guestmem.report import html, matrix
 from guestmem.scenario import output as show
 from guestmem.scenario import suite_files
@@ -44,14 +44,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         f"shows {revisions.DEFAULT})",
     )
     parser.add_argument("--format", default="text", choices=("text", "json"), help="default: text")
+    add_timeout(parser)
     parser.set_defaults(func=run, backend="model")
 
 
 def run(args: argparse.Namespace) -> int:
     check_selection(args)
     out = Path(args.out)
+    if "\0" in args.out:
+        raise UsageError(f"--out: {args.out!r}: a path cannot contain a NUL byte")
     if out.is_dir():
         raise UsageError(f"--out: {out} is a directory")
+    if out.exists() and not out.is_file():
+        raise UsageError(f"--out: {out} is not a regular file")
     if not out.parent.is_dir():
         raise UsageError(f"--out: directory {out.parent} does not exist")
     scenarios = load_all(args.files or [str(p) for p in suite_files()])
@@ -61,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
     chosen = [a for a in selected_revisions(args) if a is not None] or [revisions.DEFAULT]
     matrices = {abi: matrix.compute(abi) for abi in chosen}
     revision = "each scenario's own" if args.abi is None else ", ".join(chosen)
-    out.write_text(html.render(results, matrices, revision=revision), encoding="utf-8")
+    try:
+        out.write_text(html.render(results, matrices, revision=revision), encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"--out: {out}: cannot write: {err.strerror or err}") from None
     code = show.exit_code(results)
     if args.format == "json":
         counts = {s: sum(r.status == s for r in results) for s in ("pass", "fail", "skip")}

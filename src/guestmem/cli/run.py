@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 
 from guestmem.cli import UsageError, chosen_revisions
 from guestmem.scenario import Scenario, ScenarioError, load
 from guestmem.scenario import output as show
-from guestmem.scenario.runner import RunResult, run_all
+from guestmem.scenario.runner import TIMEOUT, RunResult, run_all
 from guestmem.spec import platforms, revisions
 
 EXAMPLE = """\
@@ -18,6 +19,28 @@ example:
 
 exit status: 0 every expectation held (skips beside passes included), 1 one failed,
 2 bad input, 4 every run was skipped (KSFT_SKIP)."""
+
+
+def seconds(text: str) -> float | None:
+    """``--timeout`` value: seconds > 0, or 0 for no limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text!r}")
+    return value or None
+
+
+def add_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=TIMEOUT,
+        metavar="SECONDS",
+        help=f"stop a scenario run (one platform) after this long and report it timed out "
+        f"(default {TIMEOUT:g}; 0: no limit)",
+    )
 
 
 def add_selection(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +58,7 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--backend", default="model", choices=("model", "kvm"), help="default: model")
     parser.add_argument("--format", default="text", choices=show.FORMATS, help="default: text")
+    add_timeout(parser)
 
 
 def check_selection(args: argparse.Namespace) -> None:
@@ -68,13 +92,21 @@ def execute(
     observe: bool = False,
 ) -> list[RunResult]:
     """Every scenario on each selected platform, under each selected revision."""
-    return [
-        result
-        for abi in selected_revisions(args)
-        for result in run_all(
-            scenarios, platform=args.platform, abi=abi, backend=backend or args.backend, observe=observe
-        )
-    ]
+    try:
+        return [
+            result
+            for abi in selected_revisions(args)
+            for result in run_all(
+                scenarios,
+                platform=args.platform,
+                abi=abi,
+                backend=backend or args.backend,
+                observe=observe,
+                timeout=args.timeout,
+            )
+        ]
+    except ScenarioError as err:  # beyond what the backend accepts
+        raise UsageError(str(err)) from None
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -32,6 +32,8 @@ CAPABILITIES = (
     "KVM_CAP_VM_TYPES",
     "KVM_CAP_PRE_FAULT_MEMORY",
     "KVM_CAP_GUEST_MEMFD_FLAGS",
+    "KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES",
+    "KVM_CAP_MEMORY_ATTRIBUTES2_FLAGS",
     "KVM_CAP_EXIT_HYPERCALL",
     "KVM_CAP_IMMEDIATE_EXIT",
     "KVM_CAP_SYNC_REGS",
@@ -80,11 +82,20 @@ class Facts:
     guest_code: dict[str, Any] = field(default_factory=dict)
     hypercall_exit: dict[str, Any] = field(default_factory=dict)
     gup_test: str | None = None
+    #: Per VM type offered (by name): :func:`_vm_type_facts`.
+    vm_type_facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The series this kernel implements, from what it answers (:func:`_series`), or None.
+    series: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["proposed_capabilities"] = {str(k): v for k, v in self.proposed_capabilities.items()}
         return out
+
+    def private_memory(self, vm_type: str) -> bool:
+        """Whether a VM of ``vm_type`` has private memory here: the conversion ioctl turned
+        one of its pages private (a VM without private memory answers ``EINVAL``)."""
+        return bool(self.vm_type_facts.get(vm_type, {}).get("private_memory"))
 
     @property
     def emulated(self) -> bool:
@@ -106,6 +117,38 @@ def _attributes2(vm: Vm) -> dict[str, str]:
         "guest_memfd": errno_name(on_gmem) if on_gmem else "none",
         "vm": errno_name(on_vm) if on_vm else "none",
     }
+
+
+def _vm_type_facts(kvm: Kvm, vm_type: int) -> dict[str, Any]:
+    """One VM of ``vm_type``: the series' capabilities on its fd, and whether a page of a
+    fresh ``MMAP | INIT_SHARED`` guest_memfd converts to private (``errno`` otherwise)."""
+    with kvm.create_vm(vm_type) as vm:
+        out: dict[str, Any] = {
+            "memory_attributes": vm.check_extension(uapi.KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES),
+            "attributes2_flags": vm.check_extension(uapi.KVM_CAP_MEMORY_ATTRIBUTES2_FLAGS),
+        }
+        flags = uapi.GUEST_MEMFD_FLAG_MMAP | uapi.GUEST_MEMFD_FLAG_INIT_SHARED
+        try:
+            gmem = vm.create_guest_memfd(uapi.PAGE_SIZE, flags)
+        except IoctlError as err:
+            out.update(private_memory=False, to_private=f"INIT_SHARED refused: {err.name}")
+            return out
+        with gmem:
+            arg = uapi.KvmMemoryAttributes2(size=uapi.PAGE_SIZE, attributes=uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
+            code = gmem.try_set_memory_attributes2(arg)
+        out["private_memory"] = code == 0
+        out["to_private"] = "ok" if code == 0 else errno_name(code)
+        return out
+
+
+def _series(facts: Facts) -> str | None:
+    """``rfc-v5`` when a VM type takes content-mode flags (``KVM_CAP_MEMORY_ATTRIBUTES2_FLAGS``),
+    ``v8`` when conversions work without them; None without the ioctl."""
+    if not facts.conversion_ioctl:
+        return None
+    if any(v.get("attributes2_flags") for v in facts.vm_type_facts.values()):
+        return "rfc-v5"
+    return "v8"
 
 
 def _with_guest(kvm: Kvm, enable_hypercall: bool = False) -> tuple[Vm, TinyGuest, Any, Any]:
@@ -188,6 +231,14 @@ def gather(kvm: Kvm, *, hypercall: bool = True) -> Facts:
         conversion_ioctl=attributes2["guest_memfd"] != errno_name(errno.ENOTTY),
         gup_test=pins.unavailable_reason(),
     )
+    for vm_type in range(64):
+        if kvm.vm_types() & (1 << vm_type):
+            name = VM_TYPE_NAMES.get(vm_type, f"type{vm_type}")
+            try:
+                facts.vm_type_facts[name] = _vm_type_facts(kvm, vm_type)
+            except IoctlError as err:
+                facts.vm_type_facts[name] = {"private_memory": False, "error": str(err)}
+    facts.series = _series(facts)
     try:
         facts.guest_code = _guest_code(kvm)
     except (GuestmemError, IoctlError) as err:

@@ -128,6 +128,11 @@ class TinyGuest:
     def _new_vcpu(self) -> Vcpu:
         vcpu = self.vm.create_vcpu(len(self.vm.vcpus))
         vcpu.set_cpuid2(self._cpuid)
+        self._reset(vcpu)
+        return vcpu
+
+    def _reset(self, vcpu: Vcpu) -> None:
+        """Long mode, flat segments, ``rip`` at the program's top."""
         sregs = vcpu.get_sregs()
         code = KvmSegment(
             base=0, limit=0xFFFFFFFF, selector=8, type=11, present=1, dpl=0, db=0, s=1, l=1, g=1
@@ -143,7 +148,6 @@ class TinyGuest:
         sregs.efer = _EFER_LME | _EFER_LMA
         vcpu.set_sregs(sregs)
         vcpu.set_regs(KvmRegs(rip=CODE, rflags=0x2))
-        return vcpu
 
     # --- commands -----------------------------------------------------------------------------
     def _run(self, op: int, **words: int) -> Exit:
@@ -159,9 +163,11 @@ class TinyGuest:
         return exit_
 
     def _discard(self) -> None:
-        """The vCPU stopped mid-program (timeout, fault, unexpected exit): use a fresh one
-        for the next command rather than resume half-emulated state."""
-        self.vcpu = self._new_vcpu()
+        """The vCPU stopped mid-program (timeout, fault, unexpected exit): finish what
+        KVM left pending and start the program again on the same vCPU. KVM frees a vCPU
+        only with its VM, so a new one per stop would run out of vCPU ids."""
+        self.vcpu.complete_pending()
+        self._reset(self.vcpu)
 
     def _done(self, exit_: Exit) -> None:
         if exit_.code != KVM_EXIT_IO or exit_.fields["port"] != PORT_DONE:

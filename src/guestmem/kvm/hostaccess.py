@@ -7,6 +7,12 @@ survives ``fork``): it copies page by page in ascending order and reports each p
 it completes. If it dies, the access stopped at the first unreported page, earlier pages
 done, and the caller gets :class:`~guestmem.errors.HostFault` naming the signal; the
 next access forks a new helper.
+
+An access goes to the helper in requests of at most :data:`REQUEST` bytes, each answered
+before the next is sent, so neither process holds more than that of it at once, however
+large the access. The part of an access beyond the mapping (past the end of the file and
+the mapping's slack) faults with ``SIGBUS`` as a page past the end does: the kernel gives
+every such page that answer, and the model does too (uapi.md §10).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import resource
 import signal
 import struct
+from collections.abc import Iterator
 
 from guestmem.errors import HostFault
 from guestmem.kvm import syscalls
@@ -26,16 +33,26 @@ from guestmem.uapi.kvm import PAGE_SIZE
 _READ, _WRITE = 1, 2
 _HEADER = struct.Struct("<BQQ")
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
+#: The most one request to the helper moves (bytes; a whole number of pages).
+REQUEST = 1 << 20
 
 
-def _chunks(offset: int, size: int) -> list[tuple[int, int]]:
-    out = []
+def _chunks(offset: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(offset, length)`` per page touched by ``[offset, offset+size)``, ascending."""
     end = offset + size
     while offset < end:
         length = min(PAGE_SIZE - offset % PAGE_SIZE, end - offset)
-        out.append((offset, length))
+        yield offset, length
         offset += length
-    return out
+
+
+def _requests(offset: int, size: int) -> Iterator[tuple[int, int]]:
+    """``[offset, offset+size)`` cut at :data:`REQUEST`-aligned boundaries, ascending."""
+    end = offset + size
+    while offset < end:
+        length = min(REQUEST - offset % REQUEST, end - offset)
+        yield offset, length
+        offset += length
 
 
 def _read_exact(fd: int, size: int) -> bytes:
@@ -49,7 +66,7 @@ def _read_exact(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -119,13 +136,16 @@ class HostAccess(syscalls.Handle):
             os.waitpid(self.pid, 0)
             self.pid = 0
 
-    def _check(self, offset: int, size: int) -> None:
+    def _check(self, offset: int, size: int) -> int:
+        """How much of the access lies inside the mapping (the rest faults)."""
         if offset < 0 or size < 0:
             raise ValueError(f"offset and size must be >= 0: offset={offset} size={size}")
-        if size and offset >= self.mapping.length:
-            raise ValueError(
-                f"offset {offset:#x} is beyond the host mapping ({self.mapping.length:#x} bytes)"
-            )
+        return max(0, min(offset + size, self.mapping.length) - offset)
+
+    def _beyond(self, offset: int) -> HostFault:
+        """The first page past the mapping: past the end of the file, so ``SIGBUS``."""
+        start = max(offset, self.mapping.length)
+        return HostFault(signal.SIGBUS.name, start - start % PAGE_SIZE, "past the end of the guest_memfd")
 
     def _fault(self, offset: int) -> HostFault:
         """The helper died touching the page at ``offset``: reap it and describe why."""
@@ -144,35 +164,38 @@ class HostAccess(syscalls.Handle):
             reason = "the kernel refused to map the page for the host (not shared)"
         return HostFault(name, offset, reason)
 
-    def _request(self, op: int, offset: int, size: int, data: bytes = b"") -> None:
+    def _request(self, op: int, offset: int, size: int, data: bytes | memoryview = b"") -> None:
         if not self.pid:
             self._spawn()
         try:
-            _write_all(self.requests, _HEADER.pack(op, offset, size) + data)
+            _write_all(self.requests, _HEADER.pack(op, offset, size) + bytes(data))
         except BrokenPipeError:
             raise self._fault(offset) from None
 
     def read(self, offset: int, size: int) -> bytes:
         """``size`` bytes at file ``offset``; :class:`HostFault` if a page faults."""
-        self._check(offset, size)
-        if not size:
-            return b""
-        self._request(_READ, offset, size)
+        inside = self._check(offset, size)
         out = bytearray()
-        for start, length in _chunks(offset, size):
-            part = _read_exact(self.replies, length)
-            if len(part) < length:
-                raise self._fault(start)
-            out += part
+        for first, length in _requests(offset, inside):
+            self._request(_READ, first, length)
+            for start, part_length in _chunks(first, length):
+                part = _read_exact(self.replies, part_length)
+                if len(part) < part_length:
+                    raise self._fault(start)
+                out += part
+        if inside < size:
+            raise self._beyond(offset)
         return bytes(out)
 
     def write(self, offset: int, data: bytes) -> None:
         """Write ``data`` at file ``offset``; on :class:`HostFault`, pages before the
         faulting one are written."""
-        self._check(offset, len(data))
-        if not data:
-            return
-        self._request(_WRITE, offset, len(data), bytes(data))
-        for start, _length in _chunks(offset, len(data)):
-            if len(_read_exact(self.replies, 1)) < 1:
-                raise self._fault(start)
+        inside = self._check(offset, len(data))
+        view = memoryview(data)
+        for first, length in _requests(offset, inside):
+            self._request(_WRITE, first, length, view[first - offset : first - offset + length])
+            for start, _length in _chunks(first, length):
+                if len(_read_exact(self.replies, 1)) < 1:
+                    raise self._fault(start)
+        if inside < len(data):
+            raise self._beyond(offset)

@@ -3,7 +3,7 @@
 ``Vm`` holds the platform, ABI revision, launch phase and guest requests; ``GuestMemfd``
 holds per-page attributes (a :class:`RangeMap`), sparse page contents with provenance,
 pins and host mappings, and implements ``KVM_SET_MEMORY_ATTRIBUTES2`` step by step as
-semantics.md §4 lists it. Memory grows with touched pages only.
+docs/semantics.md §4 lists it. Memory grows with touched pages only.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """A model guest_memfd: attributes, contents, pins, host mappings and the conversion ioctl.
 
-``set_memory_attributes2`` follows semantics.md §4 step by step; each step's number is in
-a comment. A failing call changes nothing, except that a to-private call has already
-removed host mappings of the range when it fails with ``EAGAIN`` (§3 *All or nothing*).
+``set_memory_attributes2`` follows docs/semantics.md §4 step by step; each step's number
+is in a comment. A failing call changes nothing, except that a to-private call that got
+as far as removing host mappings of its range (step 11) leaves them removed when it then
+fails, with ``EAGAIN`` or with ``EFAULT`` writing ``error_offset`` back (§3 *All or
+nothing*).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from guestmem.errors import HostFault, IoctlError, MemoryFault, errno_of
+from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit, errno_of
 from guestmem.model.provenance import (
     FILL_PAGE,
     INIT_PAGE,
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from guestmem.model.vm import Vm
 
 IOCTL = "KVM_SET_MEMORY_ATTRIBUTES2"
+_LLONG_MAX = (1 << 63) - 1
 ARG_SIZE = ctypes.sizeof(KvmMemoryAttributes2)
 _U64 = 1 << 64
 #: Guest requests, per page: none, share (for P→S), unshare (for S→P).
@@ -62,8 +65,18 @@ GmemSnapshot = tuple[
     tuple[tuple[int, int], ...],
     tuple[tuple[int, ...], ...],
 ]
+#: :meth:`GuestMemfd.rows`: one page's attribute, guest request, contents (``UNALLOCATED``
+#: when not allocated), pins, stale pins and host mappings (bit ``m``: mapping ``m`` maps it).
+PageRow = tuple[int, int, "Page | tuple[()]", int, int, int]
+UNALLOCATED: tuple[()] = ()
 #: The runs of a page the host wrote whole (shared, immutable).
 _HOST_PAGE_RUNS: Runs = ((0, PAGE_SIZE, Origin.HOST),)
+
+
+def _loff_t(value: int) -> int:
+    """``value`` as the kernel's signed 64-bit ``loff_t`` (a C caller's u64 wraps)."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value > _LLONG_MAX else value
 
 
 class HostMapping:
@@ -72,8 +85,8 @@ class HostMapping:
     ``ptes`` holds the pages currently mapped. An access to a present page goes through
     without asking guest_memfd (it is the MMU); a missing page faults, and
     ``kvm_gmem_fault_user_mapping`` answers ``SIGBUS`` for a private page or a page past
-    the end (uapi.md §10). Accesses proceed page by page in ascending order; a fault stops
-    the access at the faulting page, earlier pages done.
+    the end (docs/semantics.md §3 *Host access*). Accesses proceed page by page in
+    ascending order; a fault stops the access at the faulting page, earlier pages done.
     """
 
     def __init__(self, gmem: GuestMemfd) -> None:
@@ -172,6 +185,8 @@ class GuestMemfd:
         self.pins: dict[int, int] = {}
         self.stale_pins: dict[int, int] = {}
         self.mappings: list[HostMapping] = []
+        #: The memslot binding the file at ``gpa`` (docs/semantics.md §3 *Memslots*).
+        self.memslot = True
 
     def __repr__(self) -> str:
         return f"GuestMemfd(size={self.size:#x}, flags={self.flags:#x}, allocated={len(self.pages)})"
@@ -240,6 +255,44 @@ class GuestMemfd:
         for mapping, mapped in zip(self.mappings, ptes, strict=True):
             mapping.ptes = set(mapped)
 
+    def rows(self) -> tuple[PageRow, ...]:
+        """The same state as :meth:`snapshot`, one :data:`PageRow` per page (for files of a
+        few pages: the checker's states, where pages are compared and permuted)."""
+        attributes, requests = self.attributes.expand(), self.requests.expand()
+        pages, pins, stale = self.pages, self.pins, self.stale_pins
+        mappings = self.mappings
+        return tuple(
+            [
+                (
+                    attributes[i],
+                    requests[i],
+                    pages.get(i, UNALLOCATED),
+                    pins.get(i, 0),
+                    stale.get(i, 0),
+                    sum(1 << m for m, mapping in enumerate(mappings) if i in mapping.ptes),
+                )
+                for i in range(self.npages)
+            ]
+        )
+
+    def restore_rows(self, rows: tuple[PageRow, ...]) -> None:
+        """Put back a :meth:`rows` of this file (same mappings, in the same order)."""
+        self.attributes.assign([row[0] for row in rows])
+        self.requests.assign([row[1] for row in rows])
+        pages, pins, stale = self.pages, self.pins, self.stale_pins
+        pages.clear()
+        pins.clear()
+        stale.clear()
+        for i, (_, _, page, pinned, stale_pinned, _) in enumerate(rows):
+            if page:
+                pages[i] = page
+            if pinned:
+                pins[i] = pinned
+            if stale_pinned:
+                stale[i] = stale_pinned
+        for m, mapping in enumerate(self.mappings):
+            mapping.ptes = {i for i, row in enumerate(rows) if row[5] >> m & 1}
+
     def _spans(self, offset: int, size: int) -> Iterator[tuple[int, int, int]]:
         end = offset + size
         while offset < end:
@@ -261,16 +314,23 @@ class GuestMemfd:
         return mapping
 
     def fallocate(self, mode: int, offset: int, length: int) -> None:
-        """``fallocate()``: ``PUNCH_HOLE|KEEP_SIZE`` deallocates, ``KEEP_SIZE`` allocates.
+        """``fallocate()``: ``PUNCH_HOLE|KEEP_SIZE`` deallocates, ``KEEP_SIZE`` preallocates.
 
-        Checks as ``vfs_fallocate`` then ``kvm_gmem_fallocate`` (uapi.md §11): a length
-        of 0 or a negative offset → ``EINVAL``; other modes → ``EOPNOTSUPP``; unaligned →
-        ``EINVAL``; preallocating past the end → ``EINVAL``; punching past it is clipped.
+        Checks as ``vfs_fallocate`` then ``kvm_gmem_fallocate`` (docs/semantics.md §6):
+        offset and length are ``loff_t`` (a u64 above 2^63 is negative); a length of 0 or
+        less or a negative offset → ``EINVAL``; other modes → ``EOPNOTSUPP``; an end beyond
+        ``LLONG_MAX`` → ``EFBIG``; unaligned → ``EINVAL``; preallocating past the end →
+        ``EINVAL``; punching past it is clipped. Preallocated folios are not up to date: the
+        first reader still sees zeros and content policies pass them by, so the model
+        records nothing for them (§3 *Allocated*).
         """
+        offset, length = _loff_t(offset), _loff_t(length)
         if offset < 0 or length <= 0:
             raise IoctlError(errno.EINVAL, "fallocate")
         if not mode & FALLOC_FL_KEEP_SIZE or mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
             raise IoctlError(errno.EOPNOTSUPP, "fallocate")
+        if offset + length > _LLONG_MAX:
+            raise IoctlError(errno.EFBIG, "fallocate")
         if offset % PAGE_SIZE or length % PAGE_SIZE:
             raise IoctlError(errno.EINVAL, "fallocate")
         lo = offset >> PAGE_SHIFT
@@ -286,11 +346,9 @@ class GuestMemfd:
             return
         if offset + length > self.size:
             raise IoctlError(errno.EINVAL, "fallocate")
-        for index in range(lo, hi):
-            self.pages.setdefault(index, INIT_PAGE)
 
     def punch_hole(self, offset: int, length: int) -> None:
-        """``fallocate(PUNCH_HOLE | KEEP_SIZE)``; the attribute is unchanged (§3)."""
+        """``fallocate(PUNCH_HOLE | KEEP_SIZE)``; the attribute is unchanged (§3 *Punch hole*)."""
         self.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
 
     def pin(self, offset: int, size: int) -> None:
@@ -329,29 +387,39 @@ class GuestMemfd:
         return offset >> PAGE_SHIFT, (offset + size) >> PAGE_SHIFT
 
     # --- guest side ----------------------------------------------------------------------------
+    def delete_memslot(self) -> None:
+        """``KVM_SET_USER_MEMORY_REGION2`` with size 0: the guest's GPAs for this file are
+        no longer memory, so guest accesses exit to the VMM as MMIO (§3 *Memslots*);
+        contents and attributes stay with the file."""
+        self.memslot = False
+
     def guest_read(self, offset: int, size: int, access: str | None = None) -> bytes:
         """The guest reads through its memslot; ``access`` is ``private``, ``shared`` or
         None for the page's current state. A mismatch raises :class:`MemoryFault`."""
         out = bytearray()
-        for index, a, b in self._guest_spans(offset, size, access):
+        for index, a, b in self._guest_spans(offset, size, access, False):
             out += self.pages[index][0][a:b]
         return bytes(out)
 
     def guest_write(self, offset: int, data: bytes, access: str | None = None) -> None:
         """The guest writes ``data``; a mismatch raises :class:`MemoryFault`."""
         pos = 0
-        for index, a, b in self._guest_spans(offset, len(data), access):
+        for index, a, b in self._guest_spans(offset, len(data), access, True):
             old, runs = self.pages[index]
             origin = Origin.GUEST_PRIVATE if self.is_private(index << PAGE_SHIFT) else Origin.GUEST_SHARED
             self.pages[index] = (old[:a] + data[pos : pos + b - a] + old[b:], paint(runs, a, b, origin))
             pos += b - a
 
-    def _guest_spans(self, offset: int, size: int, access: str | None) -> Iterator[tuple[int, int, int]]:
+    def _guest_spans(
+        self, offset: int, size: int, access: str | None, access_is_write: bool
+    ) -> Iterator[tuple[int, int, int]]:
         if access not in (None, "private", "shared"):
             raise ValueError(f"access must be 'private', 'shared' or None, not {access!r}")
         if offset < 0 or size < 0 or offset + size > self.size:
             raise ValueError(f"guest access [{offset:#x}, +{size:#x}) is outside the memslot")
-        self.vm.require_running()
+        self.vm.run_guest()
+        if not self.memslot:  # the GPA is no longer memory: the access exits as MMIO
+            raise MmioExit(self.gpa + offset, min(size, 8), access_is_write)
         has_private = self.vm.platform.private_memory
         for index, a, b in self._spans(offset, size):
             private = bool(self.attributes[index] & KVM_MEMORY_ATTRIBUTE_PRIVATE)
@@ -366,7 +434,7 @@ class GuestMemfd:
     def guest_request(self, offset: int, size: int, to: Direction | str) -> None:
         """The guest asks to share (P→S) or unshare (S→P) a range: ``KVM_HC_MAP_GPA_RANGE``,
         pKVM ``MEM_SHARE``/``MEM_UNSHARE``. Recorded until a conversion honours it."""
-        self.vm.require_running()
+        self.vm.run_guest()
         lo, hi = self._page_span(offset, size, "KVM_HC_MAP_GPA_RANGE")
         if hi > self.npages:
             raise IoctlError(errno.EINVAL, "KVM_HC_MAP_GPA_RANGE")
@@ -393,7 +461,7 @@ class GuestMemfd:
         return errno_of(lambda: self.set_memory_attributes2(arg))
 
     def set_memory_attributes2(self, arg: ArgBuffer) -> None:
-        """``KVM_SET_MEMORY_ATTRIBUTES2`` on this guest_memfd (semantics.md §4).
+        """``KVM_SET_MEMORY_ATTRIBUTES2`` on this guest_memfd (docs/semantics.md §4).
 
         ``arg`` is the 128-byte struct: ``bytes`` (read-only: a failure that writes
         ``error_offset`` back becomes ``EFAULT``, as a read-only user page would), a
@@ -401,6 +469,9 @@ class GuestMemfd:
         """
         vm = self.vm
         revision, platform = vm.revision, vm.platform
+        # 0. the ioctl exists only where guest_memfd tracks PRIVATE itself
+        if not vm.in_place_conversion:
+            raise IoctlError(errno.ENOTTY, IOCTL)
         # 1. the argument must be readable
         view = memoryview(arg).cast("B") if not isinstance(arg, memoryview) else arg.cast("B")
         if view.nbytes < ARG_SIZE:
@@ -428,8 +499,9 @@ class GuestMemfd:
         lo, hi = offset >> PAGE_SHIFT, (offset + size) >> PAGE_SHIFT
         to_private = bool(attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE)
         direction = Direction.TO_PRIVATE if to_private else Direction.TO_SHARED
-        if revision.early_return and self.attributes.first_not(lo, hi, attributes) is None:
-            return  # v8 16/46: nothing to change, no side effects
+        unchanged = self.attributes.first_not(lo, hi, attributes) is None
+        if revision.early_return and unchanged:
+            return  # v8: nothing to change, no side effects
         # 9. policy supported for platform, direction and phase
         effect = revision.effect(platform, direction, policy, vm.phase)
         if effect is None:
@@ -440,6 +512,10 @@ class GuestMemfd:
             missing = self.requests.first_not(lo, hi, wanted)
             if missing is not None:
                 self._fail(view, errno.EPERM, missing << PAGE_SHIFT)
+        # 10a. storing new attributes needs memory (a maple-tree node); a range that
+        # already has them needs none
+        if not unchanged and not vm.take_allocation():
+            self._fail(view, errno.ENOMEM, offset)
         # 11. to-private: unmap every host mapping, then look for elevated refcounts
         if to_private:
             for mapping in self.mappings:
@@ -451,7 +527,8 @@ class GuestMemfd:
         assert effect is not None
         consented = self._consented(lo, hi, wanted)
         indices = self.allocated(lo, hi)
-        if not revision.whole_range:  # v8: only pages that change state meet the native effect
+        if not revision.applied_by_kvm(platform, direction, policy):
+            # a native effect comes from the conversion: pages already there keep theirs
             indices = [i for i in indices if self.attributes[i] != attributes]
         self.attributes.set(lo, hi, attributes)
         self._apply(effect, direction, indices, consented)

@@ -89,7 +89,7 @@ def keyed_bytes(key: bytes, domain: bytes, offset: int, old: bytes) -> bytes:
     """Deterministic pseudo-random page: never the plaintext, never all zero.
 
     Derived from the per-VM key, the page's file offset and its old contents
-    (semantics.md §2, *Ciphertext* and *garbage*).
+    (docs/semantics.md §2, *Ciphertext* and *garbage*).
     """
     xof = hashlib.shake_256(domain + key + offset.to_bytes(8, "little") + old)
     data = xof.digest(PAGE_SIZE)

@@ -97,3 +97,23 @@ class RangeMap:
         """Set the runs back to a :meth:`key` taken earlier."""
         self.starts = list(key[0])
         self.values = list(key[1])
+
+    def expand(self) -> list[int]:
+        """Every index's value, in order (for small maps: the checker's per-page rows)."""
+        out: list[int] = []
+        starts, values = self.starts, self.values
+        for i, value in enumerate(values):
+            end = starts[i + 1] if i + 1 < len(starts) else self.limit
+            out += [value] * (end - starts[i])
+        return out
+
+    def assign(self, values: list[int]) -> None:
+        """Set every index's value from ``values`` (one per index), runs merged."""
+        assert len(values) == self.limit, "one value per index"
+        starts: list[int] = []
+        runs: list[int] = []
+        for i, value in enumerate(values):
+            if not runs or runs[-1] != value:
+                starts.append(i)
+                runs.append(value)
+        self.starts, self.values = starts, runs

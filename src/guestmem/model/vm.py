@@ -1,8 +1,8 @@
 """A model VM: platform, ABI revision, launch phase, per-VM key, guest_memfds.
 
-Creation checks follow ``kvm_gmem_create()`` (Linux 6.18; kvm-here.md §3): size 0,
-unaligned or negative as ``loff_t`` → ``EINVAL``; unknown flags → ``EINVAL``;
-``reserved`` is not checked. Launch follows semantics.md §3 *Launch*.
+Creation checks follow ``kvm_gmem_create()`` (docs/semantics.md §6): size 0, unaligned
+or negative as ``loff_t`` → ``EINVAL``; unknown flags → ``EINVAL``; ``reserved`` is not
+checked. Launch follows docs/semantics.md §3 *Launch*; capabilities §7.
 """
 
 from __future__ import annotations
@@ -39,12 +39,21 @@ class Vm:
         abi: str | Revision = revisions.DEFAULT,
         *,
         seed: int = 0,
+        in_place_conversion: bool = True,
     ) -> None:
         self.platform = platforms.get(platform) if isinstance(platform, str) else platform
         self.revision = revisions.get(abi) if isinstance(abi, str) else abi
         self.phase = Phase.PRE_LAUNCH
         self.key = hashlib.sha256(f"guestmem-vm:{self.platform.name}:{seed}".encode()).digest()
         self.gmems: list[GuestMemfd] = []
+        #: Whether guest_memfd tracks PRIVATE itself (``kvm.gmem_in_place_conversion`` in
+        #: v8, ``!vm_memory_attributes`` in RFC v5). Without it the conversion ioctl is
+        #: ``ENOTTY`` and its capability reads 0 (docs/semantics.md §4 step 0, §7).
+        self.in_place_conversion = in_place_conversion
+        #: Fault injection, as the kernel's failslab ``times``: this many upcoming
+        #: allocations a conversion needs fail, and the call returns ``ENOMEM`` with
+        #: ``error_offset`` = ``offset`` (docs/semantics.md §4 step 10a).
+        self.failslab = 0
 
     def __repr__(self) -> str:
         return f"Vm({self.platform.name!r}, {self.revision.name!r}, {self.phase.value})"
@@ -79,13 +88,30 @@ class Vm:
             raise IoctlError(errno.EINVAL, "launch")
         self.phase = Phase.RUNNING
 
-    def require_running(self, call: str = "KVM_RUN") -> None:
-        """The vCPU runs only after launch on platforms with a launch phase.
+    def run_guest(self, call: str = "KVM_RUN") -> None:
+        """A vCPU is about to run guest code (docs/semantics.md §3 *Launch*).
 
-        Model assumption: ``KVM_RUN`` before finalize is ``EINVAL`` (TDX's pre-run check).
+        On a platform whose first run is its launch (pKVM creates the EL2 VM then), a
+        pre-launch VM moves to *running* and the guest proceeds. On the others with a
+        launch phase, ``KVM_RUN`` before finalize is ``EINVAL`` and nothing changes
+        (model assumption after TDX's pre-run check).
         """
         if self.platform.launch and self.phase is Phase.PRE_LAUNCH:
-            raise IoctlError(errno.EINVAL, call)
+            if not self.platform.first_run_launches:
+                raise IoctlError(errno.EINVAL, call)
+            self.phase = Phase.RUNNING
+
+    def take_allocation(self) -> bool:
+        """One kernel allocation: False when :attr:`failslab` makes it fail."""
+        if self.failslab > 0:
+            self.failslab -= 1
+            return False
+        return True
+
+    def check_extension(self, cap: int) -> int:
+        """``KVM_CHECK_EXTENSION`` on this VM's fd, for the capabilities the model knows
+        (docs/semantics.md §7); any other capability reads 0."""
+        return self.revision.capabilities(self.platform, self.in_place_conversion).get(cap, 0)
 
     # --- snapshots (the checker's restore-apply-snapshot loop; no behaviour change) -------
     def snapshot(self) -> tuple[Phase, tuple[GmemSnapshot, ...]]:

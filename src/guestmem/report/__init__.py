@@ -1,1 +1,1 @@
-"""Reports: the conversion matrix (semantics.md §2) and the HTML report, computed from the model."""
+"""Reports: the conversion matrix (docs/semantics.md §2) and the HTML report, computed from the model."""

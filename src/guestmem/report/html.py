@@ -2,7 +2,7 @@
 at a glance on screen and on paper.
 
 Sections: a header (version, date, backend, revisions, platforms) and contents; the
-conversion matrix (semantics.md §2, from :func:`guestmem.report.matrix.compute`) coloured by
+conversion matrix (docs/semantics.md §2, from :func:`guestmem.report.matrix.compute`) coloured by
 kind of cell, with a legend for every note; the suite results, a row per scenario and a
 column per platform; and per run a memory map: pages across, steps down, each page showing
 its attribute, what a reader would see there (the model's provenance,
@@ -251,7 +251,7 @@ def map_legend() -> str:
 
 
 def matrix_tables(abi: str, cells: Sequence[Mapping[str, str]]) -> str:
-    """semantics.md §2 for one revision: a table per direction, a row per platform and
+    """docs/semantics.md §2 for one revision: a table per direction, a row per platform and
     phase, a column per policy, each cell coloured by its kind, with the notes' letters."""
     index = {(c["platform"], c["direction"], c["policy"], c["phase"]): c for c in cells}
     names = list(dict.fromkeys(c["platform"] for c in cells))
@@ -408,7 +408,7 @@ def render(
         f"<li><a href='#maps'>Memory maps</a><ol class='scenarios'>{toc_scenarios}</ol></li>"
         "</ol></nav>",
         "<section><h2 id='matrix'>Conversion matrix</h2>",
-        "<p>semantics.md §2, every cell measured on the model: what the next reader sees on an "
+        "<p>docs/semantics.md §2, every cell measured on the model: what the next reader sees on an "
         "allocated page after a successful conversion, or the conversion's errno.</p>",
     ]
     if matrices:

@@ -1,4 +1,4 @@
-"""The conversion matrix (semantics.md §2) for one ABI revision, computed by running the model.
+"""The conversion matrix (docs/semantics.md §2) for one ABI revision, computed by running the model.
 
 Every cell is measured, never looked up: a fresh one-page model VM, a known pattern
 written by the side that owns the page, one ``KVM_SET_MEMORY_ATTRIBUTES2`` with the
@@ -9,15 +9,16 @@ bytes apart, and checked against the bytes themselves.
 
 How a cell is set up where the model needs help, each kept visible as a note:
 
-- ``consent``: once running, pKVM converts only pages the guest asked for (semantics.md §3,
+- ``consent``: once running, pKVM converts only pages the guest asked for (docs/semantics.md §3,
   a *model assumption*). A cell that fails with ``EPERM`` without a guest request is run
   again on a fresh VM after the guest's share (P→S) or unshare (S→P) request.
-- ``after-launch``: the guest cannot run before launch on a platform with a launch phase
-  (model assumption of :meth:`guestmem.model.Vm.require_running`), so a pre-launch S→P
-  cell is read by the guest after launch.
-- ``payload`` / ``no-payload``: for a pre-launch P→S cell where the guest cannot write yet,
-  the pattern enters private memory as a pre-launch S→P payload; ``no-payload`` when no
-  policy of the revision carries it (the page then holds what that conversion left).
+- ``after-launch``: the guest cannot run before launch on ``tdx``, ``snp`` and ``cca``
+  (model assumption of :meth:`guestmem.model.Vm.run_guest`), so a pre-launch S→P cell is
+  read by the guest after launch; on ``pkvm`` the read itself is the launch.
+- ``payload`` / ``unwritten``: for a pre-launch P→S cell where the guest cannot write yet,
+  the pattern enters private memory as a pre-launch S→P payload; ``unwritten`` when no
+  conversion of the revision carries it (the page is then private from creation, never
+  written).
 - ``v8-populate``: ``v8`` has no content flags; a pre-launch to-private conversion that
   keeps its bytes does so by the model assumption in :mod:`guestmem.spec.revisions.v8`
   (the in-place populate of v8 22/46 and 23/46).
@@ -56,10 +57,12 @@ class Kind:
 
 #: Cell kinds (the ``kind`` key of a row), from the revision's rules, not the result alone.
 KINDS: dict[str, Kind] = {
-    "guarantee": Kind("", "guarantee: the policy promises this result (semantics.md §5 Policy)", "zeros"),
+    "guarantee": Kind(
+        "", "guarantee: the policy promises this result (docs/semantics.md §5 Policy)", "zeros"
+    ),
     "native": Kind(
         "native: ",
-        "native: no promise; the platform's own effect of the conversion (semantics.md §2 'native: X')",
+        "native: no promise; the platform's own effect of the conversion (docs/semantics.md §2 'native: X')",
         "native",
     ),
     "prelaunch": Kind(
@@ -77,7 +80,7 @@ NOTES: dict[str, tuple[str, str]] = {
     "consent": (
         "g",
         "needed a guest request first: pKVM converts only pages the guest asked to share (P→S) "
-        "or unshare (S→P) once running, else EPERM (semantics.md §3, model assumption)",
+        "or unshare (S→P) once running, else EPERM (docs/semantics.md §3, model assumption)",
     ),
     "after-launch": (
         "l",
@@ -89,10 +92,10 @@ NOTES: dict[str, tuple[str, str]] = {
         "the guest cannot write before launch: the pattern entered private memory as a "
         "pre-launch S→P payload",
     ),
-    "no-payload": (
-        "z",
-        "no policy of this revision carries a pre-launch payload here: the page held what "
-        "the pre-launch S→P conversion left, not the pattern",
+    "unwritten": (
+        "u",
+        "nothing converts to private before launch here: the page was private from creation "
+        "and never written",
     ),
     "v8-populate": (
         "v",
@@ -103,23 +106,24 @@ NOTES: dict[str, tuple[str, str]] = {
 
 #: Notes on whole columns, shown with text/markdown output of every revision.
 GENERAL = (
-    "`none` asks for no guarantee: its cells show the platform's native effect (semantics.md §2 "
+    "`none` asks for no guarantee: its cells show the platform's native effect (docs/semantics.md §2 "
     "'native: X'). `default` is flags = 0: ZERO under seed and iteration2, 'unspecified' under "
     "rfc-v5, the only legal value under v8.",
     "ciphertext and garbage are the model's deterministic per-VM-key bytes (never the plaintext, "
     "never all zero); random stands for rfc-v5's get_random_bytes() scramble, also keyed and "
     "deterministic in the model.",
-    "several cca cells are inferred in platforms.md §5 (no arm64 code has content policies).",
+    "several cca cells are inferred (docs/semantics.md §8: no arm64 code has content policies).",
 )
 #: Notes for some revisions only.
 REVISION_NOTES: dict[str, str] = {
     "seed": "the flag values (ZERO 1<<0, PRESERVE 1<<1, NONE 1<<2) are the project's encoding: "
-    "the text names no values (semantics.md §1).",
+    "the text names no values (docs/semantics.md §1).",
     "iteration2": "the flag values (ZERO 1<<0, PRESERVE 1<<1, NONE 1<<2) are the project's encoding: "
-    "the text names no values (semantics.md §1).",
-    "rfc-v5": "`none` passes flags = 0 (MODE_UNSPECIFIED): RFC v3-v5 have no NONE flag (uapi.md §4).",
+    "the text names no values (docs/semantics.md §1).",
+    "rfc-v5": "`none` passes flags = 0 (MODE_UNSPECIFIED): RFC v3-v5 have no NONE flag "
+    "(docs/semantics.md §1).",
     "v8": "`zero`, `preserve` and `none` pass seed's flag values, which v8 refuses: flags must be 0 "
-    "(uapi.md §4).",
+    "(docs/semantics.md §1).",
 }
 
 _PRESERVED_ORIGINS = frozenset({"host", "guest_private", "guest_shared", "disclosed", "payload", "accepted"})
@@ -202,8 +206,8 @@ class _Cell:
     def _private_pattern_before_launch(self) -> ModelMachine:
         """A pre-launch VM whose page is private and, if anything allows it, holds PATTERN."""
         m = self._open(shared=False)
-        if m.guest_write(0, PATTERN, "private").ok:
-            return m
+        if not platforms.get(self.platform).launch and m.guest_write(0, PATTERN, "private").ok:
+            return m  # no launch phase: the guest writes any time (on pKVM it would launch)
         revision = revisions.get(self.abi)
         flags_tried: set[int] = set()
         for policy in (Policy.PRESERVE, Policy.DEFAULT, Policy.NONE):
@@ -216,12 +220,7 @@ class _Cell:
             if m.convert(0, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE, flags).ok and m.gmem.peek(0, PAGE) == PATTERN:
                 self.notes.append("payload")
                 return m
-        m = self._open(shared=True)
-        _require(m.host_write(0, PATTERN), "host write")
-        for flags in sorted(flags_tried):
-            if m.convert(0, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE, flags).ok:
-                self.notes.append("no-payload")
-                return m
+        self.notes.append("unwritten")
         return self._open(shared=False)  # nothing converts: the cell's own call will say why
 
     def _to_shared(self, request: bool) -> str:
@@ -271,7 +270,7 @@ def cell(platform: str, abi: str, direction: Direction, policy: Policy, phase: P
 
 
 def compute(abi: str) -> list[dict[str, str]]:
-    """semantics.md §2 for revision ``abi``: one row per platform, direction, policy and
+    """docs/semantics.md §2 for revision ``abi``: one row per platform, direction, policy and
     phase, each measured on a fresh model VM, with its :data:`KINDS` key. ``KeyError``
     names the revisions."""
     revisions.get(abi)

@@ -4,7 +4,7 @@ The grammar (docs/scenarios.md): ``ok``, a hex string, ``zeros``, ``fill:XX``, `
 ``not:HEX``, an errno name (with the step's optional ``error_offset``, or inline as
 ``EAGAIN@0x1000``; ``@none`` = not written back), a signal name
 such as ``SIGBUS``, ``MEMORY_FAULT`` (optionally ``:private`` / ``:shared``, the access
-kind the exit reports, uapi.md §13), or ``HYPERCALL``. A list means "any of these".
+kind the exit reports, docs/semantics.md §9), or ``HYPERCALL``. A list means "any of these".
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from guestmem.backend.base import Outcome
 from guestmem.errors import errno_code
 from guestmem.uapi.kvm import KVM_MEMORY_EXIT_FLAG_PRIVATE
 
-#: ``error_offset = "none"``: the call must not write ``error_offset`` back (semantics.md §4).
+#: ``error_offset = "none"``: the call must not write ``error_offset`` back (docs/semantics.md §4).
 NOT_WRITTEN = -1
 
 
@@ -109,7 +109,7 @@ def matches(expect: Expect, outcome: Outcome) -> bool:
     if kind == "any":
         return True
     if kind == "ok":
-        # A guest request's normal result is the HYPERCALL exit it causes (uapi.md §13).
+        # A guest request's normal result is the HYPERCALL exit it causes (docs/semantics.md §9).
         hypercall = outcome.exit is not None and outcome.exit.get("reason") == "HYPERCALL"
         return outcome.errno is None and outcome.signal is None and (outcome.exit is None or hypercall)
     if kind == "errno":

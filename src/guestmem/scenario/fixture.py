@@ -13,12 +13,13 @@ model's ``error_offset`` added to an errno that did not state one.
 
 from __future__ import annotations
 
-import json
+import hashlib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from guestmem import schemas
+from guestmem import inputs, schemas
 from guestmem.backend.base import Outcome
 from guestmem.scenario.expect import NOT_WRITTEN, Expect, matches
 from guestmem.scenario.format import Scenario, ScenarioError, from_dict
@@ -26,6 +27,12 @@ from guestmem.scenario.runner import RunResult, StepResult
 from guestmem.uapi.kvm import KVM_MEMORY_EXIT_FLAG_PRIVATE
 
 VERSION = 1
+#: The fields of a fixture document.
+FIELDS = ("schema", "fixture", "scenario", "file", "platform", "revision", "document", "model")
+#: Longest scenario part of a fixture's file name (characters); the whole name stays
+#: well under the 255 bytes a file name may have.
+NAME_CHARS = 120
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 #: Provenance labels whose bytes depend on the model's per-VM key.
 KEYED = frozenset({"ciphertext", "garbage", "random"})
 
@@ -102,23 +109,39 @@ def freeze(result: RunResult) -> dict[str, Any]:
 
 
 def file_name(result: RunResult) -> str:
-    return f"{result.scenario.name}.{result.platform}.{result.abi}.json"
+    """``<scenario>.<platform>.<abi>.json``, with the scenario's name made a safe file
+    name: only letters, digits and ``_.+-`` (any other run becomes ``_``), no leading dot,
+    at most :data:`NAME_CHARS` characters. A name that had to change also gets a short hash
+    of the original, so different names stay different files."""
+    name = result.scenario.name
+    safe = _UNSAFE.sub("_", name).lstrip(".") or "_"
+    if safe != name or len(safe) > NAME_CHARS:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        safe = f"{safe[: NAME_CHARS - 9]}-{digest}"
+    return f"{safe}.{result.platform}.{result.abi}.json"
 
 
 def load(path: str | Path) -> tuple[Scenario, str]:
     """A fixture file → its scenario and platform; :class:`ScenarioError` if malformed."""
     where = str(path)
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ScenarioError(f"{where}: cannot read: {err.strerror or err}") from None
-    except json.JSONDecodeError as err:
-        raise ScenarioError(f"{where}: not valid JSON: {err}") from None
-    if not isinstance(doc, Mapping) or doc.get("fixture") != VERSION:
+        doc = inputs.load_json(path, inputs.MAX_FIXTURE_BYTES)
+    except inputs.InputError as err:
+        raise ScenarioError(str(err)) from None
+    if not isinstance(doc, Mapping) or doc.get("fixture") != VERSION or doc.get("fixture") is True:
         raise ScenarioError(f"{where}: field 'fixture': not a guestmem fixture (version {VERSION})")
+    for key in doc:
+        if key not in FIELDS:
+            raise ScenarioError(f"{where}: field {key!r}: unknown field (known: {', '.join(FIELDS)})")
+    if doc.get("schema", schemas.name("fixture")) != schemas.name("fixture"):
+        raise ScenarioError(
+            f"{where}: field 'schema': {doc['schema']!r:.60} is not {schemas.name('fixture')!r}"
+        )
     for key in ("platform", "revision", "document"):
         if key not in doc:
             raise ScenarioError(f"{where}: field {key!r}: required in a fixture")
+        if key != "document" and not isinstance(doc[key], str):
+            raise ScenarioError(f"{where}: field {key!r}: must be a string, not {doc[key]!r:.60}")
     scenario = from_dict(doc["document"], where)
     if scenario.platforms != (doc["platform"],) or scenario.abi != doc["revision"]:
         raise ScenarioError(f"{where}: field 'platform': does not match the fixture's document")

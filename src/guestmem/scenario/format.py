@@ -8,12 +8,14 @@ fields) through :class:`ScenarioError`, before anything runs.
 from __future__ import annotations
 
 import re
-import tomllib
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from guestmem import inputs
+from guestmem.backend.base import GUEST_WINDOW, MAX_PAGES
 from guestmem.scenario.expect import NOT_WRITTEN, Expect, parse
 from guestmem.spec import platforms, revisions
 from guestmem.spec.terms import Direction, Policy
@@ -37,6 +39,11 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "guest_request": (("offset", "size", "to"), ("offset", "size", "to")),
 }
 TOP_LEVEL = ("name", "about", "platforms", "abi", "pages", "init", "step")
+#: Limits checked before anything runs (docs/scenarios.md, *Limits*), with ``MAX_PAGES``
+#: (each backend may accept fewer pages: its ``max_pages()``).
+MAX_STEPS = 10_000
+#: Bytes one host or guest read or write may move.
+MAX_ACCESS = 1 << 20
 _SIZE = re.compile(r"^(\d+)([KMG])$")
 
 
@@ -117,16 +124,11 @@ class Scenario:
 def load(path: str | Path) -> Scenario:
     """Read and validate one TOML scenario file."""
     path = Path(path)
-    where = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ScenarioError(f"{where}: cannot read: {err.strerror or err}") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ScenarioError(f"{where}: not valid TOML: {err}") from None
-    return from_dict(doc, where)
+        doc = inputs.load_toml(path, inputs.MAX_SCENARIO_BYTES)
+    except inputs.InputError as err:
+        raise ScenarioError(str(err)) from None
+    return from_dict(doc, str(path))
 
 
 def from_dict(doc: Mapping[str, Any], where: str) -> Scenario:
@@ -143,6 +145,9 @@ def from_dict(doc: Mapping[str, Any], where: str) -> Scenario:
     name = doc.get("name")
     if not isinstance(name, str) or not name.strip():
         raise top("name", "required, a non-empty string")
+    control = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if control is not None:
+        raise top("name", f"control character {control!r} in {_clip(name)!r}")
     about = doc.get("about", "")
     if not isinstance(about, str):
         raise top("about", f"must be a string, not {_kind(about)}")
@@ -160,17 +165,23 @@ def from_dict(doc: Mapping[str, Any], where: str) -> Scenario:
     pages = doc.get("pages")
     if isinstance(pages, bool) or not isinstance(pages, int) or pages < 1:
         raise top("pages", f"required, a positive integer, not {pages!r}")
-    if pages >= 1 << 40:
-        raise top("pages", f"{pages} pages is more than a guest_memfd can hold here")
+    if pages > MAX_PAGES:
+        raise top("pages", f"{pages} pages is more than the limit of {MAX_PAGES} (2^40 - 1)")
     init = doc.get("init")
     if init not in ("shared", "private"):
         raise top("init", f"required, 'shared' or 'private', not {init!r}")
     raw_steps = doc.get("step")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise top("step", "at least one [[step]] table is required")
+    if len(raw_steps) > MAX_STEPS:
+        raise top("step", f"{len(raw_steps)} steps is more than the limit of {MAX_STEPS}")
     ordered = tuple(p for p in platforms.PLATFORMS if p in plats)
     steps = tuple(_step(raw, n, where, abi, pages, ordered) for n, raw in enumerate(raw_steps, start=1))
     return Scenario(name, about, ordered, abi, pages, init, steps, where, raw=doc)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _kind(value: Any) -> str:
@@ -218,6 +229,11 @@ def _step(raw: Any, n: int, where: str, abi: str, pages: int, plats: Sequence[st
         repeat = number("repeat", 1)
         if not 1 <= repeat <= 1 << 24:
             raise bad("repeat", f"must be between 1 and {1 << 24}, not {repeat}")
+        if len(chunk) * repeat > MAX_ACCESS:
+            raise bad(
+                "repeat" if "repeat" in raw else "data",
+                f"{len(chunk)} bytes x {repeat} is more than the {MAX_ACCESS}-byte limit of one access",
+            )
         fields["data"] = chunk * repeat
     elif "repeat" in raw:
         raise bad("repeat", "needs 'data'")
@@ -229,6 +245,8 @@ def _step(raw: Any, n: int, where: str, abi: str, pages: int, plats: Sequence[st
         if raw["to"] not in ("private", "shared"):
             raise bad("to", f"must be 'private' or 'shared', not {raw['to']!r}")
         fields["to"] = Direction(f"to_{raw['to']}")
+    if op in ("host_read", "guest_read") and fields["size"] > MAX_ACCESS:
+        raise bad("size", f"{fields['size']} is more than the {MAX_ACCESS}-byte limit of one access")
     if op.startswith("guest_") and op != "guest_request":
         length = len(fields["data"]) if "data" in fields else fields["size"]
         if fields["offset"] + length > pages * PAGE_SIZE:
@@ -236,6 +254,12 @@ def _step(raw: Any, n: int, where: str, abi: str, pages: int, plats: Sequence[st
                 "offset",
                 f"guest access [{fields['offset']:#x}, +{length:#x}) is outside the "
                 f"guest_memfd ({pages} pages); the memslot covers only the file",
+            )
+        if fields["offset"] + length > GUEST_WINDOW:
+            raise bad(
+                "offset",
+                f"guest access [{fields['offset']:#x}, +{length:#x}) ends beyond the guest's "
+                f"window: the guest reaches the first {GUEST_WINDOW >> 30} GiB of the guest_memfd",
             )
     if op == "convert":
         _convert_fields(raw, fields, bad, number)
@@ -265,7 +289,7 @@ def _convert_fields(raw: Mapping[str, Any], fields: dict[str, Any], bad: Any, nu
     if "reserved" in raw:
         words = raw["reserved"]
         if not isinstance(words, list) or len(words) > 11:
-            raise bad("reserved", "must be a list of at most 11 u64 words (reserved[11], uapi.md §3)")
+            raise bad("reserved", "must be a list of at most 11 u64 words (docs/semantics.md §9)")
         try:
             fields["reserved"] = tuple(parse_number(w) for w in words)
         except ValueError as err:

@@ -9,15 +9,17 @@ point with the backend's reason, never passed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from guestmem import backend as backends
-from guestmem.backend.base import Backend, Machine, Outcome, Unavailable
+from guestmem.backend.base import MAX_PAGES, Backend, Machine, Outcome, Unavailable
 from guestmem.errors import IoctlError
 from guestmem.scenario.expect import Expect, matches
-from guestmem.scenario.format import Scenario, Step
+from guestmem.scenario.format import Scenario, ScenarioError, Step
 from guestmem.spec import revisions
 from guestmem.spec.terms import Direction
 from guestmem.uapi.kvm import (
@@ -27,6 +29,9 @@ from guestmem.uapi.kvm import (
     PAGE_SHIFT,
     PAGE_SIZE,
 )
+
+#: Default ``--timeout``: seconds one scenario run may take on one platform.
+TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,41 @@ class PageView:
     mapped: int = 0
 
 
+class PageViews(Sequence[PageView]):
+    """Every page's :class:`PageView`, stored as runs of equal views: it costs what the
+    touched pages and attribute runs cost, never what the file's size does."""
+
+    def __init__(self, npages: int, starts: list[int], views: list[PageView]) -> None:
+        self.npages = npages
+        self.starts = starts
+        self.views = views
+
+    def __len__(self) -> int:
+        return self.npages
+
+    @overload
+    def __getitem__(self, index: int) -> PageView: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PageView]: ...
+    def __getitem__(self, index: int | slice) -> PageView | list[PageView]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.npages))]
+        if index < 0:
+            index += self.npages
+        if not 0 <= index < self.npages:
+            raise IndexError(index)
+        return self.views[bisect_right(self.starts, index) - 1]
+
+    def __iter__(self) -> Iterator[PageView]:
+        for i in range(self.npages):
+            yield self[i]
+
+    def runs(self) -> list[tuple[int, int, PageView]]:
+        """``(first page, end page, view)`` per run, ascending."""
+        ends = [*self.starts[1:], self.npages]
+        return list(zip(self.starts, ends, self.views, strict=True))
+
+
 @dataclass
 class StepResult:
     step: Step
@@ -49,7 +89,7 @@ class StepResult:
     #: True / False; None when the step did not count (the run was skipped before or at it).
     passed: bool | None
     #: The memory after the step, page by page (model backend only; for reports).
-    pages: list[PageView] | None = None
+    pages: PageViews | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,7 +112,9 @@ class RunResult:
     #: A backend raised instead of returning an outcome (a bug there): the run fails.
     error: str | None = None
     #: The memory before the first step (model backend only).
-    initial: list[PageView] | None = None
+    initial: PageViews | None = None
+    #: The run was stopped at its time limit (``--timeout``); ``error`` says where.
+    timed_out: bool = False
 
     @property
     def passed(self) -> bool:
@@ -104,7 +146,7 @@ class RunResult:
 
 
 def gmem_flags(scenario: Scenario) -> int:
-    """``MMAP``, plus ``INIT_SHARED`` when the scenario starts shared (uapi.md §4)."""
+    """``MMAP``, plus ``INIT_SHARED`` when the scenario starts shared (docs/semantics.md §9)."""
     return GUEST_MEMFD_FLAG_MMAP | (GUEST_MEMFD_FLAG_INIT_SHARED if scenario.init == "shared" else 0)
 
 
@@ -152,21 +194,47 @@ def perform(machine: Machine, step: Step, abi: str) -> Outcome:
     raise AssertionError(f"unknown op {op!r}")
 
 
-def snapshot(machine: Machine) -> list[PageView] | None:
-    """Per-page attribute and provenance, where the backend exposes the model."""
+def snapshot(machine: Machine) -> PageViews | None:
+    """Per-page attribute and provenance, where the backend exposes the model.
+
+    Only pages where something changes are visited: attribute-run boundaries and allocated
+    pages (an unallocated page's view depends on its attribute alone)."""
     gmem = getattr(machine, "gmem", None)
     if gmem is None or not hasattr(gmem, "origins"):
         return None
-    views = []
-    for index in range(machine.size >> PAGE_SHIFT):
+    npages = machine.size >> PAGE_SHIFT
+    # a view changes only where an attribute run starts or around an allocated, pinned or
+    # host-mapped page
+    marked = {*gmem.pages, *gmem.pins, *gmem.stale_pins, *(p for m in gmem.mappings for p in m.ptes)}
+    edges = {0, *(a for a, _b, _v in gmem.attributes.runs()), *marked, *(p + 1 for p in marked)}
+    starts: list[int] = []
+    views: list[PageView] = []
+    for index in sorted(p for p in edges if p < npages):
         runs = gmem.origins(index << PAGE_SHIFT, PAGE_SIZE)
         labels = tuple(dict.fromkeys(o.label for _a, _b, o in runs))
         pins = gmem.pins.get(index, 0) + gmem.stale_pins.get(index, 0)
         mapped = sum(index in m.ptes for m in gmem.mappings)
-        views.append(
-            PageView(gmem.is_private(index << PAGE_SHIFT), index in gmem.pages, labels, pins, mapped)
-        )
-    return views
+        view = PageView(gmem.is_private(index << PAGE_SHIFT), index in gmem.pages, labels, pins, mapped)
+        if views and views[-1] == view:
+            continue
+        starts.append(index)
+        views.append(view)
+    return PageViews(npages, starts, views)
+
+
+def check_limits(scenarios: Iterable[Scenario], backend: Backend) -> None:
+    """Refuse, before anything runs, a scenario larger than ``backend`` accepts
+    (:class:`ScenarioError` naming the file, the field, the value and the reason)."""
+    limit: tuple[int, str] | None = None
+    for scenario in scenarios:
+        if limit is None:
+            max_pages = getattr(backend, "max_pages", None)
+            limit = max_pages() if max_pages is not None else (MAX_PAGES, "the limit of every backend")
+        if scenario.pages > limit[0]:
+            raise ScenarioError(
+                f"{scenario.file}: field 'pages': {scenario.pages} pages is more than the {backend.name} "
+                f"backend accepts here ({limit[0]}: {limit[1]})"
+            )
 
 
 def run(
@@ -176,10 +244,15 @@ def run(
     abi: str | None = None,
     *,
     observe: bool = False,
+    timeout: float | None = TIMEOUT,
 ) -> RunResult:
-    """Run ``scenario`` on ``platform``; ``abi`` overrides the scenario's revision."""
+    """Run ``scenario`` on ``platform``; ``abi`` overrides the scenario's revision.
+
+    A run that takes longer than ``timeout`` seconds (None: no limit) is stopped: a guest
+    command is cut at the limit, no further step runs, and the run fails as timed out."""
     abi = abi or scenario.abi
     result = RunResult(scenario, platform, abi, backend.name)
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
         machine = backend.open(platform, abi, scenario.size, gmem_flags(scenario))
     except Unavailable as why:
@@ -187,7 +260,10 @@ def run(
         result.steps = [StepResult(s, s.expect_for(platform), None, None) for s in scenario.steps]
         return result
     except IoctlError as err:
-        raise RuntimeError(f"{scenario.file}: creating the guest_memfd failed: {err}") from err
+        result.error = f"creating the guest_memfd failed: {err}"
+        result.steps = [StepResult(s, s.expect_for(platform), None, None) for s in scenario.steps]
+        return result
+    machine.deadline = deadline
     try:
         if observe:
             result.initial = snapshot(machine)
@@ -209,6 +285,11 @@ def run(
             passed = any(matches(e, outcome) for e in expect)
             pages = snapshot(machine) if observe else None
             result.steps.append(StepResult(step, expect, outcome, passed, pages))
+            if deadline is not None and time.monotonic() > deadline:
+                result.timed_out = True
+                result.error = (
+                    f"timed out: the run took more than {timeout:g} s (--timeout), at step {step.index}"
+                )
     finally:
         try:
             machine.close()
@@ -224,13 +305,18 @@ def run_all(
     abi: str | None = None,
     backend: str = "model",
     observe: bool = False,
+    timeout: float | None = TIMEOUT,
 ) -> list[RunResult]:
-    """Every scenario on each of its platforms (or only ``platform``; ``all`` = all)."""
+    """Every scenario on each of its platforms (or only ``platform``; ``all`` = all).
+
+    :class:`ScenarioError` before anything runs if a scenario exceeds the backend's limits."""
     chosen = open_backend(backend)
+    scenarios = list(scenarios)
+    check_limits(scenarios, chosen)
     results = []
     for scenario in scenarios:
         for name in select_platforms(scenario, platform):
-            results.append(run(scenario, name, chosen, abi, observe=observe))
+            results.append(run(scenario, name, chosen, abi, observe=observe, timeout=timeout))
     return results
 
 

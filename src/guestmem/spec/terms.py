@@ -1,6 +1,6 @@
 """The vocabulary of a conversion: direction, policy, phase, content effect, support.
 
-semantics.md §2 (terms) and §1 (policies per revision).
+docs/semantics.md §2 (terms) and §1 (policies per revision).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Decoded(enum.Enum):
 
 
 class Phase(enum.Enum):
-    """Launch phase of a VM (semantics.md §3 *Launch*)."""
+    """Launch phase of a VM (docs/semantics.md §3 *Launch*)."""
 
     PRE_LAUNCH = "pre_launch"
     RUNNING = "running"

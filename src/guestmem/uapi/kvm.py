@@ -2,9 +2,9 @@
 
 Upstream values come from Linux 6.18 ``include/uapi/linux/kvm.h`` and
 ``arch/x86/include/uapi/asm/kvm.h``; the conversion ioctl and its struct follow the
-in-place conversion series (uapi.md §2-§4). Proposed capability numbers moved with every
+in-place conversion series (docs/semantics.md §9). Proposed capability numbers moved with every
 rebase of that series, so they are deliberately *not* defined here: probe the upstream
-ones and treat 245-250 as unknown (uapi.md §5).
+ones and treat 245-250 as unknown (docs/semantics.md §7).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ KVMIO = 0xAE
 PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 
-# --- memory attributes and guest_memfd flags (uapi.md §4) -------------------------------
+# --- memory attributes and guest_memfd flags (docs/semantics.md §9) -------------------------------
 KVM_MEMORY_ATTRIBUTE_PRIVATE = 1 << 3
 GUEST_MEMFD_FLAG_MMAP = 1 << 0
 GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 1
@@ -33,7 +33,7 @@ KVM_X86_SEV_ES_VM = 3
 KVM_X86_SNP_VM = 4
 KVM_X86_TDX_VM = 5
 
-# --- upstream capabilities (uapi.md §5, kvm-here.md §2) ------------------------------------
+# --- upstream capabilities (docs/semantics.md §7) -------------------------------------------
 KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_SYNC_REGS = 74
@@ -48,8 +48,14 @@ KVM_CAP_GUEST_MEMFD = 234
 KVM_CAP_VM_TYPES = 235
 KVM_CAP_PRE_FAULT_MEMORY = 236
 KVM_CAP_GUEST_MEMFD_FLAGS = 244
-#: Numbers the series has used for its proposed capabilities; never trusted, only reported.
-PROPOSED_CAP_RANGE = range(245, 251)
+#: Numbers the series has used for its proposed capabilities; reported, and used only where
+#: an ioctl confirms them.
+PROPOSED_CAP_RANGE = range(245, 252)
+# --- the series' capabilities as the test kernels number them (shared/kernel/README.md) ----
+#: v8 and RFC v5: the attributes ``KVM_SET_MEMORY_ATTRIBUTES2`` accepts for a VM (PRIVATE).
+KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES = 250
+#: RFC v5 only: the content-mode ``flags`` a VM accepts (ZERO | PRESERVE).
+KVM_CAP_MEMORY_ATTRIBUTES2_FLAGS = 251
 
 # --- exit reasons and exit flags ------------------------------------------------------------
 KVM_EXIT_UNKNOWN = 0
@@ -75,7 +81,7 @@ EXIT_REASON_NAMES: dict[int, str] = {
     if name.startswith("KVM_EXIT_") and not name.startswith("KVM_EXIT_IO_") and isinstance(value, int)
 }
 
-# --- hypercalls (Documentation/virt/kvm/x86/hypercalls.rst, uapi.md §13) -------------------
+# --- hypercalls (Documentation/virt/kvm/x86/hypercalls.rst, docs/semantics.md §9) -------------------
 KVM_HC_MAP_GPA_RANGE = 12
 KVM_MAP_GPA_RANGE_PAGE_SZ_4K = 0
 KVM_MAP_GPA_RANGE_PAGE_SZ_2M = 1 << 0
@@ -111,11 +117,11 @@ class _AddressOrOffset(ctypes.Union):
 
 
 class KvmMemoryAttributes2(_Struct):
-    """``struct kvm_memory_attributes2`` (128 bytes; uapi.md §3).
+    """``struct kvm_memory_attributes2`` (128 bytes; docs/semantics.md §9).
 
     ``address``/``offset`` share the first word; guest_memfd uses ``offset``.
     ``error_offset`` is output only and written back on ``EOPNOTSUPP``, ``EPERM``,
-    ``EAGAIN`` and ``ENOMEM`` (semantics.md §4).
+    ``EAGAIN`` and ``ENOMEM`` (docs/semantics.md §4).
     """
 
     _anonymous_ = ("_u",)
@@ -317,7 +323,7 @@ class KvmRunHypercall(_Struct):
 
 
 class KvmRunMemoryFault(_Struct):
-    """``kvm_run.memory_fault``: ``flags`` @32, ``gpa`` @40, ``size`` @48 (uapi.md §13)."""
+    """``kvm_run.memory_fault``: ``flags`` @32, ``gpa`` @40, ``size`` @48 (docs/semantics.md §9)."""
 
     _fields_ = [("flags", ctypes.c_uint64), ("gpa", ctypes.c_uint64), ("size", ctypes.c_uint64)]
 
@@ -368,7 +374,7 @@ class KvmRun(_Struct):
     ]
 
 
-# --- ioctl numbers (uapi.md §2, kvm-here.md §6) -------------------------------------------
+# --- ioctl numbers (docs/semantics.md §9) -------------------------------------------
 KVM_GET_API_VERSION = io(KVMIO, 0x00)
 KVM_CREATE_VM = io(KVMIO, 0x01)
 KVM_CHECK_EXTENSION = io(KVMIO, 0x03)

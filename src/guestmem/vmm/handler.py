@@ -1,21 +1,21 @@
 """The VMM's conversion handler: guest exit in, ``KVM_SET_MEMORY_ATTRIBUTES2`` out, guest resumed.
 
-A guest asks for a conversion in one of two ways (uapi.md §13): implicitly, by touching a
+A guest asks for a conversion in one of two ways (docs/semantics.md §9): implicitly, by touching a
 page as the wrong side (``KVM_EXIT_MEMORY_FAULT``: convert ``[gpa, gpa+size)`` to the
 access type, then re-enter so the access runs again), or explicitly with
 ``KVM_HC_MAP_GPA_RANGE`` (``KVM_EXIT_HYPERCALL`` nr 12: convert, set ``ret``, re-enter).
 TDX MapGPA, SNP Page State Change and pKVM ``MEM_SHARE``/``MEM_UNSHARE`` reach the VMM the
-same way (platforms.md §2-§4).
+same way (docs/semantics.md §2).
 
 :class:`ConversionHandler` does the VMM's part over any backend, using only the
 :class:`~guestmem.backend.base.Machine` operations: it picks the content policy from a
 :class:`VmmPolicy`, issues the ioctl with that revision's ``flags``, and handles the two
 errors a VMM can fix itself:
 
-- ``EAGAIN`` (semantics.md §3 *Pins*; api.rst: "drop them and retry"): drop the pins the
+- ``EAGAIN`` (docs/semantics.md §3 *Pins*; api.rst: "drop them and retry"): drop the pins the
   VMM itself holds in the range, then retry. Pins it does not know about are not its to
   drop, so it gives up.
-- ``EOPNOTSUPP`` (semantics.md §4 step 9): retry once with the configured fallback policy.
+- ``EOPNOTSUPP`` (docs/semantics.md §4 step 9): retry once with the configured fallback policy.
 
 Everything else (``EPERM`` from pKVM's consent rule, ``EINVAL``) is reported, not retried.
 """
@@ -69,10 +69,10 @@ class VmmPolicy:
 #:   a known state, ZERO, rather than ciphertext or stale bytes; NONE is the last resort.
 #: - **S→P** gives the guest a private page: it should read zeros where a trusted party
 #:   zeroes (TDX module on accept, the RMM on CCA, the test vehicle), so host-written bytes
-#:   never reach private memory unasked (semantics.md §5 *Integrity*). Where zeroing comes
+#:   never reach private memory unasked (docs/semantics.md §5 *Integrity*). Where zeroing comes
 #:   by other means (pKVM donation) the platform's native transfer keeps the guest's view,
 #:   PRESERVE. Where neither is offered at runtime (SNP) only NONE remains: the guest
-#:   ``PVALIDATE``s and treats the page as garbage (platforms.md §4).
+#:   ``PVALIDATE``s and treats the page as garbage (docs/semantics.md §2).
 _PREFERENCE: dict[Direction, tuple[Policy, ...]] = {
     Direction.TO_SHARED: (Policy.PRESERVE, Policy.ZERO, Policy.NONE, Policy.DEFAULT),
     Direction.TO_PRIVATE: (Policy.ZERO, Policy.PRESERVE, Policy.NONE, Policy.DEFAULT),
@@ -209,7 +209,7 @@ class ConversionHandler:
 
     # --- exits ---------------------------------------------------------------------------------
     def _request(self, exit_: Mapping[str, Any]) -> tuple[Direction, int, int]:
-        """Direction and guest physical range an exit asks for (uapi.md §13)."""
+        """Direction and guest physical range an exit asks for (docs/semantics.md §9)."""
         reason = exit_.get("reason")
         if reason == "MEMORY_FAULT":
             private = bool(int(exit_["flags"]) & KVM_MEMORY_EXIT_FLAG_PRIVATE)

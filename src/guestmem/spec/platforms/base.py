@@ -1,9 +1,9 @@
-"""What a platform module declares (semantics.md §2-§3, platforms.md §0)."""
+"""What a platform module declares (docs/semantics.md §2, §3, §8)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from guestmem.spec.terms import Direction, Effect, Policy, Support
 
@@ -13,12 +13,15 @@ class Platform:
     """A confidential-computing platform, as data.
 
     ``native`` is the content effect when KVM does nothing (v6+ behaviour, and what NONE
-    gives); ``policies`` is the table the review argues for (semantics.md §2, ``seed``),
+    gives); ``policies`` is the table the review argues for (docs/semantics.md §2, ``seed``),
     keyed by direction and policy (``Policy.ZERO``, ``PRESERVE``, ``NONE``).
     """
 
     name: str
     title: str
+    #: ``x86`` or ``arm64``: the posted series defines ``kvm_arch_has_private_mem`` on
+    #: x86 only, so arm64 VMs have no PRIVATE attribute there (docs/semantics.md §1).
+    arch: str
     vm_type: int | None
     private_memory: bool
     launch: bool
@@ -27,10 +30,12 @@ class Platform:
     policies: Mapping[tuple[Direction, Policy], Support]
     payload: str
     host_access: str
-    sources: tuple[str, ...] = field(default=())
     #: A pre-launch to-private conversion keeps contents for an in-place populate
     #: (TDX ``INIT_MEM_REGION``, SNP ``LAUNCH_UPDATE``, CCA ``RMI_POPULATE``).
     payload_in_place: bool = False
+    #: The first vCPU run launches the VM (pKVM has no finalize step; docs/semantics.md §3
+    #: *Launch*); elsewhere a guest cannot run before ``launch``.
+    first_run_launches: bool = False
 
     def support(self, direction: Direction, policy: Policy) -> Support:
         return self.policies[(direction, policy)]

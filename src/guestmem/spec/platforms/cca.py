@@ -3,8 +3,8 @@
 The RMM owns the realm's granules and scrubs them on delegate and undelegate, so the
 host reads zeros after P→S and the guest reads zeros after S→P. The RMM copies the
 initial payload (``RMI_DATA_CREATE`` via ``KVM_ARM_RMI_POPULATE``) only before
-activation, so PRESERVE is pre-launch only. Sources: platforms.md §5 (several cells are
-*inferred* there); semantics.md §2 row ``cca``.
+activation, so PRESERVE is pre-launch only. Rules: docs/semantics.md §2 row ``cca``;
+several cells are inferred (§8 item 8).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ S, P = Direction.TO_SHARED, Direction.TO_PRIVATE
 PLATFORM = Platform(
     name="cca",
     title="Arm CCA (Realm)",
+    arch="arm64",
     vm_type=None,
     private_memory=True,
     launch=True,
@@ -32,6 +33,5 @@ PLATFORM = Platform(
     },
     payload="KVM_ARM_RMI_POPULATE (RMI_DATA_CREATE, optional measure) before activation",
     host_access="SIGBUS (granule protection fault) through guest_memfd",
-    sources=("platforms.md §5", "[R-SP]", "[R-RMM]", "[R-SZ]"),
     payload_in_place=True,
 )

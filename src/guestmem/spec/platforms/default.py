@@ -1,8 +1,8 @@
 """The default x86 VM (type 0): no private memory.
 
-Every conversion is ``EINVAL`` (semantics.md §2, last row; check 4 of §4). guest_memfd
+Every conversion is ``EINVAL`` (docs/semantics.md §2, last row; check 4 of §4). guest_memfd
 still works as shared memory with ``MMAP | INIT_SHARED``; this is the VM type the kernel
-on our machines offers (kvm-here.md §2).
+a kernel without the conversion series offers (docs/semantics.md §2, last row).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from guestmem.uapi.kvm import KVM_X86_DEFAULT_VM
 PLATFORM = Platform(
     name="default",
     title="default VM (no private memory)",
+    arch="x86",
     vm_type=KVM_X86_DEFAULT_VM,
     private_memory=False,
     launch=False,
@@ -24,5 +25,4 @@ PLATFORM = Platform(
     },
     payload="ordinary shared memory; no confidential payload",
     host_access="ordinary shared memory; SIGBUS only on a page created private",
-    sources=("kvm-here.md §2", "platforms.md §0"),
 )

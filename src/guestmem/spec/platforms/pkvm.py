@@ -4,8 +4,9 @@ Isolation is Stage-2 page ownership held by the EL2 hypervisor; there is no encr
 so share and unshare flip ownership and keep the data (PRESERVE needs no crypto, as the
 review says). Fresh zeroed memory comes by donation, so S→P ZERO is ``EOPNOTSUPP``; P→S
 ZERO is a KVM software memset. Once running, conversions follow guest
-``MEM_SHARE``/``MEM_UNSHARE`` hypercalls: the consent rule (semantics.md §3, a model
-assumption after [FT-0225]). Sources: platforms.md §2, seed-review.txt.
+``MEM_SHARE``/``MEM_UNSHARE`` hypercalls: the consent rule (docs/semantics.md §3, a model
+assumption, §8 item 2). There is no finalize step: the first vCPU run is the launch (§3
+*Launch*). Rules: docs/semantics.md §2 row ``pkvm``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ S, P = Direction.TO_SHARED, Direction.TO_PRIVATE
 PLATFORM = Platform(
     name="pkvm",
     title="pKVM (arm64 protected VM)",
+    arch="arm64",
     vm_type=None,
     private_memory=True,
     launch=True,
@@ -33,5 +35,5 @@ PLATFORM = Platform(
     },
     payload="the VMM writes host-owned memory; the first guest fault donates it intact",
     host_access="SIGBUS if guest_memfd-backed (an EL2 abort, SIGSEGV, for anonymous memory)",
-    sources=("platforms.md §2", "[FT-0225]", "[FT-0312]", "[P-MP]", "[P-DOC]"),
+    first_run_launches=True,
 )

@@ -4,7 +4,7 @@ The RMP tracks ownership and a per-VM key encrypts C-bit accesses. Nobody zeroes
 conversion: after P→S the host reads ciphertext, after S→P the guest reads host
 plaintext decrypted under its key, i.e. garbage. KVM zeroes after make-shared for P→S
 ZERO; there is no trusted zeroing for S→P. PRESERVE exists only before launch, for the
-in-place ``KVM_SEV_SNP_LAUNCH_UPDATE``. Sources: platforms.md §4; semantics.md §2 row ``snp``.
+in-place ``KVM_SEV_SNP_LAUNCH_UPDATE``. Rules: docs/semantics.md §2 row ``snp``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ S, P = Direction.TO_SHARED, Direction.TO_PRIVATE
 PLATFORM = Platform(
     name="snp",
     title="AMD SEV-SNP",
+    arch="x86",
     vm_type=KVM_X86_SNP_VM,
     private_memory=True,
     launch=True,
@@ -33,6 +34,5 @@ PLATFORM = Platform(
     },
     payload="KVM_SEV_SNP_LAUNCH_UPDATE encrypts and measures in place before LAUNCH_FINISH",
     host_access="SIGBUS through guest_memfd; a hypervisor read gives ciphertext",
-    sources=("platforms.md §4", "[A-SEV]", "[A-MR]", "[V5-SNPTDX]", "[MR]"),
     payload_in_place=True,
 )

@@ -3,8 +3,7 @@
 No hardware protection; guest_memfd refuses host faults on private offsets. Natively
 (v6+) contents are preserved both ways, and the v8 selftests rely on it. The iteration-2
 text makes it zero both ways under ZERO and fill every byte with ``0xab`` under NONE.
-Sources: platforms.md §1, uapi.md §11-§12, seed-review.txt; semantics.md §2 row
-``sw_protected``.
+Rules: docs/semantics.md §1 and §2 row ``sw_protected``.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ S, P = Direction.TO_SHARED, Direction.TO_PRIVATE
 PLATFORM = Platform(
     name="sw_protected",
     title="KVM_X86_SW_PROTECTED_VM (software test vehicle)",
+    arch="x86",
     vm_type=KVM_X86_SW_PROTECTED_VM,
     private_memory=True,
     launch=False,
@@ -33,5 +33,4 @@ PLATFORM = Platform(
     },
     payload="no launch phase: the host writes while shared, then converts to private",
     host_access="SIGBUS on a private offset",
-    sources=("platforms.md §1", "uapi.md §11", "[IT2]", "[V8-T]"),
 )

@@ -4,7 +4,7 @@ The TDX module owns the Secure-EPT and encrypts private memory under the TD's ke
 zeroes at ``TDG.MEM.PAGE.ACCEPT`` (S→P: the guest reads zeros) and the host reads zeros
 after ``PAGE.REMOVE`` (P→S). Plaintext cannot cross at runtime, so PRESERVE exists only
 before finalize, for the in-place ``KVM_TDX_INIT_MEM_REGION`` (v8 23/46).
-Sources: platforms.md §3; semantics.md §2 row ``tdx``.
+Rules: docs/semantics.md §2 row ``tdx``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ S, P = Direction.TO_SHARED, Direction.TO_PRIVATE
 PLATFORM = Platform(
     name="tdx",
     title="Intel TDX",
+    arch="x86",
     vm_type=KVM_X86_TDX_VM,
     private_memory=True,
     launch=True,
@@ -33,6 +34,5 @@ PLATFORM = Platform(
     },
     payload="KVM_TDX_INIT_MEM_REGION (PAGE.ADD + MR.EXTEND) before finalize; in place in v8",
     host_access="SIGBUS through guest_memfd; a kernel read of the direct map gives zeros",
-    sources=("platforms.md §3", "[T-SPEC]", "[T-BASE]", "[V3-41]", "[V8-23]"),
     payload_in_place=True,
 )

@@ -1,4 +1,4 @@
-"""One module per ABI revision of ``KVM_SET_MEMORY_ATTRIBUTES2`` (semantics.md §1).
+"""One module per ABI revision of ``KVM_SET_MEMORY_ATTRIBUTES2`` (docs/semantics.md §1).
 
 ``seed`` is the default: the iteration-2 text with the review's corrections. The others
 subclass it and override only what differs, so ``diff seed.py iteration2.py`` reads like

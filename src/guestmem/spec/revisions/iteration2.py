@@ -2,7 +2,7 @@
 
 Differs from ``seed`` in one rule: S→P ZERO is ``EOPNOTSUPP`` on every platform except
 the software test vehicle, which zeroes both ways ("the guest is not expected to trust
-host-provided zeroing"; uapi.md §12 [IT2]).
+host-provided zeroing"; docs/semantics.md §1).
 """
 
 from __future__ import annotations

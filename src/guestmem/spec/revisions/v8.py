@@ -1,18 +1,18 @@
-"""``v8``: the latest posted series (2026-06-18; uapi.md §0, §7, §11).
+"""``v8``: the latest posted series (2026-06-18; docs/semantics.md §1).
 
-- ``flags`` must be 0, else ``EINVAL``: KVM "does not directly manipulate the memory
-  contents", so every conversion shows the platform's native effect (``sw_protected``:
-  preserved, which the v8 selftests rely on).
-- Only VM types with private memory (``sw_protected``, ``tdx``, ``snp``) accept the
+- ``flags`` must be 0, else ``EINVAL``: KVM leaves contents alone, so every conversion
+  shows the platform's native effect (``sw_protected``: preserved, which the v8
+  selftests rely on).
+- Only x86 VM types with private memory (``sw_protected``, ``tdx``, ``snp``) accept the
   ioctl; the others, arm64 included, get ``EINVAL`` (check 4).
-- A request that matches the current attributes returns 0 and does nothing (v8 16/46).
-  With no content policy, a page already in the target state keeps its contents also in
-  a mixed range: only pages that convert meet the native effect (``whole_range``; KVM
-  "does not directly manipulate the memory contents", v8 17/46).
+- A request that matches the current attributes returns 0 and does nothing. With no
+  content policy, a page already in the target state keeps its contents also in a mixed
+  range: only pages that convert meet the native effect (§3 *Whole range*).
 - ``error_offset`` on input is ignored.
+- ``KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES`` is 250 (§7).
 - Model assumption: a pre-launch to-private conversion on a platform with an in-place
-  populate keeps its contents, because v8 22/46 and 23/46 let that populate read the
-  guest_memfd page itself.
+  populate keeps its contents, because the populate reads the guest_memfd page itself
+  (§8).
 """
 
 from __future__ import annotations
@@ -20,10 +20,6 @@ from __future__ import annotations
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions.seed import Seed
 from guestmem.spec.terms import Decoded, Direction, Effect, Phase, Policy
-from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE
-
-#: ``kvm_arch_has_private_mem()`` is true only for these (platforms.md §0).
-_PRIVATE_MEMORY = frozenset({"sw_protected", "tdx", "snp"})
 
 
 class V8(Seed):
@@ -31,7 +27,6 @@ class V8(Seed):
     title = "in-place conversion v8: flags must be 0 (2026-06-18)"
     rejects_error_offset_input = False
     early_return = True
-    whole_range = False
 
     def encode(self, policy: Policy) -> int:
         # v8 has no flag values; a VMM written for seed passes seed's, which v8 refuses.
@@ -40,8 +35,8 @@ class V8(Seed):
     def decode(self, flags: int) -> Decoded | None:
         return Decoded.UNSPECIFIED if flags == 0 else None
 
-    def accepts_attributes(self, platform: Platform, attributes: int) -> bool:
-        return platform.name in _PRIVATE_MEMORY and attributes in (0, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+    def has_private_memory(self, platform: Platform) -> bool:
+        return platform.private_memory and platform.arch == "x86"  # kvm_arch_has_private_mem
 
     def effect(
         self, platform: Platform, direction: Direction, policy: Decoded, phase: Phase
@@ -51,4 +46,7 @@ class V8(Seed):
         return platform.native[direction]
 
     def guaranteed(self, platform: Platform, direction: Direction, policy: Decoded) -> bool:
+        return False
+
+    def applied_by_kvm(self, platform: Platform, direction: Direction, policy: Decoded) -> bool:
         return False

@@ -1,0 +1,339 @@
+"""The model against a kernel that has ``KVM_SET_MEMORY_ATTRIBUTES2``, on generated scenarios.
+
+Each example is one guest_memfd of 1-4 pages on ``sw_protected`` (or, less often, the
+default VM) under the revision the kernel implements, and a few operations of every
+kind: host and guest reads and writes, conversions with raw ``flags``, ``attributes``,
+reserved words and ``error_offset`` on input, punch hole, pins through
+``CONFIG_GUP_TEST``, guest requests. Model and kernel must agree on every step: errno,
+``error_offset``, signal, exit and the bytes read, except bytes the model marks as
+scrambled (``rfc-v5``'s unspecified mode promises nothing about them). A final read of
+every page through both views compares the end state. A disagreement is shrunk and
+printed as a scenario file whose expectations are the kernel's outcomes.
+
+The number of examples is 500 on ``v8`` and 200 on ``rfc-v5``
+(``GUESTMEM_DIFF_EXAMPLES`` overrides it). These tests run inside the test kernels
+(``tests/test_vm.py`` boots them); elsewhere they skip with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from guestmem.backend.base import Machine, Outcome
+from guestmem.backend.kernel import KernelBackend
+from guestmem.backend.model import ModelBackend
+from guestmem.model.provenance import Origin
+from guestmem.scenario import load, run
+from guestmem.spec.terms import Direction
+from guestmem.uapi.kvm import (
+    GUEST_MEMFD_FLAG_INIT_SHARED,
+    GUEST_MEMFD_FLAG_MMAP,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE,
+    PAGE_SIZE,
+)
+from kvm_support import SERIES, SERIES_REASON
+
+EXAMPLES = {"v8": 500, "rfc-v5": 200}
+U64 = (1 << 64) - 1
+#: Origins whose bytes the revision does not promise (the model's stand-ins differ).
+UNPROMISED = {Origin.RANDOM.label, Origin.CIPHERTEXT.label, Origin.GARBAGE.label}
+
+Op = tuple[Any, ...]
+
+
+def _examples() -> int:
+    if os.environ.get("GUESTMEM_DIFF_EXAMPLES"):
+        return int(os.environ["GUESTMEM_DIFF_EXAMPLES"])
+    return EXAMPLES.get(SERIES or "", 0)
+
+
+# --- generation ---------------------------------------------------------------------------------
+def _aligned(size: int) -> st.SearchStrategy[int]:
+    """Page offsets inside the file, now and then an edge case."""
+    pages = size // PAGE_SIZE
+    edges = [size, size + PAGE_SIZE, 1, PAGE_SIZE - 1, U64 & ~(PAGE_SIZE - 1)]
+    inside = st.integers(0, pages - 1).map(lambda p: p * PAGE_SIZE)
+    return st.one_of(inside, inside, inside, st.sampled_from(edges))
+
+
+def _length(size: int) -> st.SearchStrategy[int]:
+    pages = size // PAGE_SIZE
+    edges = [0, 100, PAGE_SIZE + 1, U64 & ~(PAGE_SIZE - 1), size + PAGE_SIZE]
+    whole = st.integers(1, pages).map(lambda p: p * PAGE_SIZE)
+    return st.one_of(whole, whole, whole, st.sampled_from(edges))
+
+
+def _flags(series: str) -> st.SearchStrategy[int]:
+    odd = st.sampled_from([1, 2, 3, 4, 1 << 63])
+    if series == "rfc-v5":
+        return st.sampled_from([0, 1, 2, 2]) | odd  # unspecified, ZERO, PRESERVE
+    return st.just(0) | st.just(0) | st.just(0) | odd
+
+
+@st.composite
+def _convert(draw: st.DrawFn, size: int, series: str) -> Op:
+    offset = draw(_aligned(size))
+    length = draw(_length(size))
+    attributes = draw(
+        st.sampled_from([KVM_MEMORY_ATTRIBUTE_PRIVATE, 0]) | st.sampled_from([1, 1 << 63, 0x18])
+        if draw(st.integers(0, 9)) == 0
+        else st.sampled_from([KVM_MEMORY_ATTRIBUTE_PRIVATE, 0])
+    )
+    flags = draw(_flags(series))
+    reserved: tuple[int, ...] = ()
+    if draw(st.integers(0, 9)) == 0:
+        word = draw(st.integers(0, 10))
+        reserved = (0,) * word + (draw(st.sampled_from([1, 1 << 63])),)
+    error_offset_in = 0 if draw(st.integers(0, 7)) else draw(st.sampled_from([PAGE_SIZE, 1, U64]))
+    return ("convert", offset, length, attributes, flags, reserved, error_offset_in)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, series: str) -> dict[str, Any]:
+    platform = draw(st.sampled_from(["sw_protected"] * 5 + ["default"]))
+    pages = draw(st.integers(1, 4))
+    size = pages * PAGE_SIZE
+    init = draw(st.sampled_from(["shared", "shared", "private"]))
+    if platform == "default":
+        init = "shared"  # a default VM has no private memory to start from
+    ops: list[Op] = []
+    pinned: tuple[int, int] | None = None
+    for _ in range(draw(st.integers(1, 10))):
+        kind = draw(
+            st.sampled_from(
+                ["convert"] * 4
+                + ["host_write", "host_read", "guest_write", "guest_read"] * 2
+                + ["punch_hole", "pin", "guest_request"]
+            )
+        )
+        if kind == "convert":
+            ops.append(draw(_convert(size, series)))
+        elif kind.startswith("host"):
+            offset = draw(st.integers(0, size + PAGE_SIZE - 1))
+            length = draw(st.integers(1, 2 * PAGE_SIZE + 8))
+            if kind == "host_write":
+                ops.append((kind, offset, draw(_payload(length))))
+            else:
+                ops.append((kind, offset, length))
+        elif kind.startswith("guest_") and kind != "guest_request":
+            offset = draw(st.integers(0, size - 1))
+            length = draw(st.integers(1, min(size - offset, 2 * PAGE_SIZE + 8)))
+            if kind == "guest_write":
+                ops.append((kind, offset, draw(_payload(length))))
+            else:
+                ops.append((kind, offset, length))
+        elif kind == "punch_hole":
+            ops.append((kind, draw(_aligned(size)), draw(_length(size))))
+        elif kind == "pin":
+            if pinned is None:  # gup_test holds one pinned range at a time
+                first = draw(st.integers(0, pages - 1))
+                count = draw(st.integers(1, pages - first))
+                pinned = (first * PAGE_SIZE, count * PAGE_SIZE)
+                ops.append(("pin", *pinned))
+            else:
+                ops.append(("unpin", *pinned))
+                pinned = None
+        else:
+            first = draw(st.integers(0, pages - 1))
+            count = draw(st.integers(1, pages - first))
+            to = draw(st.sampled_from([Direction.TO_PRIVATE, Direction.TO_SHARED]))
+            ops.append((kind, first * PAGE_SIZE, count * PAGE_SIZE, to))
+    return {"platform": platform, "pages": pages, "init": init, "ops": ops}
+
+
+def _payload(length: int) -> st.SearchStrategy[bytes]:
+    """``length`` bytes: a short random pattern repeated (cheap to draw and to shrink)."""
+    return st.binary(min_size=1, max_size=16).map(lambda b: (b * (length // len(b) + 1))[:length])
+
+
+# --- running and comparing ----------------------------------------------------------------------
+def apply(machine: Machine, op: Op) -> Outcome:
+    kind, *args = op
+    if kind == "convert":
+        offset, size, attributes, flags, reserved, error_offset_in = args
+        return machine.convert(
+            offset, size, attributes, flags, reserved=reserved, error_offset_in=error_offset_in
+        )
+    result: Outcome = getattr(machine, kind)(*args)
+    return result
+
+
+def observed(outcome: Outcome, mask: Outcome | None = None) -> dict[str, Any]:
+    """What must agree; ``mask``'s origins blank out bytes the revision does not promise."""
+    data = outcome.data
+    if data is not None and mask is not None and mask.origins:
+        buf = bytearray(data)
+        base = mask.origins[0][0]
+        for start, end, label in mask.origins:
+            if label in UNPROMISED:
+                buf[start - base : end - base] = b"?" * (end - start)
+        data = bytes(buf)
+    return {
+        "errno": outcome.errno,
+        "error_offset": outcome.error_offset,
+        "signal": outcome.signal,
+        "exit": outcome.exit,
+        "skipped": outcome.skipped,
+        "data": data,
+    }
+
+
+def _finals(pages: int) -> list[Op]:
+    size = pages * PAGE_SIZE
+    return [("host_read", 0, size), *(("guest_read", p * PAGE_SIZE, PAGE_SIZE) for p in range(pages))]
+
+
+# --- a disagreement as a scenario file ----------------------------------------------------------
+def _toml(value: Any) -> str:
+    if isinstance(value, int):
+        return hex(value) if value > 9 else str(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def expectation(outcome: Outcome) -> str:
+    """The scenario-file expectation that the outcome satisfies exactly."""
+    if outcome.errno:
+        at = "none" if outcome.error_offset is None else hex(outcome.error_offset)
+        return f"{outcome.errno}@{at}"
+    if outcome.signal:
+        return outcome.signal
+    if outcome.exit:
+        reason = str(outcome.exit["reason"])
+        if reason == "MEMORY_FAULT":
+            private = outcome.exit.get("flags", 0) & (1 << 3)
+            return f"MEMORY_FAULT:{'private' if private else 'shared'}"
+        return "ok" if reason == "HYPERCALL" else reason
+    if outcome.skipped:
+        return "any"
+    if outcome.data is not None:
+        return "zeros" if outcome.data and not any(outcome.data) else outcome.data.hex()
+    return "ok"
+
+
+def scenario_toml(case: dict[str, Any], ops: list[Op], outcomes: list[Outcome], series: str) -> str:
+    """A scenario file replaying ``ops`` whose expectations are the kernel's outcomes."""
+    lines = [
+        f'name = "differential_{case["platform"]}_{series}"',
+        f'about = "A disagreement between the model and the {series} kernel, found by '
+        'tests/test_kernel_differential.py; expectations are what the kernel did."',
+        f'platforms = ["{case["platform"]}"]',
+        f'abi = "{series}"',
+        f"pages = {case['pages']}",
+        f'init = "{case["init"]}"',
+    ]
+    for op, outcome in zip(ops, outcomes, strict=False):
+        kind, *args = op
+        fields: dict[str, Any] = {"op": kind}
+        if kind in ("host_write", "guest_write"):
+            fields.update(offset=args[0], data=args[1].hex())
+        elif kind in ("host_read", "guest_read", "punch_hole", "pin", "unpin"):
+            fields.update(offset=args[0], size=args[1])
+        elif kind == "guest_request":
+            fields.update(offset=args[0], size=args[1], to=args[2].value.removeprefix("to_"))
+        elif kind == "convert":
+            offset, size, attributes, flags, reserved, error_offset_in = args
+            to = "private" if attributes == KVM_MEMORY_ATTRIBUTE_PRIVATE else "shared"
+            fields.update(offset=offset, size=size, to=to, flags=flags)
+            if attributes not in (0, KVM_MEMORY_ATTRIBUTE_PRIVATE):
+                fields["attributes"] = attributes
+            if reserved:
+                fields["reserved"] = list(reserved)
+            if error_offset_in:
+                fields["error_offset_in"] = error_offset_in
+        fields["expect"] = expectation(outcome)
+        lines += ["", "[[step]]", *(f"{k} = {_toml(v)}" for k, v in fields.items())]
+    return "\n".join(lines) + "\n"
+
+
+def run_both(case: dict[str, Any], series: str) -> None:
+    flags = GUEST_MEMFD_FLAG_MMAP | (GUEST_MEMFD_FLAG_INIT_SHARED if case["init"] == "shared" else 0)
+    size = case["pages"] * PAGE_SIZE
+    model = ModelBackend().open(case["platform"], series, size, flags)
+    kernel = KernelBackend().open(case["platform"], series, size, flags)
+    ops: list[Op] = [*case["ops"], *_finals(case["pages"])]
+    outcomes: list[Outcome] = []
+    try:
+        for number, op in enumerate(ops, start=1):
+            want = apply(model, op)
+            got = apply(kernel, op)
+            outcomes.append(got)
+            if observed(got, want) != observed(want, want):
+                toml = scenario_toml(case, ops[:number], outcomes, series)
+                note(toml)
+                raise AssertionError(
+                    f"step {number} ({op[0]}): kernel {observed(got, want)} != model {observed(want, want)}\n"
+                    f"--- scenario (expectations are the kernel's) ---\n{toml}"
+                )
+    finally:
+        model.close()
+        kernel.close()
+
+
+def _settings() -> settings:
+    return settings(
+        max_examples=max(_examples(), 1),
+        deadline=None,
+        database=None,
+        derandomize=bool(os.environ.get("CI")),
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+@pytest.mark.timeout(3000)
+@pytest.mark.kvm
+@pytest.mark.skipif(SERIES is None, reason=SERIES_REASON)
+@_settings()
+@given(scenarios(SERIES or "v8"))
+def test_model_and_kernel_agree(case: dict[str, Any]) -> None:
+    assert SERIES is not None
+    run_both(case, SERIES)
+    _count_example()
+
+
+_RAN = {"examples": 0}
+
+
+def _count_example() -> None:
+    """Record how many examples ran, for the boot that collects it (tests/test_vm.py)."""
+    _RAN["examples"] += 1
+    scratch = os.environ.get("GUESTMEM_SCRATCH")
+    if scratch:
+        with open(os.path.join(scratch, "differential.json"), "w") as out:
+            json.dump({"series": SERIES, "examples": _RAN["examples"]}, out)
+
+
+def test_a_disagreement_prints_as_a_scenario_that_replays(tmp_path: Path) -> None:
+    """The printed file loads, and replaying it where the outcomes came from passes."""
+    ops: list[Op] = [
+        ("host_write", 10, b"\x41" * 20),
+        ("convert", 0, PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE, 0, (), PAGE_SIZE),
+        ("host_read", 0, 8),
+        ("convert", PAGE_SIZE, PAGE_SIZE, 0, 1 << 63, (0, 0, 7), 0),
+        ("pin", PAGE_SIZE, PAGE_SIZE),
+        ("convert", 0, 2 * PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE, 0, (), 0),
+        ("guest_request", 0, PAGE_SIZE, Direction.TO_SHARED),
+        ("guest_read", 8, 16),
+    ]
+    case: dict[str, Any] = {"platform": "sw_protected", "pages": 2, "init": "shared", "ops": ops}
+    shared = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
+    model = ModelBackend().open("sw_protected", "v8", 2 * PAGE_SIZE, shared)
+    outcomes = [apply(model, op) for op in ops]
+    model.close()
+    path = tmp_path / "disagreement.toml"
+    path.write_text(scenario_toml(case, ops, outcomes, "v8"))
+    scenario = load(path)
+    assert [s.op for s in scenario.steps] == [op[0] for op in ops]
+    result = run(scenario, "sw_protected", ModelBackend(), "v8")
+    assert result.passed, [(f.step.index, f.outcome) for f in result.failures]
+    assert [expectation(o) for o in outcomes][2:6] == ["SIGBUS", "EINVAL@none", "ok", "EAGAIN@0x1000"]

@@ -54,22 +54,24 @@ def test_consume_on_the_model_and_a_tampered_fixture(
     assert main(["fill", str(out), str(SUITE / "selftest_truncate.toml")]) == 0
     # what the fixture pins is the upstream test's own expectations (stated there, not by
     # the model): zeros after each punch, A through the guest, SIGBUS for the host
-    pinned = json.loads((out / "selftest_truncate.sw_protected.seed.json").read_text())
+    pinned = json.loads((out / "selftest_truncate.sw_protected.v8.json").read_text())
     reads = [(s["op"], s["expect"]) for s in pinned["document"]["step"] if s["op"].endswith("_read")]
     assert reads == [
-        ("host_read", ["zeros"]),
-        ("guest_read", ["4141414141414141"]),
-        ("guest_read", ["zeros"]),
+        ("host_read", ["00"]),  # a fresh page
+        ("host_read", ["00"]),  # after the first punch
+        ("guest_read", ["41"]),  # 'A', carried into private memory (flags = 0, v8)
+        ("host_read", ["SIGBUS"]),
+        ("guest_read", ["00"]),  # after the second punch, still private
         ("host_read", ["SIGBUS"]),
     ]
     assert main(["consume", str(out), "--backend", "model"]) == 0
     assert "PASS  selftest_truncate [sw_protected]" in capsys.readouterr().out
-    path = out / "selftest_truncate.sw_protected.seed.json"
+    path = out / "selftest_truncate.sw_protected.v8.json"
     doc = json.loads(path.read_text())
     doc["document"]["step"][2]["expect"] = ["fill:ab"]
     path.write_text(json.dumps(doc))
     assert main(["consume", str(out), "--backend", "model", "--format", "tap"]) == 1
-    assert "not ok 1 - selftest_truncate [sw_protected] seed" in capsys.readouterr().out
+    assert "not ok 1 - selftest_truncate [sw_protected] v8" in capsys.readouterr().out
 
 
 def test_fill_bad_input_exits_2_and_writes_nothing(

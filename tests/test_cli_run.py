@@ -70,11 +70,31 @@ def test_json_and_exit_1_on_a_failed_expectation(tmp_path: Path, capsys: pytest.
 
 
 def test_abi_override(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # under v8 flags must be 0: the preserve conversion of the payload example is EINVAL
-    assert main(["run", str(PAYLOAD), "--platform", "tdx", "--abi", "v8", "--format", "json"]) == 1
+    # the payload example lists rfc-v5: TDX takes PRESERVE for to-private before launch
+    assert main(["run", str(PAYLOAD), "--platform", "tdx", "--abi", "rfc-v5", "--format", "json"]) == 0
     run = json.loads(capsys.readouterr().out)["runs"][0]
-    assert run["abi"] == "v8"
-    assert run["steps"][1]["outcome"]["errno"] == "EINVAL"
+    assert (run["abi"], run["status"]) == ("rfc-v5", "pass")
+    assert run["steps"][1]["outcome"]["errno"] is None
+
+
+def test_a_revision_the_file_does_not_list_is_not_applicable(capsys: pytest.CaptureFixture[str]) -> None:
+    # v8 has no content policies; the payload example does not list it
+    assert main(["run", str(PAYLOAD), "--platform", "tdx", "--abi", "v8", "--format", "json"]) == 0
+    run = json.loads(capsys.readouterr().out)["runs"][0]
+    assert (run["abi"], run["status"], run["passed"]) == ("v8", "n/a", False)
+    assert run["not_applicable"] == "its expectations hold for seed, iteration2, rfc-v5, not v8"
+    assert all(step["outcome"] is None and step["passed"] is None for step in run["steps"])
+    assert main(["run", str(PAYLOAD), "--platform", "tdx", "--abi", "v8"]) == 0
+    out = capsys.readouterr().out
+    assert "review_payload_injection [tdx] abi=v8 backend=model: N/A (not applicable: its" in out
+    assert main(["run", str(PAYLOAD), "--platform", "all", "--abi", "v8", "--format", "tap"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        "TAP version 13",
+        "# N/A review_payload_injection [sw_protected] v8: its expectations "
+        "hold for seed, iteration2, rfc-v5, not v8",
+    ]
+    assert "1..0" in lines and not any(line.startswith(("ok", "not ok")) for line in lines)
 
 
 def test_tap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

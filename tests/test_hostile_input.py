@@ -129,6 +129,11 @@ def test_paths_with_nul_or_missing_are_bad_input(tmp_path: Path, capsys: pytest.
     _bad(["run", str(tmp_path / "none.toml")], capsys, "none.toml", "No such file")
     _bad(["consume", "a\0b", "--backend", "model"], capsys)
     _bad(["fill", "a\0b"], capsys, "NUL")
+    long = "a" * 5000
+    _bad(["run", long], capsys, "File name too long")
+    _bad(["fill", long], capsys, "File name too long")
+    _bad(["consume", long, "--backend", "model"], capsys, "File name too long")
+    _bad(["report", "--out", long], capsys, "--out", "File name too long")
 
 
 def test_report_output_paths_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,6 +170,7 @@ def _fixture(tmp_path: Path) -> Path:
         (b'{"fixture": 1, "platform": ["x"], "revision": "seed", "document": {}}', "'platform'"),
         (b'{"fixture": true}', "'fixture'"),
         (b"{", "not valid JSON"),
+        (b'{"fixture": 1, "document": {"about": "\\ud800"}}', "lone UTF-16 surrogate"),
     ],
 )
 def test_malformed_fixture_is_bad_input(

@@ -91,11 +91,13 @@ def consent_not_checked(mp: pytest.MonkeyPatch) -> None:
 
 
 def failed_call_changes_state(mp: pytest.MonkeyPatch) -> None:
-    """A failing conversion has already zeroed the allocated pages."""
+    """A failing conversion has already zeroed the page it reports (inside its range)."""
     original = GuestMemfd._fail
 
     def mutant(self: GuestMemfd, view: memoryview, code: int, error_offset: int) -> None:
-        self.pages.update(dict.fromkeys(self.pages, ZEROED_PAGE))
+        index = error_offset // PAGE_SIZE
+        if index in self.pages:
+            self.pages[index] = ZEROED_PAGE
         original(self, view, code, error_offset)
 
     mp.setattr(GuestMemfd, "_fail", mutant)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from guestmem.scenario import ScenarioError, load
+from guestmem.backend.model import ModelBackend
+from guestmem.scenario import ScenarioError, load, run
 from guestmem.scenario.format import parse_number
 from guestmem.spec.terms import Direction, Policy
 
@@ -119,11 +120,47 @@ def test_convert_fields(tmp_path: Path) -> None:
             "step 1: field 'error_offset': only meaningful with an errno",
         ),
         (step('op = "launch"\nexpect = []'), "step 1: field 'expect': an empty list allows nothing"),
+        (
+            step('op = "host_read"\noffset = 0\nsize = 8\nmapping = 2'),
+            "step 1: field 'mapping': must be 0 (the VMM's mapping) or 1 (a second process's), not 2",
+        ),
+        (
+            step('op = "host_read"\noffset = 0\nsize = 8\nmapping = true'),
+            "step 1: field 'mapping': must be 0",
+        ),
+        (
+            step('op = "guest_read"\noffset = 0\nsize = 8\nmapping = 1'),
+            "step 1: field 'mapping': unknown field",
+        ),
         (GOOD.replace('name = "t"', 'name = ""'), "field 'name': required"),
         (GOOD.replace("pages = 2", "pages = 0"), "field 'pages': required, a positive integer"),
         (GOOD.replace('init = "shared"', 'init = "both"'), "field 'init': required, 'shared' or 'private'"),
         (GOOD + 'abi = "v9"\n', ""),  # TOML: a key after [[step]] belongs to the step
         ('abi = "v9"\n' + GOOD, "field 'abi': unknown revision 'v9'"),
+        ('abi = ["v8", "v9"]\n' + GOOD, "field 'abi': unknown revision 'v9'"),
+        ('abi = ["v8", "v8"]\n' + GOOD, "field 'abi': lists a revision twice"),
+        ("abi = []\n" + GOOD, "field 'abi': must be a revision name or a non-empty list"),
+        (
+            step('op = "host_read"\noffset = 0\nsize = 8\nexpect_abi = { v9 = "zeros" }'),
+            "step 1: field 'expect_abi.v9': unknown revision 'v9'",
+        ),
+        (
+            'abi = ["seed", "v8"]\n'
+            + step('op = "host_read"\noffset = 0\nsize = 8\nexpect_abi = { rfc-v5 = "ok" }'),
+            "step 1: field 'expect_abi.rfc-v5': the file does not apply to rfc-v5 (its 'abi' lists seed, v8)",
+        ),
+        (
+            step('op = "host_read"\noffset = 0\nsize = 8\nexpect_abi = "zeros"'),
+            "step 1: field 'expect_abi': must be a table of revision = expectation",
+        ),
+        (
+            step('op = "host_read"\noffset = 0\nsize = 8\nexpect_abi = { v8 = { tdx = "0g", "*" = "ok" } }'),
+            "step 1: field 'expect_abi.v8.tdx': '0g': bad hex",
+        ),
+        (
+            step('op = "host_read"\noffset = 0\nsize = 8\nexpect_abi = { v8 = { tdx = "ok" } }'),
+            "step 1: field 'expect_abi.v8': no entry for sw_protected",
+        ),
         ('platforms = ["tdx", "tpm"]\n' + GOOD, "field 'platforms': unknown platform 'tpm'"),
         ('platforms = "tdx"\n' + GOOD, "field 'platforms': must be a non-empty list"),
         ('colour = "red"\n' + GOOD, "field 'colour': unknown field"),
@@ -140,6 +177,34 @@ def test_bad_input_names_file_step_and_field(tmp_path: Path, text: str, message:
         assert message in str(info.value)
     else:  # the stray key lands in the step and is refused there
         assert "step 1: field 'abi': unknown field for op 'host_write'" in str(info.value)
+
+
+def test_abi_lists_the_revisions_a_file_applies_to(tmp_path: Path) -> None:
+    listed = load(write(tmp_path, 'abi = ["v8", "rfc-v5"]\n' + GOOD))
+    assert (listed.abi, listed.revisions) == ("v8", ("v8", "rfc-v5"))
+    assert listed.applies_to("rfc-v5") and not listed.applies_to("seed")
+    one = load(write(tmp_path, 'abi = "iteration2"\n' + GOOD))
+    assert (one.abi, one.revisions) == ("iteration2", ("iteration2",))
+    unstated = load(write(tmp_path, GOOD))
+    assert unstated.abi == "seed" and all(
+        unstated.applies_to(r) for r in ("seed", "iteration2", "rfc-v5", "v8")
+    )
+
+
+def test_expect_abi_replaces_expect_under_its_revision(tmp_path: Path) -> None:
+    text = 'abi = ["seed", "v8"]\n' + step(
+        'op = "convert"\noffset = 0\nsize = 4096\nto = "private"\nerror_offset = 0\n'
+        'expect = { tdx = "EOPNOTSUPP", "*" = "ok" }\nexpect_abi = { v8 = ["EINVAL", "EAGAIN"] }'
+    )
+    (s,) = load(write(tmp_path, text)).steps
+    assert [str(e) for e in s.expect_for("tdx")] == ["EOPNOTSUPP@0x0"]
+    assert [str(e) for e in s.expect_for("tdx", "seed")] == ["EOPNOTSUPP@0x0"]
+    assert [str(e) for e in s.expect_for("snp", "v8")] == ["EINVAL@0x0", "EAGAIN@0x0"]
+    # error_offset is meaningful when only a per-revision expectation is an errno
+    only = 'abi = ["seed", "v8"]\n' + step(
+        'op = "launch"\nerror_offset = "none"\nexpect_abi = { v8 = "EINVAL" }'
+    )
+    assert str(load(write(tmp_path, only)).steps[0].expect_for("tdx", "v8")[0]) == "EINVAL@none"
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -167,3 +232,16 @@ def test_numbers(value: int | str, number: int) -> None:
 def test_bad_numbers(value: object) -> None:
     with pytest.raises(ValueError):
         parse_number(value)
+
+
+def test_the_documented_example_holds_where_it_says(tmp_path: Path) -> None:
+    """docs/scenarios.md's example parses, passes on the model under both revisions it
+    lists, and is not applicable under the others."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "scenarios.md").read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    scenario = load(write(tmp_path, example))
+    assert scenario.revisions == ("seed", "rfc-v5")
+    for abi in ("seed", "rfc-v5", "v8"):
+        for platform in scenario.platforms:
+            result = run(scenario, platform, ModelBackend(), abi)
+            assert result.status == ("n/a" if abi == "v8" else "pass"), (abi, platform, result.failures)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from guestmem.backend.base import Machine, Outcome, Unavailable
+from guestmem.backend.model import ModelBackend
 from guestmem.scenario import load, run
 from guestmem.spec import revisions
 from guestmem.spec.terms import Direction, Policy
@@ -130,11 +131,51 @@ def test_policy_flags_come_from_the_revision(tmp_path: Path, abi: str, policy: s
 
 def test_abi_override_and_gmem_flags(tmp_path: Path) -> None:
     backend = FakeBackend({"host_read": Outcome(data=b"\x01\x02")})
-    result = run(scenario(tmp_path, init="private"), "snp", backend, abi="rfc-v5")
+    path = tmp_path / "t.toml"
+    path.write_text(
+        SCENARIO.format(init="private", abi="seed", policy="zero").replace(
+            'abi = "seed"', 'abi = ["seed", "rfc-v5"]'
+        )
+    )
+    result = run(load(path), "snp", backend, abi="rfc-v5")
     assert result.abi == "rfc-v5"
     assert backend.opened == [("snp", "rfc-v5", 8192, GUEST_MEMFD_FLAG_MMAP)]
+    assert run(load(path), "snp", backend).abi == "seed"  # the first listed is the file's own
     run(scenario(tmp_path, init="shared"), "snp", backend)
     assert backend.opened[-1][3] == GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
+
+
+@pytest.mark.parametrize("abi", ["iteration2", "rfc-v5", "v8"])
+def test_a_revision_the_file_does_not_list_is_not_applicable(tmp_path: Path, abi: str) -> None:
+    backend = FakeBackend({"host_read": Outcome(data=b"\x09\x09")})
+    result = run(scenario(tmp_path, abi="seed"), "tdx", backend, abi=abi)
+    assert backend.opened == []  # nothing ran
+    assert result.status == "n/a" and not result.passed
+    assert result.not_applicable == f"its expectations hold for seed, not {abi}"
+    assert all(s.passed is None and s.outcome is None for s in result.steps)
+    assert result.to_json()["status"] == "n/a"
+
+
+def test_a_file_without_abi_runs_under_every_revision(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(SCENARIO.format(init="shared", abi="seed", policy="zero").replace('abi = "seed"\n', ""))
+    for abi in revisions.REVISIONS:
+        backend = FakeBackend({"host_read": Outcome(data=b"\x01\x02")})
+        assert run(load(path), "tdx", backend, abi=abi).status == "pass"
+    assert load(path).abi == revisions.DEFAULT
+
+
+def test_expect_abi_replaces_the_expectation_under_that_revision(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text(
+        SCENARIO.format(init="shared", abi="seed", policy="zero")
+        .replace('abi = "seed"', 'abi = ["seed", "v8"]')
+        .replace('expect = "0102"', 'expect = "0102"\nexpect_abi = { v8 = { tdx = "0909", "*" = "0102" } }')
+    )
+    answers = {"host_read": Outcome(data=b"\x09\x09")}
+    assert run(load(path), "tdx", FakeBackend(answers), abi="v8").status == "pass"
+    assert run(load(path), "tdx", FakeBackend(answers), abi="seed").status == "fail"
+    assert run(load(path), "snp", FakeBackend(answers), abi="v8").status == "fail"
 
 
 def test_failed_step_does_not_stop_the_run(tmp_path: Path) -> None:
@@ -193,3 +234,24 @@ def test_guest_request_direction(tmp_path: Path) -> None:
     assert run(load(path), "pkvm", backend).passed
     assert backend.machine is not None
     assert backend.machine.calls == [("guest_request", (0, 4096, Direction.TO_SHARED), {})]
+
+
+def test_a_second_mapping_is_another_process(tmp_path: Path) -> None:
+    """``mapping = 1``: the model's second mapping has its own page tables, and a
+    to-private conversion removes the page from both (forked_accesses)."""
+    path = tmp_path / "m.toml"
+    path.write_text(
+        'name = "m"\npages = 1\ninit = "shared"\nplatforms = ["sw_protected"]\n'
+        '[[step]]\nop = "host_write"\noffset = 0\ndata = "0b"\n'
+        '[[step]]\nop = "host_read"\noffset = 0\nsize = 1\nmapping = 1\nexpect = "0b"\n'
+        '[[step]]\nop = "convert"\noffset = 0\nsize = "4K"\nto = "private"\npolicy = "preserve"\n'
+        '[[step]]\nop = "host_write"\noffset = 0\ndata = "0c"\nmapping = 1\nexpect = "SIGBUS"\n'
+        '[[step]]\nop = "host_read"\noffset = 0\nsize = 1\nexpect = "SIGBUS"\n'
+    )
+    backend = FakeBackend({"host_read": Outcome(data=b"\x0b")})
+    run(load(path), "sw_protected", backend)
+    assert backend.machine is not None
+    reads = [(c[1], c[2]) for c in backend.machine.calls if c[0] == "host_read"]
+    assert reads == [((0, 1), {"mapping": 1}), ((0, 1), {})]
+    result = run(load(path), "sw_protected", ModelBackend())
+    assert result.status == "pass", [f.to_json() for f in result.failures]

@@ -106,10 +106,10 @@ def test_analyze() -> None:
 
 
 def test_bench(capsys: pytest.CaptureFixture[str]) -> None:
-    doc = printed(capsys, ["bench", "--quick", "--only", "attr_1tib_vs_4k", "--format", "json"], (0, 1))
+    doc = printed(capsys, ["bench", "--quick", "--only", "convert_1tib_vs_4k", "--format", "json"], (0, 1))
     valid("bench", doc)
-    figure = doc["figures"]["attr_1tib_vs_4k"]
-    assert figure["unit"] == "model/baseline" and figure["better"] == "lower" and figure["time_unit"] == "s"
+    figure = doc["figures"]["convert_1tib_vs_4k"]
+    assert figure["unit"] == "model time / baseline time" and figure["target_is"] == "ceiling"
 
 
 def test_probe(capsys: pytest.CaptureFixture[str]) -> None:

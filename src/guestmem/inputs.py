@@ -8,7 +8,7 @@ parsing anything:
   directory has no text) or that cannot be opened;
 * a file larger than the caller's cap (:data:`MAX_SCENARIO_BYTES`, :data:`MAX_FIXTURE_BYTES`);
 * text that is not UTF-8 (a UTF-16/32 byte-order mark is named as such; a UTF-8 one is
-  dropped);
+  dropped), or JSON that escapes half a UTF-16 surrogate pair;
 * nesting deeper than :data:`MAX_DEPTH` (tables, arrays and dotted keys: the parsers
   recurse, and a long dotted key costs the TOML parser quadratic memory);
 * a number written with more than :data:`MAX_NUMBER_CHARS` characters.
@@ -121,11 +121,27 @@ def load_json(path: str | Path, limit: int = MAX_FIXTURE_BYTES) -> Any:
     text = decode(read_bytes(path, limit), where)
     scan(text, where, toml=False)
     try:
-        return json.loads(text)
+        doc = json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{where}: not valid JSON: {err}") from None
     except (ValueError, RecursionError, MemoryError) as err:
         raise InputError(f"{where}: not valid JSON: {type(err).__name__}: {_short(err)}") from None
+    _no_surrogates(doc, where)
+    return doc
+
+
+def _no_surrogates(value: Any, where: str) -> None:
+    """JSON may escape half a UTF-16 pair (``"\\ud800"``): no UTF-8 text can hold it."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise InputError(f"{where}: a string holds a lone UTF-16 surrogate escape: {value!r:.80}")
+    elif isinstance(value, list):
+        for item in value:
+            _no_surrogates(item, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_surrogates(key, where)
+            _no_surrogates(item, where)
 
 
 def scan(text: str, where: str, *, toml: bool) -> None:
@@ -186,6 +202,7 @@ def scan(text: str, where: str, *, toml: bool) -> None:
 _TOML_TOKENS = re.compile(r"[\n\"'#\[\]{}.,0-9]")
 _JSON_TOKENS = re.compile(r'[\n"\[\]{},0-9]')
 _NUMBER = re.compile(r"\w+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _BASIC = re.compile(r'"(?:[^"\\\n]|\\.)*("?)')
 _LITERAL = re.compile(r"'[^'\n]*('?)")
 _MULTI_BASIC = re.compile(r'"""(?:[^"\\]|\\.|"(?!""))*"""(?:"{0,2})', re.S)

@@ -28,6 +28,7 @@ VERDICTS: dict[str, tuple[str, str]] = {
     "SKIP": ("yellow", "33"),
     "skip": ("yellow", "33"),
     "skipped": ("yellow", "33"),
+    "N/A": ("cyan", "36"),
 }
 GAP = "  "
 
@@ -112,7 +113,7 @@ WORD_LIMIT = 24
 
 
 def _colour_words(text: str, stream: TextIO) -> str:
-    return re.sub(r"\b(PASS|FAIL|SKIP)\b", lambda m: verdict(m.group(1), stream), text)
+    return re.sub(r"\b(?:PASS|FAIL|SKIP)\b|N/A", lambda m: verdict(m.group(0), stream), text)
 
 
 def _rich_table(
@@ -131,8 +132,8 @@ def _rich_table(
     heading = None
     if title is not None:
         heading = Text(title, style="bold")
-        for word in ("PASS", "FAIL", "SKIP"):
-            heading.highlight_regex(rf"\b{word}\b", VERDICTS[word][0])
+        for word in ("PASS", "FAIL", "SKIP", "N/A"):
+            heading.highlight_regex(rf"\b{re.escape(word)}\b", VERDICTS[word][0])
     # cells are Text, never markup: "[g]" or "[0x1000, +0x1000)" must stay as they are
     t = Table(title=heading, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for h, floor in zip(headers, floors, strict=True):

@@ -59,6 +59,8 @@ DEFAULT_MEMORY = "2G"
 #: The line the VM prints when it has booted and is about to run the command.
 BOOTED = "guestmem-vm: booted"
 STATUS_FILE = "status"
+#: What the check before the command said (its stderr).
+CHECK_FILE = "check.txt"
 #: Host environment variables the command sees inside too.
 PASSED_ON = ("CI", "GUESTMEM_DIFF_EXAMPLES", "HYPOTHESIS_PROFILE")
 #: How much of a failed boot's console output the error message quotes.
@@ -221,6 +223,7 @@ def inside_script(command: Sequence[str], scratch: str, cwd: str, *, require_ioc
     if require_ioctl:
         lines.append(
             f"{python} -c 'import sys; from guestmem.vmrun import inside_check; sys.exit(inside_check())' "
+            f"2> {q(scratch)}/{CHECK_FILE} "
             f"|| {{ echo {EXIT_NO_IOCTL} > {q(scratch)}/{STATUS_FILE}.check; exit 0; }}"
         )
     lines += [shlex.join(_command_argv(command)), f"echo $? > {q(scratch)}/{STATUS_FILE}"]
@@ -269,7 +272,7 @@ class VmRun:
         with contextlib.ExitStack() as stack:
             scratch = self.scratch or stack.enter_context(tempfile.TemporaryDirectory(prefix="guestmem-vm-"))
             os.makedirs(scratch, exist_ok=True)
-            for name in (STATUS_FILE, STATUS_FILE + ".check"):
+            for name in (STATUS_FILE, STATUS_FILE + ".check", CHECK_FILE):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(scratch, name))
             script = inside_script(self.command, scratch, self.cwd, require_ioctl=self.require_ioctl)
@@ -308,23 +311,23 @@ class VmRun:
                 chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:
                     break
+                if booted_at is not None:  # the command's output: pass it on as it comes
+                    self.out.write(chunk.replace(b"\r\n", b"\n"))
+                    self.out.flush()
+                    continue
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
-                for raw in lines:
+                for number, raw in enumerate(lines):
                     line = raw.rstrip(b"\r").rstrip()
-                    if booted_at is None:
-                        text = line.decode("utf-8", "replace")
-                        if BOOTED in text:
-                            booted_at = time.monotonic()
-                            self.progress("booted" + text.split(BOOTED, 1)[1])
-                            continue
-                        tail = [*tail[-TAIL_LINES:], line]
-                        continue
-                    self.out.write(line + b"\n")
-                    self.out.flush()
-            if pending.strip() and booted_at is not None:
-                self.out.write(pending.rstrip() + b"\n")
-                self.out.flush()
+                    text = line.decode("utf-8", "replace")
+                    if BOOTED in text:
+                        booted_at = time.monotonic()
+                        self.progress("booted" + text.split(BOOTED, 1)[1])
+                        rest = b"\n".join([*lines[number + 1 :], pending])
+                        self.out.write(rest.replace(b"\r\n", b"\n"))
+                        self.out.flush()
+                        break
+                    tail = [*tail[-TAIL_LINES:], line]
             proc.wait(timeout=30)
         except BaseException:
             _stop(proc)
@@ -337,7 +340,11 @@ class VmRun:
     def _status(self, scratch: str, booted: bool, vng_status: int, tail: list[bytes]) -> int:
         check = _read_status(os.path.join(scratch, STATUS_FILE + ".check"))
         if check is not None:
-            raise NoIoctl(f"{self.kernel}: the kernel cannot run conversions (see the message above)")
+            try:
+                said = Path(scratch, CHECK_FILE).read_text().strip().removeprefix("guestmem vm: ")
+            except OSError:
+                said = "the check inside the VM failed"
+            raise NoIoctl(f"{self.kernel}: {said}")
         status = _read_status(os.path.join(scratch, STATUS_FILE))
         if status is not None:
             return status

@@ -84,8 +84,11 @@ class Machine(Protocol):
     """One VM with one guest_memfd, one host mapping and one vCPU.
 
     Offsets are guest_memfd file offsets; the guest sees offset ``o`` at GPA
-    ``gpa_base + o``. Host and guest accesses proceed page by page in ascending order,
-    and a fault stops an access at the faulting page with earlier pages done.
+    ``gpa_base + o``. Host accesses go through the VMM's mapping, or with ``mapping=1``
+    through a second process's mapping of the same file (the forked child of
+    ``guest_memfd_conversions_test``'s ``forked_accesses``), made at first use. Host
+    and guest accesses proceed page by page in ascending order, and a fault stops an
+    access at the faulting page with earlier pages done.
     """
 
     backend: str
@@ -97,8 +100,8 @@ class Machine(Protocol):
     #: None: only the backend's own per-command limit.
     deadline: float | None
 
-    def host_write(self, offset: int, data: bytes) -> Outcome: ...
-    def host_read(self, offset: int, size: int) -> Outcome: ...
+    def host_write(self, offset: int, data: bytes, mapping: int = 0) -> Outcome: ...
+    def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome: ...
     def guest_write(self, offset: int, data: bytes, access: str | None = None) -> Outcome: ...
     def guest_read(self, offset: int, size: int, access: str | None = None) -> Outcome: ...
     def convert(

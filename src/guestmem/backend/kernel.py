@@ -33,6 +33,7 @@ from guestmem.kvm.hostaccess import HostAccess
 from guestmem.kvm.system import DEVICE, Kvm, KvmUnavailable
 from guestmem.kvm.vcpu import GuestTimeout, UnexpectedExit
 from guestmem.kvm.vm import Vm
+from guestmem.model.rangemap import RangeMap
 from guestmem.model.vm import GPA_BASE
 from guestmem.spec import platforms
 from guestmem.spec.terms import Direction, Phase
@@ -97,14 +98,16 @@ class KernelMachine:
         self.phase = Phase.PRE_LAUNCH
         self.mapping: Mapping | None = None
         self.host: HostAccess | None = None
+        #: Other host processes' mappings (``mapping=1``): each a helper forked at first use.
+        self.others: dict[int, HostAccess] = {}
         self.mmap_error: IoctlError | None = None
         self.guest: TinyGuest | None = None
         self.pinned: dict[tuple[int, int], pins.Pin] = {}
         self.private_memory = facts.private_memory(spec.name)
-        #: Private pages, mirrored from creation flags and accepted conversions.
-        self.private: set[int] = set()
-        if self.private_memory and not flags & GUEST_MEMFD_FLAG_INIT_SHARED:
-            self.private = set(range(size // PAGE_SIZE))
+        #: Private pages (1) as runs, mirrored from creation flags and accepted conversions:
+        #: it costs what the conversions cost, never what the file's size does.
+        initial = int(self.private_memory and not flags & GUEST_MEMFD_FLAG_INIT_SHARED)
+        self.private = RangeMap(size // PAGE_SIZE, initial)
         self.vm: Vm = kvm.create_vm(spec.vm_type)
         self.gmem: GuestMemfd | None = None
         try:
@@ -127,6 +130,8 @@ class KernelMachine:
         for pin in self.pinned.values():
             pin.release()
         self.pinned.clear()
+        for other in self.others.values():
+            other.close()
         if self.host is not None:
             self.host.close()
         self.vm.close()
@@ -149,17 +154,21 @@ class KernelMachine:
         self.close()
 
     # --- host side ------------------------------------------------------------------------
-    def _host(self) -> HostAccess:
-        if self.host is None:
+    def _host(self, which: int = 0) -> HostAccess:
+        if self.host is None or self.mapping is None:
             assert self.mmap_error is not None
             raise self.mmap_error
-        return self.host
+        if not which:
+            return self.host
+        if which not in self.others:  # another process: its own page tables, same file
+            self.others[which] = HostAccess(self.mapping, self.size)
+        return self.others[which]
 
-    def host_write(self, offset: int, data: bytes) -> Outcome:
-        return _outcome(lambda: self._host().write(offset, data))
+    def host_write(self, offset: int, data: bytes, mapping: int = 0) -> Outcome:
+        return _outcome(lambda: self._host(mapping).write(offset, data))
 
-    def host_read(self, offset: int, size: int) -> Outcome:
-        return _outcome(lambda: self._host().read(offset, size))
+    def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome:
+        return _outcome(lambda: self._host(mapping).read(offset, size))
 
     # --- guest side -----------------------------------------------------------------------
     def _guest_skip(self, access: str | None, offset: int, size: int) -> str | None:
@@ -173,13 +182,13 @@ class KernelMachine:
             )
         if access is not None and self.private_memory:
             first, last = offset // PAGE_SIZE, (offset + max(size, 1) - 1) // PAGE_SIZE
-            for page in range(first, last + 1):
-                if (page in self.private) != (access == "private"):
-                    return (
-                        f"a {self.platform} guest cannot make a {access} access to a "
-                        f"{'private' if page in self.private else 'shared'} page: KVM takes the side "
-                        "from the page's attribute (kvm_mmu_page_fault)"
-                    )
+            other = self.private.first_not(first, last + 1, int(access == "private"))
+            if other is not None:
+                return (
+                    f"a {self.platform} guest cannot make a {access} access to a "
+                    f"{'private' if self.private[other] else 'shared'} page: KVM takes the side "
+                    "from the page's attribute (kvm_mmu_page_fault)"
+                )
         if self.mapping is None and self.facts.emulated:
             return (
                 "guest code is emulated here and reaches memory through the memslot's userspace_addr; "
@@ -232,8 +241,8 @@ class KernelMachine:
         gmem = self.gmem
         outcome = _outcome(lambda: gmem.set_memory_attributes2(arg))
         if outcome.ok:
-            pages = set(range(offset // PAGE_SIZE, (offset + size) // PAGE_SIZE))
-            self.private = self.private | pages if attributes else self.private - pages
+            end = min((offset + size) // PAGE_SIZE, self.private.limit)
+            self.private.set(offset // PAGE_SIZE, end, int(bool(attributes)))
         return outcome
 
     def punch_hole(self, offset: int, size: int) -> Outcome:

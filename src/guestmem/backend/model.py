@@ -9,6 +9,7 @@ from typing import Any
 from guestmem.backend.base import MAX_PAGES, Outcome, attributes2, check_guest_range
 from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit
 from guestmem.model import GuestMemfd, Vm
+from guestmem.model.gmem import HostMapping
 from guestmem.spec.terms import Direction
 from guestmem.uapi.kvm import (
     GUEST_MEMFD_FLAG_MMAP,
@@ -55,6 +56,8 @@ class ModelMachine:
         self.vm = Vm(platform, abi, seed=seed)
         self.gmem: GuestMemfd = self.vm.create_guest_memfd(size, flags)
         self.mapping = self.gmem.mmap() if flags & GUEST_MEMFD_FLAG_MMAP else None
+        #: Mappings of other host processes (``mapping=1``), made at first use.
+        self.others: dict[int, HostMapping] = {}
         self.platform = self.vm.platform.name
         self.abi = self.vm.revision.name
         self.size = size
@@ -66,21 +69,20 @@ class ModelMachine:
             outcome.origins = [(a, b, o.label) for a, b, o in self.gmem.origins(offset, size)]
         return outcome
 
-    def host_write(self, offset: int, data: bytes) -> Outcome:
-        def act() -> None:
-            if self.mapping is None:
-                raise IoctlError(errno.ENODEV, "mmap")  # no host mapping without MMAP
-            self.mapping.write(offset, data)
+    def _mapping(self, which: int) -> HostMapping:
+        if self.mapping is None:
+            raise IoctlError(errno.ENODEV, "mmap")  # no host mapping without MMAP
+        if not which:
+            return self.mapping
+        if which not in self.others:
+            self.others[which] = self.gmem.mmap()
+        return self.others[which]
 
-        return _outcome(act)
+    def host_write(self, offset: int, data: bytes, mapping: int = 0) -> Outcome:
+        return _outcome(lambda: self._mapping(mapping).write(offset, data))
 
-    def host_read(self, offset: int, size: int) -> Outcome:
-        def act() -> bytes:
-            if self.mapping is None:
-                raise IoctlError(errno.ENODEV, "mmap")
-            return self.mapping.read(offset, size)
-
-        return self._with_origins(_outcome(act), offset, size)
+    def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome:
+        return self._with_origins(_outcome(lambda: self._mapping(mapping).read(offset, size)), offset, size)
 
     def guest_write(self, offset: int, data: bytes, access: str | None = None) -> Outcome:
         check_guest_range(offset, len(data), self.size)
@@ -128,6 +130,8 @@ class ModelMachine:
         return self.vm.check_extension(cap)
 
     def close(self) -> None:
+        for other in self.others.values():
+            other.close()
         if self.mapping is not None:
             self.mapping.close()
 

@@ -1,11 +1,13 @@
 """Peak resident memory of a fresh process that converts a 1 TiB model guest_memfd.
 
 ``python -m guestmem.bench.rss [CONVERSIONS]`` creates a 1 TiB ``sw_protected``
-guest_memfd in the model, performs random page-aligned conversions (random range, random
-direction, 4 KiB to 4 GiB, policy left at the default), and prints ``{"peak_kib": …, "runs": …}``:
-the process's high-water mark (``VmHWM``, else ``ru_maxrss``) and how many attribute runs
-the conversions left. The parent (:func:`rss_1tib_mib`) runs it in a subprocess so that
-nothing else it did counts.
+guest_memfd in the model and, as many times, writes one random page (4 KiB of bytes of
+its own: the host writes a shared page, the guest a private one) and performs one random
+page-aligned conversion (random range, random direction, 4 KiB to 4 GiB, policy left at
+the default); it prints ``{"peak_kib": …, "runs": …, "pages": …}``: the process's
+high-water mark (``VmHWM``, else ``ru_maxrss``), how many attribute runs the conversions
+left and how many pages hold data at the end. The parent (:func:`rss_1tib_mib`) runs it
+in a subprocess so that nothing else it did counts.
 """
 
 from __future__ import annotations
@@ -36,25 +38,32 @@ def peak_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def convert_randomly(conversions: int, seed: int = 0) -> int:
-    """The child's work; returns the number of attribute runs left."""
+def convert_randomly(conversions: int, seed: int = 0) -> tuple[int, int]:
+    """The child's work; returns the attribute runs and the allocated pages left."""
     from guestmem.model import Vm
     from guestmem.spec.terms import Direction
-    from guestmem.uapi.kvm import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, PAGE_SHIFT
+    from guestmem.uapi.kvm import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, PAGE_SHIFT, PAGE_SIZE
 
     gmem = Vm("sw_protected").create_guest_memfd(TiB, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
+    host = gmem.mmap()
     rng = random.Random(seed)
     npages = TiB >> PAGE_SHIFT
     for _ in range(conversions):
+        page = rng.randrange(npages)
+        data = rng.randbytes(PAGE_SIZE)
+        if gmem.is_private(page << PAGE_SHIFT):
+            gmem.guest_write(page << PAGE_SHIFT, data)
+        else:
+            host.write(page << PAGE_SHIFT, data)
         lo = rng.randrange(npages)
         hi = min(npages, lo + rng.randrange(1, 1 << rng.randrange(1, 21)))  # 1 page to 4 GiB
         to = rng.choice((Direction.TO_PRIVATE, Direction.TO_SHARED))
         gmem.convert(lo << PAGE_SHIFT, (hi - lo) << PAGE_SHIFT, to)
-    return len(gmem.attributes.starts)
+    return len(gmem.attributes.starts), len(gmem.pages)
 
 
-def _child(conversions: int, seed: int) -> tuple[int, int]:
-    """Run the workload in a fresh interpreter: (peak KiB, runs left)."""
+def _child(conversions: int, seed: int) -> tuple[int, int, int]:
+    """Run the workload in a fresh interpreter: (peak KiB, runs left, pages left)."""
     src = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
@@ -69,7 +78,7 @@ def _child(conversions: int, seed: int) -> tuple[int, int]:
     if proc.returncode != 0:
         raise OSError(f"the rss child failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
     result = json.loads(proc.stdout)
-    return int(result["peak_kib"]), int(result["runs"])
+    return int(result["peak_kib"]), int(result["runs"]), int(result["pages"])
 
 
 def rss_1tib_mib(reps: int, quick: bool) -> Figure:
@@ -77,21 +86,23 @@ def rss_1tib_mib(reps: int, quick: bool) -> Figure:
     one that creates the guest_memfd and converts nothing."""
     del quick
     results = sorted(_child(CONVERSIONS, seed) for seed in range(reps))
-    peak, runs = results[len(results) // 2]
-    idle, _ = _child(0, 0)
+    peak, runs, pages = results[len(results) // 2]
+    idle, _, _ = _child(0, 0)
     return Figure(
         "rss_1tib_mib",
         value=round(peak / 1024, 1),
         note=f"VmHWM of a fresh interpreter after {CONVERSIONS} random conversions of a 1 TiB "
-        f"guest_memfd ({runs} attribute runs left; {idle / 1024:.1f} MiB with none), median of {reps}",
+        f"guest_memfd and {CONVERSIONS} random pages written ({runs} attribute runs and {pages} "
+        f"written pages left; {idle / 1024:.1f} MiB with none), median of {reps}",
+        extra={"conversions": CONVERSIONS, "pages_written": CONVERSIONS, "runs_left": runs},
     )
 
 
 def main(argv: list[str]) -> int:
     conversions = int(argv[0]) if argv else CONVERSIONS
     seed = int(argv[1]) if len(argv) > 1 else 0
-    runs = convert_randomly(conversions, seed)
-    print(json.dumps({"peak_kib": peak_kib(), "runs": runs}))
+    runs, pages = convert_randomly(conversions, seed)
+    print(json.dumps({"peak_kib": peak_kib(), "runs": runs, "pages": pages}))
     return 0
 
 

@@ -4,22 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from guestmem.bench.explore import explore_states_per_s
+from guestmem.bench.explore import analyze_all_cpu_s, explore_3_pages_cpu_s, explore_states_per_cpu_s
 from guestmem.bench.figure import Figure
 from guestmem.bench.kvm_run import kvm_run_vs_c
-from guestmem.bench.pairs import attr_1tib_vs_4k, fill_vs_memset, host_access_vs_mmap, zero_vs_punch_hole
+from guestmem.bench.pairs import convert_1tib_vs_4k, fill_vs_memset, host_access_vs_mmap, zero_vs_punch_hole
 from guestmem.bench.rss import rss_1tib_mib
 
 Measure = Callable[[int, bool], Figure]
 
 #: Figure name → measuring function ``(reps, quick) -> Figure``, in report order.
 FIGURES: dict[str, Measure] = {
-    "attr_1tib_vs_4k": attr_1tib_vs_4k,
+    "convert_1tib_vs_4k": convert_1tib_vs_4k,
     "zero_vs_punch_hole": zero_vs_punch_hole,
     "fill_vs_memset": fill_vs_memset,
     "host_access_vs_mmap": host_access_vs_mmap,
     "kvm_run_vs_c": kvm_run_vs_c,
-    "explore_states_per_s": explore_states_per_s,
+    "explore_states_per_cpu_s": explore_states_per_cpu_s,
+    "analyze_all_cpu_s": analyze_all_cpu_s,
+    "explore_3_pages_cpu_s": explore_3_pages_cpu_s,
     "rss_1tib_mib": rss_1tib_mib,
 }
 QUICK_REPS = 5

@@ -23,12 +23,16 @@ Three reductions keep the search exact:
   computes it (and the explorer checks that no other row changed), later it is looked up.
   ``memo=False`` runs the model for every step (the reference path the tests compare
   against).
-- **Page symmetry.** Where the model treats pages alike — every operation of the alphabet
-  has its image under any permutation of the pages, and no content depends on a page's
-  offset (ciphertext, garbage and ``rfc-v5``'s scramble do: :func:`symmetric`) — states that
-  differ only by a permutation of pages are one state: the visited set holds the sorted
-  rows. The frontier keeps the concrete state first reached, so every counterexample is
-  a real path from an initial state, replayable as a scenario file.
+- **Page symmetry.** The model treats pages alike: every operation of the alphabet has
+  its image under any permutation of the pages, and nothing compares one page's contents
+  with another's. So states that differ only by a permutation of pages are one state: the
+  visited set holds the sorted rows. Ciphertext, garbage and ``rfc-v5``'s scramble are the
+  exception in bytes only: they mix in the page's offset (:func:`symmetric` says where
+  they occur), so there a page made by one of them is compared by how it was made (the
+  effect, the direction and, recursively, the page it was made from: :meth:`Explorer.term`),
+  which is what its bytes encode apart from the offset. The frontier keeps the concrete
+  state first reached, so every counterexample is a real path from an initial state,
+  replayable as a scenario file.
 
 Counting follows the usual model-checker convention: ``generated`` counts every state
 the search produces (one per operation applied), ``distinct`` counts states after
@@ -52,7 +56,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +75,7 @@ from guestmem.checker.properties import (
     restore,
 )
 from guestmem.model.gmem import PageRow
+from guestmem.model.provenance import Origin
 from guestmem.spec import platforms, revisions
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions import Revision
@@ -85,6 +90,8 @@ DEFAULT_DEPTH = 6
 Key = tuple[bool, tuple[PageRow, ...]]
 #: Effects whose bytes depend on the page's offset (keyed by the VM key and the offset).
 KEYED = frozenset({Effect.CIPHERTEXT, Effect.GARBAGE, Effect.RANDOM})
+#: The provenance of the bytes those effects make.
+KEYED_ORIGINS = frozenset({Origin.CIPHERTEXT, Origin.GARBAGE, Origin.RANDOM})
 #: What a local step gives: running after, the page's row after, violations, and
 #: whether it was a successful conversion (then pinned private pages are checked).
 Learned = tuple[bool, PageRow, tuple[Violation, ...], bool]
@@ -199,12 +206,14 @@ class _Shard:
     parents: list[int]
     ops: list[int]
     found: dict[Property, tuple[int, int, Violation]]
+    terms: dict[Hashable, Hashable]
 
 
 def symmetric(platform: Platform, revision: Revision) -> bool:
-    """Whether pages are interchangeable: no conversion of ``platform`` under ``revision``
-    gives offset-dependent bytes (:data:`KEYED`), for any direction, policy the alphabet
-    asks for, and phase. The alphabet itself is symmetric by construction."""
+    """Whether pages are interchangeable byte for byte: no conversion of ``platform``
+    under ``revision`` gives offset-dependent bytes (:data:`KEYED`), for any direction,
+    policy the alphabet asks for, and phase. (Where one does, the explorer compares such
+    pages by how they were made.) The alphabet itself is symmetric by construction."""
     for direction in Direction:
         for policy in Policy:
             decoded = revision.decode(revision.encode(policy))
@@ -242,7 +251,11 @@ class Explorer:
         self.pages = pages
         self.depth = depth
         self.variant = variant
-        self.symmetry = symmetry and pages > 1 and symmetric(self.platform, self.revision)
+        self.symmetry = symmetry and pages > 1
+        #: Pages made by a keyed effect, by how they were made (only where bytes depend on
+        #: the offset and symmetry is on).
+        self.terms: dict[Hashable, Hashable] = {}
+        self.keyed = self.symmetry and not symmetric(self.platform, self.revision)
         self.ops = alphabet(pages, self.revision.name)
         self.machine = open_machine(self.platform, self.revision, pages, "shared")
         self.calls: list[Callable[[], Outcome]] = [bind(op, self.machine) for op in self.ops]
@@ -264,7 +277,29 @@ class Explorer:
 
     def key(self, state: Key) -> Key:
         """The visited-set key of ``state``: itself, or its class under page symmetry."""
-        return canonical(state) if self.symmetry else state
+        if not self.symmetry:
+            return state
+        if not self.keyed:
+            return canonical(state)
+        terms = self.terms
+        rows = [(*r[:2], terms.get(r[2]) or (0, r[2]), *r[3:]) for r in state[1]]
+        return state[0], tuple(sorted(rows))  # type: ignore[arg-type]
+
+    def term(self, index: int, before: tuple[PageRow, ...], after: tuple[PageRow, ...]) -> None:
+        """Name each page that operation ``index`` made with a keyed effect by how it was
+        made: (origin, direction, the bytes it replaced, or their name if they were made
+        so too). Keyed bytes depend on the old bytes only, so the name is a function of
+        the page, the same in every process."""
+        direction = self.ops[index].to
+        for old, new in zip(before, after, strict=True):
+            page = new[2]
+            if page is old[2] or not page or page in self.terms:
+                continue
+            runs = page[1]
+            if len(runs) == 1 and runs[0][2] in KEYED_ORIGINS:
+                source = old[2]
+                made = (runs[0][2], direction, self.terms.get(source) or (0, source[:1]))
+                self.terms[page] = (1, made)  # (0, page) for every other page
 
     def load(self, state: Key) -> State:
         """Put ``state`` into the machine; its :class:`State` (what the monitor reads)."""
@@ -286,6 +321,8 @@ class Explorer:
         new = self.state(machine)
         if new == state:
             return state, violations, outcome  # the machine still holds ``state``
+        if self.keyed:
+            self.term(index, state[1], new[1])
         self._loaded = None
         return new, violations, outcome
 
@@ -326,6 +363,7 @@ class Explorer:
         op_indices: list[int] = []
         found: dict[Property, tuple[int, int, Violation]] = {}
         generated = 0
+        known = set(self.terms)
         for parent in range(lo, hi):
             state = frontier[parent]
             running, rows = state
@@ -366,7 +404,8 @@ class Explorer:
                 states.append(after)
                 parents.append(parent)
                 op_indices.append(index)
-        return _Shard(generated, keys, states, parents, op_indices, found)
+        terms = {page: term for page, term in self.terms.items() if page not in known}
+        return _Shard(generated, keys, states, parents, op_indices, found, terms)
 
     def run(self, workers: int = 1, progress: Progress | None = None) -> Exploration:
         """Search to ``depth``; the result does not depend on ``workers``."""
@@ -398,6 +437,7 @@ class Explorer:
             next_frontier: list[Key] = []
             links: list[tuple[int, int]] = []
             for shard in shards:
+                self.terms.update(shard.terms)
                 result.generated += shard.generated
                 for prop, (parent, op_index, violation) in shard.found.items():
                     if prop not in found:

@@ -6,7 +6,7 @@ of one process pool, the largest first. Results come back in the order asked for
 do not depend on the number of workers.
 
 :func:`relation` is the table of every answer the model and the property monitor get
-from an ABI revision, over every input they can ask it with (semantics.md §1-§4: flags
+from an ABI revision, over every input they can ask it with (docs/semantics.md §1-§4: flags
 decoding, attribute and error_offset checks, early return, effect per direction, policy
 and phase, guarantee, who applies the effect, consent, capabilities); :data:`COVERED`
 names every member it asks, and a test checks that no revision has another. Two

@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 from typing import TextIO
 
-from guestmem import schemas
+from guestmem import progress, schemas
 from guestmem.bench import suite
 from guestmem.bench.figure import NAMES, Figure
 from guestmem.cli import UsageError
@@ -20,9 +19,9 @@ from guestmem.terminal import table
 
 EPILOG = """\
 examples:
-  guestmem bench                      # full run: minutes (docs/bench.md)
+  guestmem bench                      # full run, a few minutes (docs/bench.md)
   guestmem bench --quick --format json
-  guestmem bench --only host_access_vs_mmap --only attr_1tib_vs_4k
+  guestmem bench --only host_access_vs_mmap --only convert_1tib_vs_4k
 
 figures: """ + ", ".join(NAMES)
 
@@ -96,9 +95,14 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         if name not in suite.FIGURES:
             raise UsageError(f"--only: unknown figure {name!r} (choose from {', '.join(NAMES)})")
-    if args.format == "text":
-        print(f"measuring {len(names)} figure(s){' (quick)' if args.quick else ''}…", file=sys.stderr)
-    figures = suite.run(quick=args.quick, names=names)
+    with progress.Status("bench", enabled=args.format == "text") as status:
+
+        def measuring(name: str) -> None:
+            if status.current:
+                status.finish(status.current.split(" ", 1)[0])
+            status.update(f"{name} ({len(status.finished) + 1}/{len(names)})", force=True)
+
+        figures = suite.run(quick=args.quick, names=names, progress=measuring)
     if args.format == "json":
         schemas.dump("bench", {"machine": machine(), "figures": {f.name: f.to_json() for f in figures}})
     else:

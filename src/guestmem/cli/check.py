@@ -15,10 +15,11 @@ example:
   guestmem check                   # the whole suite on the model
   guestmem check --platform snp --format tap
   guestmem check --backend kvm     # on this machine's kernel (the rest skips)
+  guestmem check --abi v8          # cases that do not hold under v8 are N/A
   guestmem check --abi all --format junit > results.xml
 
-exit status: 0 every expectation held (skips beside passes included), 1 one failed,
-2 bad input, 4 every run was skipped (KSFT_SKIP)."""
+exit status: 0 every expectation held (skips and N/A beside passes included), 1 one
+failed, 2 bad input, 4 nothing ran: every run was skipped or N/A (KSFT_SKIP)."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -58,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.dir)
     if "\0" in args.dir:
         raise UsageError(f"{args.dir!r}: a path cannot contain a NUL byte")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: not a directory")
+    try:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"{out}: not a directory")
+    except OSError as err:
+        raise UsageError(f"{_clip(args.dir)}: {err.strerror or err}") from None
     scenarios = load_all(args.files or [str(p) for p in suite_files()])
     results = execute(scenarios, args, backend="model")
     if not results:
@@ -99,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {len(written)} fixtures to {out}")
     return code
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _write(directory: Path, name: str, text: str) -> None:

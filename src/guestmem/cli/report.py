@@ -53,12 +53,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if "\0" in args.out:
         raise UsageError(f"--out: {args.out!r}: a path cannot contain a NUL byte")
-    if out.is_dir():
-        raise UsageError(f"--out: {out} is a directory")
-    if out.exists() and not out.is_file():
-        raise UsageError(f"--out: {out} is not a regular file")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out: directory {out.parent} does not exist")
+    try:
+        if out.is_dir():
+            raise UsageError(f"--out: {out} is a directory")
+        if out.exists() and not out.is_file():
+            raise UsageError(f"--out: {out} is not a regular file")
+        if not out.parent.is_dir():
+            raise UsageError(f"--out: directory {out.parent} does not exist")
+    except OSError as err:
+        shown = args.out if len(args.out) <= 80 else args.out[:79] + "…"
+        raise UsageError(f"--out: {shown}: {err.strerror or err}") from None
     scenarios = load_all(args.files or [str(p) for p in suite_files()])
     results = execute(scenarios, args, backend="model", observe=True)
     if not results:

@@ -24,6 +24,7 @@ PROT_READ: Final = 0x1
 PROT_WRITE: Final = 0x2
 MAP_SHARED: Final = 0x01
 MAP_PRIVATE: Final = 0x02
+MAP_FIXED: Final = 0x10
 MAP_ANONYMOUS: Final = 0x20
 MAP_NORESERVE: Final = 0x4000
 
@@ -39,6 +40,8 @@ _libc.mmap.argtypes = [
 ]
 _libc.munmap.restype = ctypes.c_int
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.restype = ctypes.c_int
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.fallocate.restype = ctypes.c_int
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 _MAP_FAILED: Final = ctypes.c_void_p(-1).value
@@ -78,12 +81,19 @@ def _fail(call: str) -> IoctlError:
     return IoctlError(ctypes.get_errno() or errno.EIO, call)
 
 
-def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0) -> int:
-    """``mmap(2)``; returns the address. ``IoctlError(errno, "mmap")`` on failure."""
-    address = _libc.mmap(None, length, prot, flags, fd, offset)
+def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0, *, address: int = 0) -> int:
+    """``mmap(2)``; returns the address. ``IoctlError(errno, "mmap")`` on failure.
+    ``address`` is a hint, or the place itself with ``MAP_FIXED``."""
+    address = _libc.mmap(address or None, length, prot, flags, fd, offset)
     if address is None or address == _MAP_FAILED:
         raise _fail("mmap")
     return int(address)
+
+
+def madvise(address: int, length: int, advice: int) -> None:
+    """``madvise(2)``; ``IoctlError(errno, "madvise")`` on failure."""
+    if _libc.madvise(address, length, advice) != 0:
+        raise _fail("madvise")
 
 
 def munmap(address: int, length: int) -> None:

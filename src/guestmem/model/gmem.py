@@ -12,9 +12,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import itertools
 import struct
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit, errno_of
 from guestmem.model.provenance import (
@@ -38,6 +39,8 @@ from guestmem.uapi.kvm import (
     GUEST_MEMFD_FLAG_MMAP,
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
     KVM_MEMORY_EXIT_FLAG_PRIVATE,
+    MADV_DONTNEED,
+    MADV_HUGEPAGE,
     PAGE_SHIFT,
     PAGE_SIZE,
     KvmMemoryAttributes2,
@@ -53,6 +56,19 @@ _U64 = 1 << 64
 #: Guest requests, per page: none, share (for P→S), unshare (for S→P).
 NO_REQUEST, SHARE_REQUESTED, UNSHARE_REQUESTED = 0, 1, 2
 _REQUEST_FOR = {Direction.TO_SHARED: SHARE_REQUESTED, Direction.TO_PRIVATE: UNSHARE_REQUESTED}
+
+#: Inode numbers: every guest_memfd is a file of its own (guest_memfd_test).
+_INODES = itertools.count(1)
+
+
+class FileStat(NamedTuple):
+    """What ``fstat()`` tells of a guest_memfd: its size, a block size of one page, and an
+    inode number no other guest_memfd has."""
+
+    st_size: int
+    st_blksize: int
+    st_ino: int
+
 
 ArgBuffer = bytes | bytearray | memoryview | KvmMemoryAttributes2
 RangeKey = tuple[tuple[int, ...], tuple[int, ...]]
@@ -158,6 +174,16 @@ class HostMapping:
             pos += stop - start
             offset += stop - start
 
+    def madvise(self, offset: int, length: int, advice: int) -> None:
+        """``madvise()`` on the mapping: ``MADV_HUGEPAGE`` is accepted, ``MADV_DONTNEED``
+        drops the page-table entries (the next access faults again), and
+        ``MADV_COLLAPSE`` is ``EINVAL``: a guest_memfd folio is never collapsed into a huge
+        page, which could map private memory into the host (docs/semantics.md §6)."""
+        if advice not in (MADV_HUGEPAGE, MADV_DONTNEED):  # MADV_COLLAPSE among them
+            raise IoctlError(errno.EINVAL, "madvise")
+        if advice == MADV_DONTNEED:
+            self.zap(offset >> PAGE_SHIFT, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT)
+
     def zap(self, lo: int, hi: int) -> None:
         """``unmap_mapping_pages()`` for pages ``[lo, hi)``."""
         if self.ptes:
@@ -187,6 +213,7 @@ class GuestMemfd:
         self.mappings: list[HostMapping] = []
         #: The memslot binding the file at ``gpa`` (docs/semantics.md §3 *Memslots*).
         self.memslot = True
+        self.ino = next(_INODES)
 
     def __repr__(self) -> str:
         return f"GuestMemfd(size={self.size:#x}, flags={self.flags:#x}, allocated={len(self.pages)})"
@@ -301,6 +328,26 @@ class GuestMemfd:
             stop = min(PAGE_SIZE, start + end - offset)
             yield index, start, stop
             offset += stop - start
+
+    # --- the file (docs/semantics.md §6) -------------------------------------------------------
+    def stat(self) -> FileStat:
+        return FileStat(self.size, PAGE_SIZE, self.ino)
+
+    def read(self, size: int) -> bytes:
+        """``read()``: the file has no read method, so the VFS answers ``EINVAL``; memory is
+        reached only through a mapping or the guest."""
+        raise IoctlError(errno.EINVAL, "read")
+
+    def write(self, data: bytes) -> int:
+        """``write()``: no write method either, ``EINVAL``."""
+        raise IoctlError(errno.EINVAL, "write")
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """``pread()``: positional I/O on a file that is not seekable is ``ESPIPE``."""
+        raise IoctlError(errno.ESPIPE, "pread")
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        raise IoctlError(errno.ESPIPE, "pwrite")
 
     # --- host side ---------------------------------------------------------------------------
     def mmap(self, shared: bool = True) -> HostMapping:

@@ -82,6 +82,7 @@ code, .mono { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-
 .pass { background: #d8f0da; color: #1b5e20; }
 .fail { background: #ffd6d6; color: #a00000; }
 .skip { background: #fff1c2; color: #5c4300; }
+.na { background: #e6e9f5; color: #2a3470; }
 .none { color: var(--muted); }
 table { border-collapse: collapse; margin: 0.4em 0 1em; font-size: 0.9em; }
 th, td { border: 1px solid var(--rule); padding: 0.2em 0.5em; text-align: left; vertical-align: top; }
@@ -313,7 +314,8 @@ def _scenario_anchor(name: str) -> str:
 
 
 def _badge(status: str) -> str:
-    return f"<span class='verdict {status}'>{status.upper()}</span>"
+    """A run's verdict: PASS, FAIL, SKIP or N/A (not applicable to the revision)."""
+    return f"<span class='verdict {status.replace('/', '')}'>{status.upper()}</span>"
 
 
 def results_table(results: Sequence[RunResult], platform_names: Sequence[str]) -> str:
@@ -332,7 +334,12 @@ def results_table(results: Sequence[RunResult], platform_names: Sequence[str]) -
             if run is None:
                 tds.append("<td class='none' title='not a platform of this scenario'>–</td>")
                 continue
-            why = run.skipped or run.error or "; ".join(f"step {s.step.index} failed" for s in run.failures)
+            why = (
+                run.not_applicable
+                or run.skipped
+                or run.error
+                or "; ".join(f"step {s.step.index} failed" for s in run.failures)
+            )
             tip = f" title='{e(why)}'" if why else ""
             tds.append(f"<td{tip}><a href='#{e(_anchor(run))}'>{_badge(run.status)}</a></td>")
         abi_td = f"<td>{e(abi)}</td>" if many else ""
@@ -343,7 +350,7 @@ def results_table(results: Sequence[RunResult], platform_names: Sequence[str]) -
     problems = [r for r in results if r.status != "pass"]
     listed = "".join(
         f"<li>{_badge(r.status)} <a href='#{e(_anchor(r))}'>{e(r.scenario.name)} on {e(r.platform)} "
-        f"({e(r.abi)})</a>: {e(r.skipped or r.error or '; '.join(_failure(s) for s in r.failures))}</li>"
+        f"({e(r.abi)})</a>: {e(_why(r))}</li>"
         for r in problems
     )
     return (
@@ -353,6 +360,12 @@ def results_table(results: Sequence[RunResult], platform_names: Sequence[str]) -
     )
 
 
+def _why(result: RunResult) -> str:
+    if result.not_applicable:
+        return f"not applicable to {result.abi}: {result.not_applicable}"
+    return result.skipped or result.error or "; ".join(_failure(s) for s in result.failures)
+
+
 def _failure(step: StepResult) -> str:
     saw = "not run" if step.outcome is None else describe(step.outcome)
     expected = " or ".join(map(str, step.expect))
@@ -360,12 +373,14 @@ def _failure(step: StepResult) -> str:
 
 
 def _counts(results: Sequence[RunResult]) -> str:
-    n = {s: sum(r.status == s for r in results) for s in ("pass", "fail", "skip")}
+    n = {s: sum(r.status == s for r in results) for s in ("pass", "fail", "skip", "n/a")}
     parts = [
         f"<span class='verdict pass'>{n['pass']} passed</span>",
         f"<span class='verdict fail'>{n['fail']} failed</span>" if n["fail"] else "0 failed",
         f"<span class='verdict skip'>{n['skip']} skipped</span>" if n["skip"] else "0 skipped",
     ]
+    if n["n/a"]:
+        parts.append(f"<span class='verdict na'>{n['n/a']} not applicable</span>")
     return f"<p class='counts'>{len(results)} runs: {', '.join(parts)}.</p>"
 
 

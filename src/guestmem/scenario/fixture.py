@@ -83,7 +83,7 @@ def freeze(result: RunResult) -> dict[str, Any]:
     scenario = result.scenario
     steps = []
     for s in result.steps:
-        raw = {k: v for k, v in s.step.raw.items() if k not in ("expect", "error_offset")}
+        raw = {k: v for k, v in s.step.raw.items() if k not in ("expect", "expect_abi", "error_offset")}
         steps.append({**raw, "expect": allowed(s)})
     document = {
         "name": scenario.name,

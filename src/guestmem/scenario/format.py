@@ -24,8 +24,8 @@ from guestmem.uapi.kvm import PAGE_SIZE
 _U64 = 1 << 64
 #: Fields each op accepts (besides ``op``, ``expect`` and ``error_offset``), and which are required.
 OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "host_write": (("offset", "data", "repeat"), ("offset", "data")),
-    "host_read": (("offset", "size"), ("offset", "size")),
+    "host_write": (("offset", "data", "repeat", "mapping"), ("offset", "data")),
+    "host_read": (("offset", "size", "mapping"), ("offset", "size")),
     "guest_write": (("offset", "data", "repeat", "as"), ("offset", "data")),
     "guest_read": (("offset", "size", "as"), ("offset", "size")),
     "convert": (
@@ -58,6 +58,8 @@ class Step:
     index: int
     op: str
     expect: Mapping[str, tuple[Expect, ...]]
+    #: ``expect_abi``: per revision, a table like ``expect`` that replaces it under that revision.
+    expect_abi: Mapping[str, Mapping[str, tuple[Expect, ...]]] = field(default_factory=dict)
     offset: int = 0
     size: int = 0
     data: bytes = b""
@@ -68,11 +70,15 @@ class Step:
     attributes: int | None = None
     reserved: tuple[int, ...] = ()
     error_offset_in: int = 0
+    #: Which host mapping a host access goes through: 0, the VMM's; 1, a second process's.
+    mapping: int = 0
     #: The step as written (for fixtures and reports).
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
-    def expect_for(self, platform: str) -> tuple[Expect, ...]:
-        return self.expect.get(platform) or self.expect["*"]
+    def expect_for(self, platform: str, abi: str | None = None) -> tuple[Expect, ...]:
+        """What this step must produce on ``platform`` under revision ``abi``."""
+        table = self.expect_abi.get(abi or "", self.expect)
+        return table.get(platform) or table["*"]
 
     @property
     def side(self) -> str:
@@ -86,6 +92,8 @@ class Step:
             parts.append(f"{self.offset:#x}+{(self.size or len(self.data)):#x}")
         if self.access:
             parts.append(f"as {self.access}")
+        if self.mapping:
+            parts.append(f"through mapping {self.mapping}")
         if self.to is not None:
             parts.append(f"to {self.to.value.removeprefix('to_')}")
         if self.flags is not None:
@@ -108,6 +116,7 @@ class Scenario:
     name: str
     about: str
     platforms: tuple[str, ...]
+    #: The revision a run uses when none is chosen: the first one ``abi`` names.
     abi: str
     pages: int
     init: str
@@ -115,10 +124,16 @@ class Scenario:
     file: str
     #: The document as written (for fixtures).
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    #: The revisions the expectations hold for (``abi``); without ``abi``, every revision.
+    revisions: tuple[str, ...] = tuple(revisions.REVISIONS)
 
     @property
     def size(self) -> int:
         return self.pages * PAGE_SIZE
+
+    def applies_to(self, abi: str) -> bool:
+        """Whether the file's expectations hold under revision ``abi``."""
+        return abi in self.revisions
 
 
 def load(path: str | Path) -> Scenario:
@@ -151,9 +166,8 @@ def from_dict(doc: Mapping[str, Any], where: str) -> Scenario:
     about = doc.get("about", "")
     if not isinstance(about, str):
         raise top("about", f"must be a string, not {_kind(about)}")
-    abi = doc.get("abi", revisions.DEFAULT)
-    if not isinstance(abi, str) or abi not in revisions.REVISIONS:
-        raise top("abi", f"unknown revision {abi!r} (choose from {', '.join(revisions.REVISIONS)})")
+    applies = _revisions(doc, top)
+    abi = applies[0] if "abi" in doc else revisions.DEFAULT
     plats = doc.get("platforms", list(platforms.PLATFORMS))
     if not isinstance(plats, list) or not plats or not all(isinstance(p, str) for p in plats):
         raise top("platforms", "must be a non-empty list of platform names")
@@ -176,8 +190,24 @@ def from_dict(doc: Mapping[str, Any], where: str) -> Scenario:
     if len(raw_steps) > MAX_STEPS:
         raise top("step", f"{len(raw_steps)} steps is more than the limit of {MAX_STEPS}")
     ordered = tuple(p for p in platforms.PLATFORMS if p in plats)
-    steps = tuple(_step(raw, n, where, abi, pages, ordered) for n, raw in enumerate(raw_steps, start=1))
-    return Scenario(name, about, ordered, abi, pages, init, steps, where, raw=doc)
+    steps = tuple(_step(raw, n, where, applies, pages, ordered) for n, raw in enumerate(raw_steps, start=1))
+    return Scenario(name, about, ordered, abi, pages, init, steps, where, raw=doc, revisions=applies)
+
+
+def _revisions(doc: Mapping[str, Any], top: Any) -> tuple[str, ...]:
+    """``abi``: one revision or a list of them, the first being the file's own; absent,
+    the file is written for the default revision and runs under any."""
+    value = doc.get("abi", list(revisions.REVISIONS))
+    names = [value] if isinstance(value, str) else value
+    choices = ", ".join(revisions.REVISIONS)
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise top("abi", f"must be a revision name or a non-empty list of them, not {value!r}")
+    for n in names:
+        if n not in revisions.REVISIONS:
+            raise top("abi", f"unknown revision {n!r} (choose from {choices})")
+    if len(set(names)) != len(names):
+        raise top("abi", "lists a revision twice")
+    return tuple(names)
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -190,7 +220,7 @@ def _kind(value: Any) -> str:
     )
 
 
-def _step(raw: Any, n: int, where: str, abi: str, pages: int, plats: Sequence[str]) -> Step:
+def _step(raw: Any, n: int, where: str, applies: Sequence[str], pages: int, plats: Sequence[str]) -> Step:
     def bad(name: str, message: str) -> ScenarioError:
         return ScenarioError(f"{where}: step {n}: field {name!r}: {message}")
 
@@ -201,7 +231,7 @@ def _step(raw: Any, n: int, where: str, abi: str, pages: int, plats: Sequence[st
         raise bad("op", f"unknown op {op!r} (choose from {', '.join(OPS)})")
     allowed, required = OPS[op]
     for key in raw:
-        if key not in (*allowed, "op", "expect", "error_offset"):
+        if key not in (*allowed, "op", "expect", "expect_abi", "error_offset"):
             raise bad(key, f"unknown field for op {op!r} (it takes {', '.join(allowed) or 'no fields'})")
     for key in required:
         if key not in raw:
@@ -237,6 +267,12 @@ def _step(raw: Any, n: int, where: str, abi: str, pages: int, plats: Sequence[st
         fields["data"] = chunk * repeat
     elif "repeat" in raw:
         raise bad("repeat", "needs 'data'")
+    if "mapping" in raw:
+        if raw["mapping"] not in (0, 1) or isinstance(raw["mapping"], bool):
+            raise bad(
+                "mapping", f"must be 0 (the VMM's mapping) or 1 (a second process's), not {raw['mapping']!r}"
+            )
+        fields["mapping"] = raw["mapping"]
     if "as" in raw:
         if raw["as"] not in ("private", "shared"):
             raise bad("as", f"must be 'private' or 'shared', not {raw['as']!r}")
@@ -264,7 +300,13 @@ def _step(raw: Any, n: int, where: str, abi: str, pages: int, plats: Sequence[st
     if op == "convert":
         _convert_fields(raw, fields, bad, number)
     expect = _expect(raw, bad, plats)
-    return Step(index=n, op=op, expect=expect, raw=dict(raw), **fields)
+    by_abi = _expect_abi(raw, bad, plats, applies)
+    tables = [expect, *by_abi.values()]
+    if "error_offset" in raw and not any(
+        e.kind == "errno" for t in tables for alts in t.values() for e in alts
+    ):
+        raise bad("error_offset", "only meaningful with an errno expectation")
+    return Step(index=n, op=op, expect=expect, expect_abi=by_abi, raw=dict(raw), **fields)
 
 
 def _convert_fields(raw: Mapping[str, Any], fields: dict[str, Any], bad: Any, number: Any) -> None:
@@ -296,7 +338,31 @@ def _convert_fields(raw: Mapping[str, Any], fields: dict[str, Any], bad: Any, nu
             raise bad("reserved", str(err)) from None
 
 
-def _expect(raw: Mapping[str, Any], bad: Any, plats: Sequence[str]) -> dict[str, tuple[Expect, ...]]:
+def _expect_abi(
+    raw: Mapping[str, Any], bad: Any, plats: Sequence[str], applies: Sequence[str]
+) -> dict[str, dict[str, tuple[Expect, ...]]]:
+    """``expect_abi = { v8 = "EINVAL", rfc-v5 = { tdx = "EOPNOTSUPP", "*" = "ok" } }``: per
+    revision, an expectation that replaces ``expect`` under that revision."""
+    if "expect_abi" not in raw:
+        return {}
+    value = raw["expect_abi"]
+    if not isinstance(value, Mapping) or not value:
+        raise bad("expect_abi", "must be a table of revision = expectation, e.g. { v8 = 'EINVAL' }")
+    out = {}
+    for name, item in value.items():
+        if name not in revisions.REVISIONS:
+            choices = ", ".join(revisions.REVISIONS)
+            raise bad(f"expect_abi.{name}", f"unknown revision {name!r} (choose from {choices})")
+        if name not in applies:
+            listed = ", ".join(applies)
+            raise bad(f"expect_abi.{name}", f"the file does not apply to {name} (its 'abi' lists {listed})")
+        out[name] = _expect(raw, bad, plats, item, f"expect_abi.{name}")
+    return out
+
+
+def _expect(
+    raw: Mapping[str, Any], bad: Any, plats: Sequence[str], value: Any = None, field_name: str = "expect"
+) -> dict[str, tuple[Expect, ...]]:
     error_offset: int | None = None
     if "error_offset" in raw:
         if raw["error_offset"] == "none":
@@ -306,7 +372,8 @@ def _expect(raw: Mapping[str, Any], bad: Any, plats: Sequence[str]) -> dict[str,
                 error_offset = parse_number(raw["error_offset"])
             except ValueError as err:
                 raise bad("error_offset", f"{err} (or 'none': not written back)") from None
-    value = raw.get("expect", "ok")
+    if value is None:
+        value = raw.get("expect", "ok")
 
     def alternatives(item: Any, key: str) -> tuple[Expect, ...]:
         items = item if isinstance(item, list) else [item]
@@ -322,16 +389,14 @@ def _expect(raw: Mapping[str, Any], bad: Any, plats: Sequence[str]) -> dict[str,
         for key, item in value.items():
             if key != "*" and key not in platforms.PLATFORMS:
                 known = ", ".join(platforms.PLATFORMS)
-                raise bad(f"expect.{key}", f"unknown platform {key!r} (choose from {known}, or '*')")
-            table[key] = alternatives(item, f"expect.{key}")
+                raise bad(f"{field_name}.{key}", f"unknown platform {key!r} (choose from {known}, or '*')")
+            table[key] = alternatives(item, f"{field_name}.{key}")
         if "*" not in table:
             missing = [p for p in plats if p not in table]
             if missing:
-                raise bad("expect", f"no entry for {', '.join(missing)} and no '*' fallback")
+                raise bad(field_name, f"no entry for {', '.join(missing)} and no '*' fallback")
     else:
-        table = {"*": alternatives(value, "expect")}
-    if "error_offset" in raw and not any(e.kind == "errno" for alts in table.values() for e in alts):
-        raise bad("error_offset", "only meaningful with an errno expectation")
+        table = {"*": alternatives(value, field_name)}
     return table
 
 

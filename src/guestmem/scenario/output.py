@@ -35,7 +35,9 @@ __all__ = [
     "summary",
     "to_json",
 ]
-_STATUS = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}
+_STATUS = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP", "n/a": "N/A"}
+#: The summary's column for each run status.
+_COUNTS = {"pass": "passed", "fail": "failed", "skip": "skipped", "n/a": "not applicable"}
 
 
 def title(result: RunResult) -> str:
@@ -67,11 +69,11 @@ def to_json(results: Sequence[RunResult]) -> dict[str, Any]:
 
 
 def summary(results: Sequence[RunResult]) -> dict[str, dict[str, int]]:
-    """Per platform: how many runs passed, failed and were skipped."""
+    """Per platform: how many runs passed, failed, were skipped, or did not apply."""
     out: dict[str, dict[str, int]] = {}
     for r in sorted(results, key=lambda r: _ORDER.get(r.platform, len(_ORDER))):
-        counts = out.setdefault(r.platform, {"passed": 0, "failed": 0, "skipped": 0})
-        counts[{"pass": "passed", "fail": "failed", "skip": "skipped"}[r.status]] += 1
+        counts = out.setdefault(r.platform, dict.fromkeys(_COUNTS.values(), 0))
+        counts[_COUNTS[r.status]] += 1
     return out
 
 
@@ -82,6 +84,8 @@ def print_runs(results: Sequence[RunResult], stream: TextIO | None = None) -> No
         head = f"{title(r)} abi={r.abi} backend={r.backend}: {_STATUS[r.status]}"
         if r.skipped:
             head += f" (skipped: {r.skipped})"
+        if r.not_applicable:
+            head += f" (not applicable: {r.not_applicable})"
         if r.error:
             head += f" (error: {r.error})"
         rows = [
@@ -98,9 +102,11 @@ def print_cases(results: Sequence[RunResult], stream: TextIO | None = None) -> N
     stream = stream or sys.stdout
     for r in results:
         status = _STATUS[r.status]
-        line = f"{status}  {title(r)}"
+        line = f"{status:<4}  {title(r)}"
         if r.skipped:
             line += f"  # {r.skipped}"
+        if r.not_applicable:
+            line += f"  # {r.abi}: {r.not_applicable}"
         if r.error:
             line += f"  # error: {r.error}"
         print(terminal.verdict(status, stream) + _fold(line, stream, "      ")[len(status) :], file=stream)
@@ -108,12 +114,15 @@ def print_cases(results: Sequence[RunResult], stream: TextIO | None = None) -> N
             print(_fold(f"      {_failure(s)}", stream, "        "), file=stream)
     print(file=stream)
     counts = summary(results)
-    rows = [(p, c["passed"], c["failed"], c["skipped"]) for p, c in counts.items()]
-    passed, failed, skipped = (sum(c[k] for c in counts.values()) for k in ("passed", "failed", "skipped"))
-    rows.append(("total", passed, failed, skipped))
-    terminal.table(("platform", "passed", "failed", "skipped"), rows, title="summary", stream=stream)
+    columns = tuple(_COUNTS.values())
+    rows: list[tuple[object, ...]] = [(p, *(c[k] for k in columns)) for p, c in counts.items()]
+    rows.append(("total", *(sum(c[k] for c in counts.values()) for k in columns)))
+    terminal.table(("platform", *columns), rows, title="summary", stream=stream)
     if exit_code(results) == EXIT_SKIP:
-        print(f"every run was skipped: exit status {EXIT_SKIP} (KSFT_SKIP)", file=stream)
+        print(
+            f"nothing ran: every run was skipped or not applicable: exit status {EXIT_SKIP} (KSFT_SKIP)",
+            file=stream,
+        )
 
 
 def _fold(line: str, stream: TextIO, indent: str) -> str:
@@ -128,11 +137,17 @@ def _fold(line: str, stream: TextIO, indent: str) -> str:
 
 def print_tap(results: Sequence[RunResult], stream: TextIO | None = None, *, totals: bool = False) -> None:
     """TAP version 13: ``ok N - name [platform]``, ``not ok`` with ``#`` diagnostics,
-    ``# SKIP reason``; ``totals`` adds kselftest's ``# Totals:`` line."""
+    ``# SKIP reason``; ``totals`` adds kselftest's ``# Totals:`` line. A run that does not
+    apply to the revision is no test point: a ``# N/A`` line says so, and the totals
+    count it apart."""
     stream = stream or sys.stdout
     print("TAP version 13", file=stream)
-    print(f"1..{len(results)}", file=stream)
-    for n, r in enumerate(results, start=1):
+    for r in results:
+        if r.status == "n/a":
+            print(f"# N/A {title(r)} {r.abi}: {r.not_applicable}".replace("\n", " "), file=stream)
+    points = [r for r in results if r.status != "n/a"]
+    print(f"1..{len(points)}", file=stream)
+    for n, r in enumerate(points, start=1):
         name = f"{title(r)} {r.abi}".replace("#", "")
         if r.status == "fail":
             print(f"not ok {n} - {name}", file=stream)
@@ -146,13 +161,12 @@ def print_tap(results: Sequence[RunResult], stream: TextIO | None = None, *, tot
             print(f"ok {n} - {name}", file=stream)
     if totals:
         for platform, c in summary(results).items():
-            print(
-                f"# {platform}: passed {c['passed']} failed {c['failed']} skipped {c['skipped']}", file=stream
-            )
-        passed = sum(r.status == "pass" for r in results)
-        failed = sum(r.status == "fail" for r in results)
-        skipped = sum(r.status == "skip" for r in results)
+            counts = " ".join(f"{k} {v}" for k, v in c.items())
+            print(f"# {platform}: {counts}", file=stream)
+        passed, failed, skipped, na = (sum(r.status == s for r in results) for s in _COUNTS)
         print(f"# Totals: pass:{passed} fail:{failed} xfail:0 xpass:0 skip:{skipped} error:0", file=stream)
+        if na:
+            print(f"# not applicable to this revision: {na}", file=stream)
 
 
 def junit(results: Sequence[RunResult]) -> ET.Element:
@@ -179,6 +193,8 @@ def junit(results: Sequence[RunResult]) -> ET.Element:
             ET.SubElement(case, "failure", message=failures[0], type="expectation").text = "\n".join(failures)
         if r.status == "skip":
             ET.SubElement(case, "skipped", message=r.skipped or "")
+        elif r.status == "n/a":
+            ET.SubElement(case, "skipped", message=f"not applicable to {r.abi}: {r.not_applicable}")
         ET.SubElement(case, "system-out").text = f"backend={r.backend} abi={r.abi} file={r.scenario.file}"
     for element in (root, *suites.values()):
         cases = element.iter("testcase")
@@ -222,10 +238,11 @@ def print_results(results: Sequence[RunResult], fmt: str, *, per_step: bool = Fa
 
 
 def exit_code(results: Sequence[RunResult]) -> int:
-    """:data:`EXIT_FAIL` when an expectation failed, :data:`EXIT_SKIP` when every run was
-    skipped, else :data:`EXIT_PASS` (skips beside passes are not failures)."""
+    """:data:`EXIT_FAIL` when an expectation failed, :data:`EXIT_SKIP` when nothing ran
+    because every run was skipped or not applicable, else :data:`EXIT_PASS` (skips and
+    not-applicable runs beside passes are not failures)."""
     if any(r.status == "fail" for r in results):
         return EXIT_FAIL
-    if results and all(r.status == "skip" for r in results):
+    if results and not any(r.status == "pass" for r in results):
         return EXIT_SKIP
     return EXIT_PASS

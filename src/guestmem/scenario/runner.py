@@ -4,7 +4,8 @@ One run = one scenario on one platform under one ABI revision. Every step runs (
 expectation does not stop the run, so the output shows what each side read later); a
 step the backend cannot perform (``Outcome.skipped``) or a backend that cannot open the
 platform (:class:`~guestmem.backend.base.Unavailable`) makes the run *skipped* from that
-point with the backend's reason, never passed.
+point with the backend's reason, never passed. A revision the file's ``abi`` does not
+list makes the run *not applicable*: nothing runs, and it is neither a pass nor a failure.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ class RunResult:
     backend: str
     steps: list[StepResult] = field(default_factory=list)
     skipped: str | None = None
+    #: Why the scenario does not apply to this revision (its ``abi`` does not list it).
+    not_applicable: str | None = None
     #: A backend raised instead of returning an outcome (a bug there): the run fails.
     error: str | None = None
     #: The memory before the first step (model backend only).
@@ -118,11 +121,19 @@ class RunResult:
 
     @property
     def passed(self) -> bool:
-        return self.skipped is None and self.error is None and all(s.passed for s in self.steps)
+        return (
+            self.skipped is None
+            and self.not_applicable is None
+            and self.error is None
+            and all(s.passed for s in self.steps)
+        )
 
     @property
     def status(self) -> str:
-        """``pass``, ``fail`` or ``skip`` (a failure before the skip still counts as a failure)."""
+        """``pass``, ``fail``, ``skip`` (a failure before the skip still counts as a
+        failure) or ``n/a`` (the scenario does not apply to the revision)."""
+        if self.not_applicable is not None:
+            return "n/a"
         if self.error is not None or any(s.passed is False for s in self.steps):
             return "fail"
         return "skip" if self.skipped is not None else "pass"
@@ -138,8 +149,10 @@ class RunResult:
             "platform": self.platform,
             "abi": self.abi,
             "backend": self.backend,
+            "status": self.status,
             "passed": self.passed,
             "skipped": self.skipped,
+            "not_applicable": self.not_applicable,
             "error": self.error,
             "steps": [s.to_json() for s in self.steps],
         }
@@ -155,8 +168,12 @@ def perform(machine: Machine, step: Step, abi: str) -> Outcome:
     ``flags``/``attributes`` override."""
     op = step.op
     if op == "host_write":
+        if step.mapping:
+            return machine.host_write(step.offset, step.data, mapping=step.mapping)
         return machine.host_write(step.offset, step.data)
     if op == "host_read":
+        if step.mapping:
+            return machine.host_read(step.offset, step.size, mapping=step.mapping)
         return machine.host_read(step.offset, step.size)
     if op == "guest_write":
         return machine.guest_write(step.offset, step.data, step.access)
@@ -246,29 +263,35 @@ def run(
     observe: bool = False,
     timeout: float | None = TIMEOUT,
 ) -> RunResult:
-    """Run ``scenario`` on ``platform``; ``abi`` overrides the scenario's revision.
+    """Run ``scenario`` on ``platform`` under revision ``abi`` (default: the scenario's
+    own); a revision the scenario does not apply to gives a *not applicable* result.
 
     A run that takes longer than ``timeout`` seconds (None: no limit) is stopped: a guest
     command is cut at the limit, no further step runs, and the run fails as timed out."""
     abi = abi or scenario.abi
     result = RunResult(scenario, platform, abi, backend.name)
+    if not scenario.applies_to(abi):
+        listed = ", ".join(scenario.revisions)
+        result.not_applicable = f"its expectations hold for {listed}, not {abi}"
+        result.steps = [StepResult(s, s.expect_for(platform), None, None) for s in scenario.steps]
+        return result
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         machine = backend.open(platform, abi, scenario.size, gmem_flags(scenario))
     except Unavailable as why:
         result.skipped = str(why)
-        result.steps = [StepResult(s, s.expect_for(platform), None, None) for s in scenario.steps]
+        result.steps = [StepResult(s, s.expect_for(platform, abi), None, None) for s in scenario.steps]
         return result
     except IoctlError as err:
         result.error = f"creating the guest_memfd failed: {err}"
-        result.steps = [StepResult(s, s.expect_for(platform), None, None) for s in scenario.steps]
+        result.steps = [StepResult(s, s.expect_for(platform, abi), None, None) for s in scenario.steps]
         return result
     machine.deadline = deadline
     try:
         if observe:
             result.initial = snapshot(machine)
         for step in scenario.steps:
-            expect = step.expect_for(platform)
+            expect = step.expect_for(platform, abi)
             if result.skipped is not None or result.error is not None:
                 result.steps.append(StepResult(step, expect, None, None))
                 continue

@@ -94,6 +94,10 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_COLLAPSE_RANGE = 0x08
 FALLOC_FL_ZERO_RANGE = 0x10
+#: ``madvise()`` advice that guest_memfd_test uses on a guest_memfd mapping.
+MADV_DONTNEED = 4
+MADV_HUGEPAGE = 14
+MADV_COLLAPSE = 25
 
 
 # --- structures -------------------------------------------------------------------------------

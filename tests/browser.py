@@ -46,7 +46,7 @@ class BrowserError(RuntimeError):
 class Browser:
     """One headless Chromium with one page attached."""
 
-    def __init__(self, profile: Path, timeout: float = 60.0) -> None:
+    def __init__(self, profile: Path, timeout: float = 240.0) -> None:
         self.timeout = timeout
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()

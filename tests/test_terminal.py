@@ -7,12 +7,14 @@ import contextlib
 import io
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
 from guestmem import terminal
 from guestmem.cli import main
-from guestmem.scenario import suite_dir
+from guestmem.scenario import load, output, suite_dir
+from guestmem.scenario.runner import run_all
 
 ERRNO_ORDER = str(suite_dir() / "errno_order.toml")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -53,10 +55,16 @@ def test_run_fits_80_columns_and_keeps_error_offsets(flavour: str) -> None:
     assert "\x1b[32mok" in out, "verdicts are green on a terminal"
 
 
-def test_check_failure_fits_and_is_red(flavour: str) -> None:
-    code, out = shown(["check", "--platform", "pkvm", "-k", "errno_order", "--abi", "v8"], Terminal())
-    assert code == 1
+def test_check_failure_fits_and_is_red(flavour: str, tmp_path: Path) -> None:
+    failing = tmp_path / "errno_order.toml"
+    failing.write_text(Path(ERRNO_ORDER).read_text().replace('"EPERM@0x1000"', '"EPERM@0x2000"'))
+    stream = Terminal()
+    results = run_all([load(str(failing))], platform="pkvm")
+    output.print_cases(results, stream)
+    assert output.exit_code(results) == 1
+    out = stream.getvalue()
     plain = ANSI.sub("", out)
+    assert "(error_offset=0x1000)" in plain
     assert max(len(line) for line in plain.splitlines()) <= 80
     assert "\x1b[1;31mFAIL" in out or "\x1b[1;31mFAIL\x1b[0m" in out
     assert "error_offset" not in plain or "(error_offset=0x" in plain

@@ -67,7 +67,9 @@ def guestmem(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
 def quick_run() -> QuickRun:
     proc = guestmem("bench", "--quick", "--format", "json")
     assert proc.returncode in (0, 1), proc.stderr
-    figures = json.loads(proc.stdout)
+    doc = json.loads(proc.stdout)
+    assert doc["schema"] == "guestmem.bench/1"
+    figures = doc["figures"]
     assert isinstance(figures, dict)
     return proc.returncode, figures
 

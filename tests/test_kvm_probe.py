@@ -28,6 +28,7 @@ def test_missing_device_fails_with_the_reason(fmt: str, capsys: pytest.CaptureFi
     assert "/dev/no-such-kvm: No such file or directory" in err
     if fmt == "json":
         assert json.loads(out) == {
+            "schema": "guestmem.probe/1",
             "device": "/dev/no-such-kvm",
             "usable": False,
             "reason": "/dev/no-such-kvm: No such file or directory",

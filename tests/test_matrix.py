@@ -129,7 +129,49 @@ def test_classify_refuses_failed_reads() -> None:
 # --- the command ---------------------------------------------------------------------------------
 def test_json(capsys: pytest.CaptureFixture[str], computed: dict[str, list[dict[str, str]]]) -> None:
     assert cli.main(["--abi", "rfc-v5", "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == computed["rfc-v5"]
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "guestmem.matrix/1"
+    assert [r["abi"] for r in doc["revisions"]] == ["rfc-v5"]
+    assert doc["revisions"][0]["cells"] == computed["rfc-v5"]
+
+
+def test_all_revisions(capsys: pytest.CaptureFixture[str], computed: dict[str, list[dict[str, str]]]) -> None:
+    assert cli.main(["--abi", "all", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {r["abi"]: r["cells"] for r in doc["revisions"]} == {abi: computed[abi] for abi in ABIS}
+    assert cli.main(["--abi", "all"]) == 0
+    text = capsys.readouterr().out
+    assert [line.split(":")[0] for line in text.splitlines() if line.startswith("Conversion matrix for")] == [
+        f"Conversion matrix for {abi}" for abi in ABIS
+    ]
+
+
+@pytest.mark.parametrize("abi", ABIS)
+def test_kind_of_every_cell(computed: dict[str, list[dict[str, str]]], abi: str) -> None:
+    """An errno is unsupported; a success refused once running is pre-launch only; v8 and
+    rfc-v5's unspecified mode promise nothing (native); seed's ZERO and PRESERVE are promises."""
+    rows = computed[abi]
+    running = {
+        (r["platform"], r["direction"], r["policy"]): r["result"] for r in rows if r["phase"] == "running"
+    }
+    for r in rows:
+        if r["result"].startswith("E"):
+            assert r["kind"] == "unsupported", r
+        elif r["phase"] == "pre_launch" and running[(r["platform"], r["direction"], r["policy"])].startswith(
+            "E"
+        ):
+            assert r["kind"] == "prelaunch", r
+        else:
+            assert r["kind"] in ("guarantee", "native"), r
+    kinds = {(r["platform"], r["direction"], r["policy"], r["phase"]): r["kind"] for r in rows}
+    if abi == "v8":
+        assert "guarantee" not in kinds.values()
+    if abi == "seed":
+        assert kinds[("tdx", "to_private", "preserve", "pre_launch")] == "prelaunch"
+        assert kinds[("tdx", "to_shared", "none", "running")] == "native"
+        assert kinds[("tdx", "to_shared", "zero", "running")] == "guarantee"
+    if abi == "rfc-v5":
+        assert kinds[("snp", "to_shared", "none", "running")] == "native"  # flags = 0: unspecified
 
 
 def test_text(capsys: pytest.CaptureFixture[str]) -> None:

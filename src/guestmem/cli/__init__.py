@@ -1,8 +1,8 @@
 """The ``guestmem`` command line: one module per command, each with ``register(sub)``.
 
 Exit codes everywhere: 0 all expectations held, 1 one failed, 2 bad input (the message
-names the file, step, field and value), 130 stopped by Ctrl-C (one line says what was
-finished).
+names the file, step, field and value), 4 nothing ran because every run was skipped
+(kselftest's ``KSFT_SKIP``), 130 stopped by Ctrl-C (one line says what was finished).
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from guestmem import __version__, progress
 from guestmem.errors import GuestmemError
+from guestmem.spec import revisions
 
 #: Command modules under guestmem.cli, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -28,6 +30,7 @@ COMMANDS: tuple[str, ...] = (
     "report",
     "bench",
     "vm",
+    "completion",
 )
 
 
@@ -35,19 +38,46 @@ class UsageError(GuestmemError):
     """Bad input: printed as ``guestmem: <message>`` with exit status 2."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs keep their line breaks and indented examples; a long line
+    of prose is wrapped to the terminal's width."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        lines: list[str] = []
+        for line in text.splitlines():
+            if line.startswith(" ") or len(indent + line) <= width:
+                lines.append(indent + line)
+            else:
+                lines += textwrap.wrap(line, width, initial_indent=indent, subsequent_indent=indent)
+        return "\n".join(lines)
+
+
+def chosen_revisions(value: str) -> list[str]:
+    """``--abi``: one revision, or every revision for ``all``."""
+    if value == "all":
+        return list(revisions.REVISIONS)
+    if value in revisions.REVISIONS:
+        return [value]
+    raise UsageError(f"--abi: unknown revision {value!r} (choose from all, {', '.join(revisions.REVISIONS)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="guestmem",
         description="Model, run and check guest_memfd private/shared conversions "
         "(KVM_SET_MEMORY_ATTRIBUTES2) per platform and ABI revision.",
-        epilog="example: guestmem check --platform all --abi seed",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: guestmem check --platform all --abi seed\n\n"
+        "exit status: 0 every expectation held, 1 one failed, 2 bad input, 4 every run skipped,\n"
+        "130 stopped by Ctrl-C",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"guestmem {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"guestmem.cli.{name}")
         module.register(sub)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
     return parser
 
 

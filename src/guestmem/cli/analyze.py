@@ -8,13 +8,17 @@ import argparse
 import os
 from typing import Any
 
-from guestmem import progress
+from guestmem import progress, schemas
 from guestmem.checker import analyze
 from guestmem.checker.explore import Exploration
 from guestmem.checker.schedule import Search
-from guestmem.cli import UsageError
-from guestmem.cli.output import dump_json, table
-from guestmem.spec import revisions
+from guestmem.cli import UsageError, chosen_revisions
+from guestmem.terminal import table
+
+DESCRIPTION = """\
+What a reviewer of the UAPI reads, per ABI revision: whether flags = 0 is accepted for
+every platform, direction and phase; which policies fail with EOPNOTSUPP; and the property
+violations an exhaustive exploration finds, each with its shortest counterexample."""
 
 EPILOG = """\
 examples:
@@ -29,7 +33,7 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "analyze",
         help="what a UAPI reviewer reads: flags = 0, EOPNOTSUPP, violations",
-        description=__doc__,
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -44,15 +48,13 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def document(results: list[analyze.RevisionAnalysis]) -> dict[str, Any]:
+    """The ``guestmem.analyze/1`` document of ``results``."""
+    return schemas.document("analyze", {"revisions": [r.to_json() for r in results]})
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.abi == "all":
-        abis = list(revisions.REVISIONS)
-    elif args.abi in revisions.REVISIONS:
-        abis = [args.abi]
-    else:
-        raise UsageError(
-            f"--abi: unknown revision {args.abi!r} (choose from all, {', '.join(revisions.REVISIONS)})"
-        )
+    abis = chosen_revisions(args.abi)
     workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     if workers < 1:
         raise UsageError(f"--workers: {workers} must be >= 1")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         status.update(f"exploring with {workers} worker(s)", force=True)
         results = analyze.analyze(abis, workers=workers, done=done)
     if args.format == "json":
-        dump_json({"revisions": [r.to_json() for r in results]})
+        schemas.write(document(results))
     elif args.format == "markdown":
         print(analyze.markdown(results), end="")
     else:

@@ -11,15 +11,15 @@ import os
 import platform
 from typing import TextIO
 
-from guestmem import progress
+from guestmem import progress, schemas
 from guestmem.bench import suite
 from guestmem.bench.figure import NAMES, Figure
 from guestmem.cli import UsageError
-from guestmem.cli.output import dump_json, table
+from guestmem.terminal import table
 
 EPILOG = """\
 examples:
-  guestmem bench                      full run (a few minutes; docs/bench.md shows one)
+  guestmem bench                      # full run, a few minutes (docs/bench.md)
   guestmem bench --quick --format json
   guestmem bench --only host_access_vs_mmap --only convert_1tib_vs_4k
 
@@ -86,6 +86,7 @@ def render_text(figures: list[Figure], stream: TextIO | None = None) -> None:
         rows,
         title=f"guestmem bench on {machine()}",
         stream=stream,
+        verdicts=(5,),
     )
 
 
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
         figures = suite.run(quick=args.quick, names=names, progress=measuring)
     if args.format == "json":
-        dump_json({f.name: f.to_json() for f in figures})
+        schemas.dump("bench", {"machine": machine(), "figures": {f.name: f.to_json() for f in figures}})
     else:
         render_text(figures)
     return 0 if all(f.met for f in figures) else 1

@@ -12,12 +12,14 @@ from guestmem.scenario import suite_files
 
 EXAMPLE = """\
 example:
-  guestmem check                          # the whole suite on the model, every platform
+  guestmem check                   # the whole suite on the model
   guestmem check --platform snp --format tap
-  guestmem check --backend kvm            # on this machine's kernel (unsupported cases skip)
-  guestmem check --abi v8                 # cases that do not hold under v8 are reported N/A
+  guestmem check --backend kvm     # on this machine's kernel (the rest skips)
+  guestmem check --abi v8          # cases that do not hold under v8 are N/A
+  guestmem check --abi all --format junit > results.xml
 
-exit status: 0 every expectation held (skips and N/A included), 1 one failed, 2 bad input."""
+exit status: 0 every expectation held (skips and N/A beside passes included), 1 one
+failed, 2 bad input, 4 nothing ran: every run was skipped or N/A (KSFT_SKIP)."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,4 +46,4 @@ def run(args: argparse.Namespace) -> int:
     results = execute(scenarios, args)
     if not results:
         raise UsageError("no case of the suite matches the selection")
-    return show.print_suite(results, args.format)
+    return show.print_results(results, args.format)

@@ -14,23 +14,24 @@ from guestmem.scenario.runner import run as run_one
 
 EXAMPLE = """\
 example:
-  guestmem fill fixtures/ && guestmem consume fixtures/ --backend kvm
-  guestmem consume fixtures/ --backend kvm --format tap
+  guestmem fill /tmp/fixtures && guestmem consume /tmp/fixtures --backend kvm
+  guestmem consume /tmp/fixtures --backend kvm --format junit > results.xml
 
-exit status: 0 every allowed outcome held (skips included), 1 one did not, 2 bad input."""
+exit status: 0 every allowed outcome held (skips beside passes included), 1 one did not,
+2 bad input, 4 every run was skipped (KSFT_SKIP)."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "consume",
         help="replay JSON fixtures on a backend",
-        description="Replay the fixtures 'guestmem fill' wrote, on the kernel (or the model), and "
+        description="Replay the fixtures 'guestmem fill' wrote, on the model or the kernel, and "
         "check every step against the outcomes the fixture allows.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dir", metavar="DIR", help="directory of *.json fixtures")
-    parser.add_argument("--backend", default="kvm", choices=("model", "kvm"), help="default: kvm")
+    parser.add_argument("--backend", default="model", choices=("model", "kvm"), help="default: model")
     parser.add_argument("--format", default="text", choices=show.FORMATS, help="default: text")
     add_timeout(parser)
     parser.set_defaults(func=run)
@@ -53,4 +54,4 @@ def run(args: argparse.Namespace) -> int:
     except ScenarioError as err:
         raise UsageError(str(err)) from None
     results = [run_one(scenario, platform, backend, timeout=args.timeout) for scenario, platform in loaded]
-    return show.print_suite(results, args.format)
+    return show.print_results(results, args.format)

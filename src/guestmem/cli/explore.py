@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from guestmem import progress
+from guestmem import progress, schemas
 from guestmem.checker import counterexample
 from guestmem.checker.explore import DEFAULT_DEPTH, DEFAULT_PAGES, Exploration
 from guestmem.checker.schedule import Search, run_searches
-from guestmem.cli import UsageError
-from guestmem.cli.output import dump_json, table
+from guestmem.cli import UsageError, chosen_revisions
 from guestmem.spec import platforms, revisions
+from guestmem.terminal import table
 
 #: Ablations: a platform variant with one rule switched off, to show the rule matters.
 ABLATIONS = ("consent",)
@@ -27,6 +27,7 @@ examples:
   guestmem explore --platform all
   guestmem explore --platform sw_protected --depth 4 --out /tmp/cx
   guestmem explore --platform pkvm --ablate consent --format json
+  guestmem explore --platform tdx --abi all --depth 4
 
 Exit status: 0 when no platform violates a property it claims, 1 when one does,
 2 for bad input. Violations of properties a platform does not claim (sw_protected:
@@ -37,12 +38,14 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "explore",
         help="search every operation sequence for property violations",
-        description=__doc__,
+        description="Search every sequence of host, guest and VMM operations up to a depth for "
+        "violations of the properties of docs/semantics.md §5 (isolation, confidentiality, integrity, "
+        "policy, atomicity) and print the shortest counterexample of each.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--platform", default="all", help="platform name or 'all' (default: all)")
-    parser.add_argument("--abi", default=revisions.DEFAULT, help="ABI revision (default: seed)")
+    parser.add_argument("--abi", default=revisions.DEFAULT, help="ABI revision or 'all' (default: seed)")
     parser.add_argument(
         "--pages", type=int, default=DEFAULT_PAGES, help="pages in the guest_memfd (default: 2)"
     )
@@ -91,10 +94,7 @@ def _targets(args: argparse.Namespace) -> list[tuple[platforms.Platform, str]]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    if args.abi not in revisions.REVISIONS:
-        raise UsageError(
-            f"--abi: unknown revision {args.abi!r} (choose from {', '.join(revisions.REVISIONS)})"
-        )
+    chosen_revisions(args.abi)
     if not 1 <= args.pages <= MAX_PAGES:
         raise UsageError(f"--pages: {args.pages} is out of range (1 to {MAX_PAGES})")
     if args.depth < 0:
@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     workers = _check(args)
     targets = _targets(args)
     searches = [
-        Search(platform, args.abi, args.pages, args.depth, variant, args.symmetry)
+        Search(platform, abi, args.pages, args.depth, variant, args.symmetry)
+        for abi in chosen_revisions(args.abi)
         for platform, variant in targets
     ]
     with progress.Status("explore", enabled=args.format != "json") as status:
@@ -134,46 +135,54 @@ def run(args: argparse.Namespace) -> int:
             for search in searches:
                 running[0] = search.platform.name + (f" ({search.variant})" if search.variant else "")
                 results += run_searches([search], workers, progress=level, done=done)
-    written: dict[tuple[str, str], Path] = {}
+    written: dict[tuple[str, str, str], Path] = {}
     if args.out is not None:
         for result in results:
             for prop, cx in result.counterexamples.items():
-                written[result.label, prop.value] = counterexample.write(result, cx, args.out)
+                written[result.abi, result.label, prop.value] = counterexample.write(result, cx, args.out)
     if args.format == "json":
         payload = [r.to_json() for r in results]
         for entry, result in zip(payload, results, strict=True):
             for violation in entry["violations"]:
-                path = written.get((result.label, violation["property"]))
+                path = written.get((result.abi, result.label, violation["property"]))
                 violation["file"] = None if path is None else str(path)
-        dump_json({"abi": args.abi, "pages": args.pages, "depth": args.depth, "results": payload})
+        schemas.dump(
+            "explore", {"abi": args.abi, "pages": args.pages, "depth": args.depth, "results": payload}
+        )
     else:
         _print_text(args, results, workers, written)
     return 1 if any(r.violated(claimed_only=True) for r in results) else 0
 
 
 def _print_text(
-    args: argparse.Namespace, results: list[Exploration], workers: int, written: dict[tuple[str, str], Path]
+    args: argparse.Namespace,
+    results: list[Exploration],
+    workers: int,
+    written: dict[tuple[str, str, str], Path],
 ) -> None:
     print(f"explore: abi {args.abi}, {args.pages} pages, depth {args.depth}, {workers} worker(s)")
     rows = []
+    several = len({r.abi for r in results}) > 1
     for r in results:
         found = [p.value + ("" if c.claimed else " (not claimed)") for p, c in r.counterexamples.items()] or [
             "none"
         ]
+        label = f"{r.label} [{r.abi}]" if several else r.label
         rows.append(
-            [r.label, r.generated, r.distinct, f"{r.cpu_seconds:.1f}", f"{r.rate:.0f}", ", ".join(found)]
+            [label, r.generated, r.distinct, f"{r.cpu_seconds:.1f}", f"{r.rate:.0f}", ", ".join(found)]
         )
     table(["platform", "states explored", "distinct", "CPU seconds", "states/CPU-s", "violations"], rows)
     for r in results:
         for prop, cx in r.counterexamples.items():
             claim = "claimed" if cx.claimed else f"not claimed by {cx.platform}"
             print()
-            print(f"{r.label}: {prop.value} ({claim}) violated after {cx.length} steps from init {cx.init}")
+            where = f"{r.label} [{r.abi}]" if several else r.label
+            print(f"{where}: {prop.value} ({claim}) violated after {cx.length} steps from init {cx.init}")
             print(f"  {cx.message}")
             for number, (op, expect) in enumerate(zip(cx.ops, cx.expects, strict=True), start=1):
                 mark = "  <- fails here on replay" if number == cx.fails_at + 1 else ""
                 shown = expect if len(expect) <= 40 else expect[:37] + "..."
                 print(f"  {number}. {op}  expect {shown}{mark}")
-            path = written.get((r.label, prop.value))
+            path = written.get((r.abi, r.label, prop.value))
             if path is not None:
                 print(f"  scenario: {path}")

@@ -8,19 +8,19 @@ import os
 import sys
 from pathlib import Path
 
+from guestmem import schemas
 from guestmem.cli import UsageError
-from guestmem.cli.run import add_timeout, check_selection, load_all
+from guestmem.cli.run import add_timeout, check_selection, execute, load_all
 from guestmem.scenario import fixture, suite_files
 from guestmem.scenario import output as show
-from guestmem.scenario.runner import run_all
 from guestmem.spec import platforms, revisions
 
 EXAMPLE = """\
 example:
-  guestmem fill fixtures/                 # the built-in suite, every platform
-  guestmem fill fixtures/ my.toml --platform sw_protected
+  guestmem fill /tmp/fixtures              # the built-in suite, every platform
+  guestmem fill /tmp/fixtures my.toml --platform sw_protected --abi all
   # then, on the machine under test:
-  guestmem consume fixtures/ --backend kvm
+  guestmem consume /tmp/fixtures --backend kvm
 
 Each fixture is DIR/<scenario>.<platform>.<abi>.json: the scenario, the platform, the
 revision and the outcomes allowed at every step. A run that fails on the model is not
@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "fill",
         help="write JSON fixtures (allowed outcomes per step) from the model",
-        description="Run scenarios on the model and write one JSON fixture per scenario and "
-        "platform, to replay elsewhere with 'guestmem consume'.",
+        description="Run scenarios on the model and write one JSON fixture per scenario, "
+        "platform and revision, to replay elsewhere with 'guestmem consume'.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -43,7 +43,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "files", nargs="*", metavar="FILE", help="scenario files (default: the built-in suite)"
     )
     parser.add_argument("--platform", default="all", help=f"one of {', '.join(platforms.PLATFORMS)}, or all")
-    parser.add_argument("--abi", default=None, help=f"one of {', '.join(revisions.REVISIONS)}")
+    parser.add_argument(
+        "--abi",
+        default=None,
+        help=f"one of {', '.join(revisions.REVISIONS)}, or all (default: each file's own)",
+    )
+    parser.add_argument("--format", default="text", choices=("text", "json"), help="default: text")
     add_timeout(parser)
     parser.set_defaults(func=run)
 
@@ -59,18 +64,24 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         raise UsageError(f"{_clip(args.dir)}: {err.strerror or err}") from None
     scenarios = load_all(args.files or [str(p) for p in suite_files()])
-    results = run_all(scenarios, platform=args.platform, abi=args.abi, backend="model", timeout=args.timeout)
+    results = execute(scenarios, args, backend="model")
     if not results:
         raise UsageError(f"no scenario runs on platform {args.platform!r}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"{out}: cannot create the directory: {err.strerror or err}") from None
-    written = 0
+    written: list[str] = []
+    not_frozen: list[dict[str, str]] = []
     used: set[str] = set()
     for result in results:
         if result.status != "pass":
-            print(f"not frozen: {show.title(result)}: {result.status} on the model", file=sys.stderr)
+            not_frozen.append(
+                {"scenario": result.scenario.name, "platform": result.platform, "abi": result.abi}
+                | {"status": result.status}
+            )
+            if args.format == "text":
+                print(f"not frozen: {show.title(result)}: {result.status} on the model", file=sys.stderr)
             continue
         name = fixture.file_name(result)
         stem, count = name.removesuffix(".json"), 1
@@ -83,9 +94,14 @@ def run(args: argparse.Namespace) -> int:
             _write(out, name, text)
         except OSError as err:
             raise UsageError(f"{out / name}: cannot write: {err.strerror or err}") from None
-        written += 1
-    print(f"wrote {written} fixtures to {out}")
-    return show.exit_code(results)
+        written.append(str(out / name))
+    code = show.exit_code(results)
+    if args.format == "json":
+        body = {"dir": str(out), "written": written, "not_frozen": not_frozen, "exit_status": code}
+        schemas.dump("fill", body)
+    else:
+        print(f"wrote {len(written)} fixtures to {out}")
+    return code
 
 
 def _clip(text: str, limit: int = 80) -> str:

@@ -10,11 +10,12 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from guestmem.cli import UsageError
-from guestmem.cli.output import dump_json, table
+from guestmem import schemas
+from guestmem.cli import chosen_revisions
 from guestmem.report import matrix
 from guestmem.spec import revisions
 from guestmem.spec.terms import Direction
+from guestmem.terminal import table
 
 FORMATS = ("text", "json", "markdown")
 
@@ -22,6 +23,7 @@ EXAMPLE = """\
 example:
   guestmem matrix                      # seed, as a table
   guestmem matrix --abi rfc-v5 --format markdown
+  guestmem matrix --abi all --format json
 
 Each cell: a fresh one-page model VM, a pattern written by the side owning the page, one
 conversion with the revision's flags for the policy, a read from the other side. Results:
@@ -32,14 +34,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "matrix",
         help="what a conversion does, per platform, policy and phase (computed by the model)",
-        description="Print docs/semantics.md §2 for one ABI revision; every cell runs the model.",
+        description="Print docs/semantics.md §2 for an ABI revision (or all); every cell runs the model.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--abi",
         default=revisions.DEFAULT,
-        help=f"ABI revision: {', '.join(revisions.REVISIONS)} (default: {revisions.DEFAULT})",
+        help=f"ABI revision: {', '.join(revisions.REVISIONS)}, or all (default: {revisions.DEFAULT})",
     )
     parser.add_argument("--format", default="text", choices=FORMATS, help="default: text")
     parser.set_defaults(func=run)
@@ -88,18 +90,22 @@ def write_markdown(abi: str, rows: list[dict[str, str]], stream: TextIO) -> None
 
 
 def run(args: argparse.Namespace, stream: TextIO | None = None) -> int:
-    if args.abi not in revisions.REVISIONS:
-        raise UsageError(
-            f"--abi: unknown revision {args.abi!r} (choose from {', '.join(revisions.REVISIONS)})"
-        )
+    abis = chosen_revisions(args.abi)
     out = stream or sys.stdout
-    rows = matrix.compute(args.abi)
+    computed = {abi: matrix.compute(abi) for abi in abis}
     if args.format == "json":
-        dump_json(rows, out)
-    elif args.format == "markdown":
-        write_markdown(args.abi, rows, out)
-    else:
-        write_text(args.abi, rows, out)
+        docs = [
+            {"abi": abi, "title": revisions.get(abi).title, "cells": rows} for abi, rows in computed.items()
+        ]
+        schemas.dump("matrix", {"revisions": docs}, out)
+        return 0
+    for n, (abi, rows) in enumerate(computed.items()):
+        if n:
+            print(file=out)
+        if args.format == "markdown":
+            write_markdown(abi, rows, out)
+        else:
+            write_text(abi, rows, out)
     return 0
 
 
@@ -108,6 +114,8 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="guestmem")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["matrix", *argv])
+    from guestmem.cli import UsageError
+
     try:
         return run(args)
     except UsageError as err:

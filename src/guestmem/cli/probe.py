@@ -6,9 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from guestmem.cli.output import dump_json, table
+from guestmem import schemas
 from guestmem.kvm.facts import gather
 from guestmem.kvm.system import DEVICE, Kvm, KvmUnavailable
+from guestmem.terminal import table
 
 
 def register(sub: Any) -> None:
@@ -18,7 +19,7 @@ def register(sub: Any) -> None:
         description="Probe /dev/kvm: API version, guest_memfd capabilities and flags, VM types, "
         "memory-attribute capabilities, whether KVM_SET_MEMORY_ATTRIBUTES2 exists, and whether "
         "guest code runs natively or in KVM's emulator. Exits 1 when /dev/kvm is unusable.",
-        epilog="example: guestmem probe --format json",
+        epilog="examples:\n  guestmem probe\n  guestmem probe --format json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
@@ -32,11 +33,11 @@ def run(args: argparse.Namespace) -> int:
             facts = gather(kvm)
     except KvmUnavailable as err:
         if args.format == "json":
-            dump_json({"device": args.device, "usable": False, "reason": str(err)})
+            schemas.dump("probe", {"device": args.device, "usable": False, "reason": str(err)})
         print(f"guestmem: no usable KVM: {err}", file=sys.stderr)
         return 1
     if args.format == "json":
-        dump_json({"usable": True, **facts.to_json()})
+        schemas.dump("probe", {"usable": True, **facts.to_json()})
         return 0
     code = facts.guest_code
     runs = code.get("mode", "unknown")

@@ -5,20 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from guestmem import schemas
 from guestmem.cli import UsageError
-from guestmem.cli.run import check_selection, load_all
-from guestmem.report import html
+from guestmem.cli.run import add_timeout, check_selection, execute, load_all, selected_revisions
+from guestmem.report import html, matrix
 from guestmem.scenario import output as show
 from guestmem.scenario import suite_files
-from guestmem.scenario.runner import run_all
 from guestmem.spec import platforms, revisions
 
 EXAMPLE = """\
 example:
-  guestmem report --out report.html                 # the built-in suite, every platform
-  guestmem report --out snp.html --platform snp my.toml
+  guestmem report --out report.html      # the built-in suite, every platform
+  guestmem report --out snp.html --platform snp --abi all
 
-The file is self-contained (no scripts, no external resources); open it in any browser."""
+The file is self-contained (no scripts, no external resources); open it in any browser or
+print it. Exit status as for 'guestmem check'."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,7 +27,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "report",
         help="write one self-contained HTML report",
         description="Run scenarios on the model and write an HTML report: the conversion matrix, "
-        "the results, and an SVG memory map per run (pages across, steps down).",
+        "the results per scenario and platform, and a memory map per run (pages across, steps "
+        "down).",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -36,9 +38,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--out", required=True, metavar="FILE.html", help="where to write the report")
     parser.add_argument("--platform", default="all", help=f"one of {', '.join(platforms.PLATFORMS)}, or all")
     parser.add_argument(
-        "--abi", default=None, help=f"one of {', '.join(revisions.REVISIONS)} (the matrix uses seed if unset)"
+        "--abi",
+        default=None,
+        help=f"one of {', '.join(revisions.REVISIONS)}, or all (default: each file's own; the matrix "
+        f"shows {revisions.DEFAULT})",
     )
-    parser.set_defaults(func=run)
+    parser.add_argument("--format", default="text", choices=("text", "json"), help="default: text")
+    add_timeout(parser)
+    parser.set_defaults(func=run, backend="model")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,21 +64,29 @@ def run(args: argparse.Namespace) -> int:
         shown = args.out if len(args.out) <= 80 else args.out[:79] + "…"
         raise UsageError(f"--out: {shown}: {err.strerror or err}") from None
     scenarios = load_all(args.files or [str(p) for p in suite_files()])
-    results = run_all(scenarios, platform=args.platform, abi=args.abi, backend="model", observe=True)
+    results = execute(scenarios, args, backend="model", observe=True)
     if not results:
         raise UsageError(f"no scenario runs on platform {args.platform!r}")
-    abi = args.abi or revisions.DEFAULT
-    matrix: list[dict[str, str]] | None = None
-    matrix_error = None
+    chosen = [a for a in selected_revisions(args) if a is not None] or [revisions.DEFAULT]
+    matrices = {abi: matrix.compute(abi) for abi in chosen}
+    revision = "each scenario's own" if args.abi is None else ", ".join(chosen)
     try:
-        from guestmem.report.matrix import compute
-
-        matrix = compute(abi)
-    except ImportError as err:
-        matrix_error = f"guestmem.report.matrix is missing ({err})"
-    try:
-        out.write_text(html.render(results, matrix, abi=abi, matrix_error=matrix_error), encoding="utf-8")
+        out.write_text(html.render(results, matrices, revision=revision), encoding="utf-8")
     except OSError as err:
         raise UsageError(f"--out: {out}: cannot write: {err.strerror or err}") from None
-    print(f"wrote {out} ({len(results)} runs)")
-    return show.exit_code(results)
+    code = show.exit_code(results)
+    if args.format == "json":
+        counts = {s: sum(r.status == s for r in results) for s in ("pass", "fail", "skip")}
+        body = {
+            "out": str(out),
+            "runs": len(results),
+            "passed": counts["pass"],
+            "failed": counts["fail"],
+            "skipped": counts["skip"],
+            "revisions": chosen,
+            "exit_status": code,
+        }
+        schemas.dump("report", body)
+    else:
+        print(f"wrote {out} ({len(results)} runs)")
+    return code

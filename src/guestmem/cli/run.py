@@ -6,7 +6,7 @@ import argparse
 import math
 from collections.abc import Sequence
 
-from guestmem.cli import UsageError
+from guestmem.cli import UsageError, chosen_revisions
 from guestmem.scenario import Scenario, ScenarioError, load
 from guestmem.scenario import output as show
 from guestmem.scenario.runner import TIMEOUT, RunResult, run_all
@@ -15,9 +15,10 @@ from guestmem.spec import platforms, revisions
 EXAMPLE = """\
 example:
   guestmem run src/guestmem/suite/review_payload_injection.toml --platform tdx
-  guestmem run my.toml --platform all --abi v8 --format tap
+  guestmem run my.toml --platform all --abi all --format junit > results.xml
 
-exit status: 0 every expectation held (skips included), 1 one failed, 2 bad input."""
+exit status: 0 every expectation held (skips beside passes included), 1 one failed,
+2 bad input, 4 every run was skipped (KSFT_SKIP)."""
 
 
 def seconds(text: str) -> float | None:
@@ -52,7 +53,8 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--abi",
         default=None,
-        help=f"ABI revision for every run: {', '.join(revisions.REVISIONS)} (default: each scenario's own)",
+        help=f"ABI revision for every run: {', '.join(revisions.REVISIONS)}, or all "
+        "(default: each scenario's own)",
     )
     parser.add_argument("--backend", default="model", choices=("model", "kvm"), help="default: model")
     parser.add_argument("--format", default="text", choices=show.FORMATS, help="default: text")
@@ -64,10 +66,14 @@ def check_selection(args: argparse.Namespace) -> None:
     if args.platform != "all" and args.platform not in platforms.PLATFORMS:
         choices = ", ".join((*platforms.PLATFORMS, "all"))
         raise UsageError(f"--platform: unknown platform {args.platform!r} (choose from {choices})")
-    if args.abi is not None and args.abi not in revisions.REVISIONS:
-        raise UsageError(
-            f"--abi: unknown revision {args.abi!r} (choose from {', '.join(revisions.REVISIONS)})"
-        )
+    selected_revisions(args)
+
+
+def selected_revisions(args: argparse.Namespace) -> list[str | None]:
+    """``--abi``: None runs each scenario under its own revision; ``all`` under every one."""
+    if args.abi is None:
+        return [None]
+    return list(chosen_revisions(args.abi))
 
 
 def load_all(files: Sequence[str]) -> list[Scenario]:
@@ -78,11 +84,27 @@ def load_all(files: Sequence[str]) -> list[Scenario]:
         raise UsageError(str(err)) from None
 
 
-def execute(scenarios: Sequence[Scenario], args: argparse.Namespace) -> list[RunResult]:
+def execute(
+    scenarios: Sequence[Scenario],
+    args: argparse.Namespace,
+    *,
+    backend: str | None = None,
+    observe: bool = False,
+) -> list[RunResult]:
+    """Every scenario on each selected platform, under each selected revision."""
     try:
-        return run_all(
-            scenarios, platform=args.platform, abi=args.abi, backend=args.backend, timeout=args.timeout
-        )
+        return [
+            result
+            for abi in selected_revisions(args)
+            for result in run_all(
+                scenarios,
+                platform=args.platform,
+                abi=abi,
+                backend=backend or args.backend,
+                observe=observe,
+                timeout=args.timeout,
+            )
+        ]
     except ScenarioError as err:  # beyond what the backend accepts
         raise UsageError(str(err)) from None
 
@@ -107,10 +129,4 @@ def run(args: argparse.Namespace) -> int:
     results = execute(scenarios, args)
     if not results:
         raise UsageError(f"no scenario runs on platform {args.platform!r}")
-    if args.format == "json":
-        show.dump_json(show.to_json(results))
-    elif args.format == "tap":
-        show.print_tap(results)
-    else:
-        show.print_runs(results)
-    return show.exit_code(results)
+    return show.print_results(results, args.format, per_step=True)

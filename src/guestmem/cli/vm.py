@@ -10,8 +10,8 @@ from guestmem.cli import UsageError
 
 EXAMPLE = f"""\
 examples:
-  guestmem vm --kernel ../shared/kernel/v8/bzImage -- guestmem probe --format json
-  guestmem vm --kernel arch/x86/boot/bzImage -- guestmem check --backend kvm --abi v8
+  guestmem vm --kernel ../shared/kernel/v8/bzImage -- guestmem probe
+  guestmem vm --kernel arch/x86/boot/bzImage -- guestmem check --backend kvm
   guestmem vm --timeout 600 -- python3 -m pytest tests/test_real_kernel.py
 
 The host's root filesystem is shared read-only; $GUESTMEM_SCRATCH (also $TMPDIR) is a

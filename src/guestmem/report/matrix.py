@@ -26,6 +26,8 @@ How a cell is set up where the model needs help, each kept visible as a note:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from guestmem.backend.base import Outcome
 from guestmem.backend.model import ModelMachine
 from guestmem.spec import platforms, revisions
@@ -41,7 +43,37 @@ PAGE = 4096
 PATTERN = bytes(0x21 + i % 0x5E for i in range(PAGE))
 POLICIES = (Policy.ZERO, Policy.PRESERVE, Policy.NONE, Policy.DEFAULT)
 PHASES = (Phase.PRE_LAUNCH, Phase.RUNNING)
-KEYS = ("platform", "direction", "policy", "phase", "result", "guest_request", "notes")
+KEYS = ("platform", "direction", "policy", "phase", "result", "guest_request", "notes", "kind")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What kind of answer a cell is: shown as a colour in the report, a word in JSON."""
+
+    prefix: str
+    words: str
+    sample: str
+
+
+#: Cell kinds (the ``kind`` key of a row), from the revision's rules, not the result alone.
+KINDS: dict[str, Kind] = {
+    "guarantee": Kind(
+        "", "guarantee: the policy promises this result (docs/semantics.md §5 Policy)", "zeros"
+    ),
+    "native": Kind(
+        "native: ",
+        "native: no promise; the platform's own effect of the conversion (docs/semantics.md §2 'native: X')",
+        "native",
+    ),
+    "prelaunch": Kind(
+        "pre-launch only: ",
+        "pre-launch only: this succeeds before launch; the same call once running is refused",
+        "pre-launch",
+    ),
+    "unsupported": Kind(
+        "", "unsupported: the conversion fails with this errno and changes nothing", "EINVAL"
+    ),
+}
 
 #: Notes a cell can carry: short marker and text (shown as footnotes in text/markdown).
 NOTES: dict[str, tuple[str, str]] = {
@@ -239,15 +271,43 @@ def cell(platform: str, abi: str, direction: Direction, policy: Policy, phase: P
 
 def compute(abi: str) -> list[dict[str, str]]:
     """docs/semantics.md §2 for revision ``abi``: one row per platform, direction, policy and
-    phase, each measured on a fresh model VM. ``KeyError`` names the revisions."""
+    phase, each measured on a fresh model VM, with its :data:`KINDS` key. ``KeyError``
+    names the revisions."""
     revisions.get(abi)
-    return [
+    rows = [
         cell(platform, abi, direction, policy, phase)
         for platform in platforms.PLATFORMS
         for direction in (Direction.TO_SHARED, Direction.TO_PRIVATE)
         for policy in POLICIES
         for phase in PHASES
     ]
+    results = {(r["platform"], r["direction"], r["policy"], r["phase"]): r["result"] for r in rows}
+    for r in rows:
+        running = results[(r["platform"], r["direction"], r["policy"], Phase.RUNNING.value)]
+        r["kind"] = kind(abi, r, running)
+    return rows
+
+
+def kind(abi: str, row: dict[str, str], running: str) -> str:
+    """The :data:`KINDS` key of a measured cell; ``running`` is the same cell's result once
+    running (a pre-launch success refused once running is *pre-launch only*)."""
+    if row["result"].startswith("E"):
+        return "unsupported"
+    if row["phase"] == Phase.PRE_LAUNCH.value and running.startswith("E"):
+        return "prelaunch"
+    revision = revisions.get(abi)
+    decoded = revision.decode(revision.encode(Policy(row["policy"])))
+    if decoded is None:  # not reached: such a call fails (EINVAL)
+        return "unsupported"
+    direction = Direction(row["direction"])
+    return (
+        "guarantee" if revision.guaranteed(platforms.get(row["platform"]), direction, decoded) else "native"
+    )
+
+
+def general_notes(abis: list[str]) -> list[str]:
+    """The notes on whole columns for the revisions ``abis`` (text and markdown output)."""
+    return [*GENERAL, *(REVISION_NOTES[a] for a in dict.fromkeys(abis) if a in REVISION_NOTES)]
 
 
 def marked(row: dict[str, str]) -> str:

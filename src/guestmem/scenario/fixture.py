@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from guestmem import inputs
+from guestmem import inputs, schemas
 from guestmem.backend.base import Outcome
 from guestmem.scenario.expect import NOT_WRITTEN, Expect, matches
 from guestmem.scenario.format import Scenario, ScenarioError, from_dict
@@ -28,7 +28,7 @@ from guestmem.uapi.kvm import KVM_MEMORY_EXIT_FLAG_PRIVATE
 
 VERSION = 1
 #: The fields of a fixture document.
-FIELDS = ("fixture", "scenario", "file", "platform", "revision", "document", "model")
+FIELDS = ("schema", "fixture", "scenario", "file", "platform", "revision", "document", "model")
 #: Longest scenario part of a fixture's file name (characters); the whole name stays
 #: well under the 255 bytes a file name may have.
 NAME_CHARS = 120
@@ -94,15 +94,18 @@ def freeze(result: RunResult) -> dict[str, Any]:
         "init": scenario.init,
         "step": steps,
     }
-    return {
-        "fixture": VERSION,
-        "scenario": scenario.name,
-        "file": Path(scenario.file).name,
-        "platform": result.platform,
-        "revision": result.abi,
-        "document": document,
-        "model": [None if s.outcome is None else s.outcome.to_json() for s in result.steps],
-    }
+    return schemas.document(
+        "fixture",
+        {
+            "fixture": VERSION,
+            "scenario": scenario.name,
+            "file": Path(scenario.file).name,
+            "platform": result.platform,
+            "revision": result.abi,
+            "document": document,
+            "model": [None if s.outcome is None else s.outcome.to_json() for s in result.steps],
+        },
+    )
 
 
 def file_name(result: RunResult) -> str:
@@ -130,6 +133,10 @@ def load(path: str | Path) -> tuple[Scenario, str]:
     for key in doc:
         if key not in FIELDS:
             raise ScenarioError(f"{where}: field {key!r}: unknown field (known: {', '.join(FIELDS)})")
+    if doc.get("schema", schemas.name("fixture")) != schemas.name("fixture"):
+        raise ScenarioError(
+            f"{where}: field 'schema': {doc['schema']!r:.60} is not {schemas.name('fixture')!r}"
+        )
     for key in ("platform", "revision", "document"):
         if key not in doc:
             raise ScenarioError(f"{where}: field {key!r}: required in a fixture")

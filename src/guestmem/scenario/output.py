@@ -1,24 +1,35 @@
-"""Scenario results as text (rich on a terminal), JSON, or TAP 13 (kselftest habits)."""
+"""Scenario results for people (text, coloured on a terminal) and for machines (JSON,
+TAP 13 as kselftest prints it, JUnit XML for CI dashboards), and the exit status.
+
+Exit status (every command that runs scenarios): :data:`EXIT_PASS` when every expectation
+held, :data:`EXIT_FAIL` when one failed, :data:`EXIT_SKIP` (kselftest's ``KSFT_SKIP``)
+when nothing failed and nothing passed because every run was skipped; bad input is 2.
+"""
 
 from __future__ import annotations
 
 import sys
+import textwrap
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from guestmem.cli import output
-from guestmem.cli.output import dump_json
+from guestmem import schemas, terminal
 from guestmem.scenario.expect import describe
 from guestmem.scenario.runner import RunResult, StepResult
 from guestmem.spec import platforms
 
-FORMATS = ("text", "json", "tap")
+FORMATS = ("text", "json", "tap", "junit")
+EXIT_PASS, EXIT_FAIL, EXIT_SKIP = 0, 1, 4
 _ORDER = {name: n for n, name in enumerate(platforms.PLATFORMS)}
 __all__ = [
+    "EXIT_FAIL",
+    "EXIT_PASS",
+    "EXIT_SKIP",
     "FORMATS",
-    "dump_json",
     "exit_code",
     "print_cases",
+    "print_junit",
     "print_runs",
     "print_tap",
     "summary",
@@ -45,7 +56,16 @@ def saw(step: StepResult) -> str:
 
 
 def to_json(results: Sequence[RunResult]) -> dict[str, Any]:
-    return {"passed": all(r.passed for r in results), "runs": [r.to_json() for r in results]}
+    """A ``guestmem.results/1`` document (schemas/results.schema.json)."""
+    return schemas.document(
+        "results",
+        {
+            "passed": all(r.passed for r in results),
+            "exit_status": exit_code(results),
+            "summary": summary(results),
+            "runs": [r.to_json() for r in results],
+        },
+    )
 
 
 def summary(results: Sequence[RunResult]) -> dict[str, dict[str, int]]:
@@ -69,17 +89,11 @@ def print_runs(results: Sequence[RunResult], stream: TextIO | None = None) -> No
         if r.error:
             head += f" (error: {r.error})"
         rows = [
-            (
-                s.step.index,
-                s.step.side,
-                s.step.label(),
-                saw(s),
-                " | ".join(map(str, s.expect)),
-                step_verdict(s),
-            )
+            (s.step.index, s.step.label(), saw(s), " | ".join(map(str, s.expect)), step_verdict(s))
             for s in r.steps
         ]
-        output.table(("#", "side", "action", "saw", "expect", "result"), rows, title=head, stream=stream)
+        headers = ("#", "action", "saw", "expect", "result")
+        terminal.table(headers, rows, title=head, stream=stream, verdicts=(4,), whole_words=(2, 3))
         print(file=stream)
 
 
@@ -87,25 +101,38 @@ def print_cases(results: Sequence[RunResult], stream: TextIO | None = None) -> N
     """``guestmem check`` text: one line per case, the failing steps, then a summary."""
     stream = stream or sys.stdout
     for r in results:
-        line = f"{_STATUS[r.status]:<4}  {title(r)}"
+        status = _STATUS[r.status]
+        line = f"{status:<4}  {title(r)}"
         if r.skipped:
             line += f"  # {r.skipped}"
         if r.not_applicable:
             line += f"  # {r.abi}: {r.not_applicable}"
         if r.error:
             line += f"  # error: {r.error}"
-        print(line, file=stream)
+        print(terminal.verdict(status, stream) + _fold(line, stream, "      ")[len(status) :], file=stream)
         for s in r.failures:
-            print(
-                f"      step {s.step.index} {s.step.label()}: expected {_expected(s)}, saw {saw(s)}",
-                file=stream,
-            )
+            print(_fold(f"      {_failure(s)}", stream, "        "), file=stream)
     print(file=stream)
     counts = summary(results)
     columns = tuple(_COUNTS.values())
     rows: list[tuple[object, ...]] = [(p, *(c[k] for k in columns)) for p, c in counts.items()]
     rows.append(("total", *(sum(c[k] for c in counts.values()) for k in columns)))
-    output.table(("platform", *columns), rows, title="summary", stream=stream)
+    terminal.table(("platform", *columns), rows, title="summary", stream=stream)
+    if exit_code(results) == EXIT_SKIP:
+        print(
+            f"nothing ran: every run was skipped or not applicable: exit status {EXIT_SKIP} (KSFT_SKIP)",
+            file=stream,
+        )
+
+
+def _fold(line: str, stream: TextIO, indent: str) -> str:
+    """``line`` broken between words to the terminal's width (unchanged when piped)."""
+    columns = terminal.width(stream)
+    if columns is None:
+        return line
+    return textwrap.fill(
+        line, columns, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+    )
 
 
 def print_tap(results: Sequence[RunResult], stream: TextIO | None = None, *, totals: bool = False) -> None:
@@ -127,10 +154,7 @@ def print_tap(results: Sequence[RunResult], stream: TextIO | None = None, *, tot
             if r.error:
                 print(f"# error: {r.error}", file=stream)
             for s in r.failures:
-                print(
-                    f"# step {s.step.index} {s.step.label()}: expected {_expected(s)}, saw {saw(s)}",
-                    file=stream,
-                )
+                print(f"# {_failure(s)}", file=stream)
         elif r.status == "skip":
             print(f"ok {n} - {name} # SKIP {r.skipped}", file=stream)
         else:
@@ -145,22 +169,80 @@ def print_tap(results: Sequence[RunResult], stream: TextIO | None = None, *, tot
             print(f"# not applicable to this revision: {na}", file=stream)
 
 
+def junit(results: Sequence[RunResult]) -> ET.Element:
+    """JUnit XML as CI dashboards read it: a ``testsuite`` per platform, a ``testcase``
+    per run (``classname`` guestmem.PLATFORM, ``name`` SCENARIO [ABI]) with a ``failure``
+    per failing step, an ``error`` when a backend raised, ``skipped`` with the reason."""
+    root = ET.Element("testsuites", name="guestmem")
+    suites: dict[str, ET.Element] = {}
+    for r in sorted(results, key=lambda r: _ORDER.get(r.platform, len(_ORDER))):
+        suite = suites.get(r.platform)
+        if suite is None:
+            suite = suites[r.platform] = ET.SubElement(root, "testsuite", name=f"guestmem.{r.platform}")
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"guestmem.{r.platform}",
+            name=f"{r.scenario.name} [{r.abi}]",
+            file=r.scenario.file,
+        )
+        if r.error:
+            ET.SubElement(case, "error", message=r.error, type="backend").text = r.error
+        failures = [_failure(s) for s in r.failures if s.outcome is not None]
+        if failures:
+            ET.SubElement(case, "failure", message=failures[0], type="expectation").text = "\n".join(failures)
+        if r.status == "skip":
+            ET.SubElement(case, "skipped", message=r.skipped or "")
+        elif r.status == "n/a":
+            ET.SubElement(case, "skipped", message=f"not applicable to {r.abi}: {r.not_applicable}")
+        ET.SubElement(case, "system-out").text = f"backend={r.backend} abi={r.abi} file={r.scenario.file}"
+    for element in (root, *suites.values()):
+        cases = element.iter("testcase")
+        counted = list(cases)
+        element.set("tests", str(len(counted)))
+        for tag, key in (("failure", "failures"), ("error", "errors"), ("skipped", "skipped")):
+            element.set(key, str(sum(c.find(tag) is not None for c in counted)))
+    return root
+
+
+def print_junit(results: Sequence[RunResult], stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    root = junit(results)
+    ET.indent(root)
+    print('<?xml version="1.0" encoding="utf-8"?>', file=stream)
+    print(ET.tostring(root, encoding="unicode"), file=stream)
+
+
+def _failure(step: StepResult) -> str:
+    return f"step {step.step.index} {step.step.label()}: expected {_expected(step)}, saw {saw(step)}"
+
+
 def _expected(step: StepResult) -> str:
     return " or ".join(map(str, step.expect))
 
 
-def print_suite(results: Sequence[RunResult], fmt: str) -> int:
-    """A suite's results (``check``, ``consume``): a line per case and a per-platform
-    summary, or JSON with the summary, or TAP with kselftest's totals; the exit code."""
+def print_results(results: Sequence[RunResult], fmt: str, *, per_step: bool = False) -> int:
+    """Results in ``fmt``; text is a line per case and a per-platform summary (``check``,
+    ``consume``) or, with ``per_step``, every step of every run (``run``). The exit status."""
     if fmt == "json":
-        dump_json({**to_json(results), "summary": summary(results)})
+        schemas.write(to_json(results))
     elif fmt == "tap":
         print_tap(results, totals=True)
+    elif fmt == "junit":
+        print_junit(results)
+    elif per_step:
+        print_runs(results)
     else:
         print_cases(results)
     return exit_code(results)
 
 
 def exit_code(results: Sequence[RunResult]) -> int:
-    """0 when no expectation failed (skips are not failures), else 1."""
-    return 1 if any(r.status == "fail" for r in results) else 0
+    """:data:`EXIT_FAIL` when an expectation failed, :data:`EXIT_SKIP` when nothing ran
+    because every run was skipped or not applicable, else :data:`EXIT_PASS` (skips and
+    not-applicable runs beside passes are not failures)."""
+    if any(r.status == "fail" for r in results):
+        return EXIT_FAIL
+    if results and not any(r.status == "pass" for r in results):
+        return EXIT_SKIP
+    return EXIT_PASS

@@ -37,11 +37,14 @@ TIMEOUT = 60.0
 
 @dataclass(frozen=True)
 class PageView:
-    """One page after a step (model backend only): its attribute and what a reader sees."""
+    """One page after a step (model backend only): its attribute, what a reader sees,
+    how many pins hold it and how many host mappings have it mapped."""
 
     private: bool
     allocated: bool
     origins: tuple[str, ...]
+    pins: int = 0
+    mapped: int = 0
 
 
 class PageViews(Sequence[PageView]):
@@ -219,14 +222,18 @@ def snapshot(machine: Machine) -> PageViews | None:
     if gmem is None or not hasattr(gmem, "origins"):
         return None
     npages = machine.size >> PAGE_SHIFT
-    allocated = sorted(gmem.pages)
-    edges = {0, *(a for a, _b, _v in gmem.attributes.runs()), *allocated, *(p + 1 for p in allocated)}
+    # a view changes only where an attribute run starts or around an allocated, pinned or
+    # host-mapped page
+    marked = {*gmem.pages, *gmem.pins, *gmem.stale_pins, *(p for m in gmem.mappings for p in m.ptes)}
+    edges = {0, *(a for a, _b, _v in gmem.attributes.runs()), *marked, *(p + 1 for p in marked)}
     starts: list[int] = []
     views: list[PageView] = []
     for index in sorted(p for p in edges if p < npages):
         runs = gmem.origins(index << PAGE_SHIFT, PAGE_SIZE)
         labels = tuple(dict.fromkeys(o.label for _a, _b, o in runs))
-        view = PageView(gmem.is_private(index << PAGE_SHIFT), index in gmem.pages, labels)
+        pins = gmem.pins.get(index, 0) + gmem.stale_pins.get(index, 0)
+        mapped = sum(index in m.ptes for m in gmem.mappings)
+        view = PageView(gmem.is_private(index << PAGE_SHIFT), index in gmem.pages, labels, pins, mapped)
         if views and views[-1] == view:
             continue
         starts.append(index)

@@ -144,6 +144,17 @@ def test_report_output_paths_are_checked(tmp_path: Path, capsys: pytest.CaptureF
     _bad(["report", "--out", "/proc/version", scenario], capsys, "--out", "/proc/version", "cannot write")
 
 
+def test_explore_out_it_cannot_create_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = _write(tmp_path / "file", "x")
+    explore = ["explore", "--platform", "pkvm", "--depth", "1", "--out"]
+    _bad([*explore, f"{taken}/cx"], capsys, "--out", f"{taken}/cx", "Not a directory")
+    _bad([*explore, "/proc/none/cx"], capsys, "--out", "/proc/none/cx", "No such file")
+    _bad([*explore, "c\0x"], capsys, "--out", "null")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_bad_timeout_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     for value in ("-1", "nan", "inf", "soon"):
         with pytest.raises(SystemExit) as stop:

@@ -23,8 +23,10 @@ import time
 import pytest
 
 from guestmem import progress
+from guestmem.scenario import suite_dir
 
 COMMAND = [sys.executable, "-m", "guestmem"]
+SUITE = str(suite_dir())
 
 
 def _read(fd: int, until: bytes | None, timeout: float) -> bytes:
@@ -156,3 +158,38 @@ def test_status_draws_only_on_a_terminal_and_summarises() -> None:
     line = progress.summary()
     assert line.startswith("work interrupted after 0s; finished: part a (stopped during: part b)")
     assert progress.summary() == "interrupted"  # reported once
+
+
+@pytest.mark.parametrize(
+    ("argv", "small", "word"),
+    [
+        (["check", "--abi", "all"], ["check", "-k", "selftest_truncate"], "check: "),
+        (
+            ["run", f"{SUITE}/review_payload_injection.toml", "--abi", "all"],
+            ["run", f"{SUITE}/selftest_truncate.toml"],
+            "run: ",
+        ),
+    ],
+)
+def test_check_and_run_count_runs_on_a_terminal_and_stay_silent_elsewhere(
+    argv: list[str], small: list[str], word: str
+) -> None:
+    pid, fd = _spawn([*COMMAND, *argv])
+    try:
+        shown = _read(fd, None, timeout=120).decode(errors="replace")
+    finally:
+        code = _reap(pid)
+        os.close(fd)
+    assert code == 0, shown
+    drawn = [part for part in shown.split("\r") if part.startswith(word)]
+    assert drawn and " runs; " in drawn[0], shown
+    assert "Traceback" not in shown
+    pid, fd = _spawn([*COMMAND, *small, "--format", "json"])
+    try:
+        shown = _read(fd, None, timeout=120).decode(errors="replace")
+    finally:
+        code = _reap(pid)
+        os.close(fd)
+    assert code == 0 and word not in shown and shown.lstrip().startswith("{"), shown
+    piped = subprocess.run([*COMMAND, *small], capture_output=True, check=False)
+    assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     scenarios = load_all([str(p) for p in suite_files()])
     if args.match is not None:
         scenarios = [s for s in scenarios if args.match in s.name or args.match in Path(s.file).name]
-    results = execute(scenarios, args)
+    results = execute(scenarios, args, what="check")
     if not results:
         raise UsageError("no case of the suite matches the selection")
     return show.print_results(results, args.format)

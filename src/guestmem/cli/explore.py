@@ -102,6 +102,15 @@ def _check(args: argparse.Namespace) -> int:
     workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     if workers < 1:
         raise UsageError(f"--workers: {workers} must be >= 1")
+    if args.out is not None:  # before exploring: a directory it cannot make is bad input
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except ValueError as err:  # a NUL in the name
+            raise UsageError(f"--out: bad directory name {str(args.out)!r}: {err}") from None
+        except OSError as err:
+            raise UsageError(
+                f"--out: cannot create directory {str(args.out)!r}: {err.strerror or err}"
+            ) from None
     return workers
 
 

@@ -6,6 +6,7 @@ import argparse
 import math
 from collections.abc import Sequence
 
+from guestmem import progress
 from guestmem.cli import UsageError, chosen_revisions
 from guestmem.scenario import Scenario, ScenarioError, load
 from guestmem.scenario import output as show
@@ -90,23 +91,51 @@ def execute(
     *,
     backend: str | None = None,
     observe: bool = False,
+    what: str | None = None,
 ) -> list[RunResult]:
-    """Every scenario on each selected platform, under each selected revision."""
+    """Every scenario on each selected platform, under each selected revision.
+
+    With ``what`` (the command's name), a progress line on a terminal (not for ``--format
+    json``) counts the runs finished, and Ctrl-C names them."""
+    abis = selected_revisions(args)
+    if what is None:
+        return _execute(scenarios, args, abis, backend, observe, None)
+    with progress.Status(what, enabled=args.format != "json") as status:
+        return _execute(scenarios, args, abis, backend, observe, status)
+
+
+def _execute(
+    scenarios: Sequence[Scenario],
+    args: argparse.Namespace,
+    abis: list[str | None],
+    backend: str | None,
+    observe: bool,
+    status: progress.Status | None,
+) -> list[RunResult]:
+    results: list[RunResult] = []
+
+    def done(result: RunResult, finished: int, total: int) -> None:
+        if status is not None:
+            revision = f"{result.abi}, " if len(abis) > 1 else ""
+            status.update(f"{revision}{finished}/{total} runs; {result.scenario.name} on {result.platform}")
+
     try:
-        return [
-            result
-            for abi in selected_revisions(args)
-            for result in run_all(
+        for abi in abis:
+            batch = run_all(
                 scenarios,
                 platform=args.platform,
                 abi=abi,
                 backend=backend or args.backend,
                 observe=observe,
                 timeout=args.timeout,
+                done=done,
             )
-        ]
+            results += batch
+            if status is not None:
+                status.finish(f"{len(batch)} runs" + (f" under {abi}" if abi is not None else ""))
     except ScenarioError as err:  # beyond what the backend accepts
         raise UsageError(str(err)) from None
+    return results
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -126,7 +155,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     check_selection(args)
     scenarios = load_all(args.files)
-    results = execute(scenarios, args)
+    results = execute(scenarios, args, what="run")
     if not results:
         raise UsageError(f"no scenario runs on platform {args.platform!r}")
     return show.print_results(results, args.format, per_step=True)

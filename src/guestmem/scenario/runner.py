@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -331,17 +331,21 @@ def run_all(
     backend: str = "model",
     observe: bool = False,
     timeout: float | None = TIMEOUT,
+    done: Callable[[RunResult, int, int], None] | None = None,
 ) -> list[RunResult]:
     """Every scenario on each of its platforms (or only ``platform``; ``all`` = all).
 
+    ``done(result, finished, total)`` is called after each run (for a progress display).
     :class:`ScenarioError` before anything runs if a scenario exceeds the backend's limits."""
     chosen = open_backend(backend)
     scenarios = list(scenarios)
     check_limits(scenarios, chosen)
+    runs = [(scenario, name) for scenario in scenarios for name in select_platforms(scenario, platform)]
     results = []
-    for scenario in scenarios:
-        for name in select_platforms(scenario, platform):
-            results.append(run(scenario, name, chosen, abi, observe=observe, timeout=timeout))
+    for scenario, name in runs:
+        results.append(run(scenario, name, chosen, abi, observe=observe, timeout=timeout))
+        if done is not None:
+            done(results[-1], len(results), len(runs))
     return results
 
 

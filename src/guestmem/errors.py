@@ -11,6 +11,7 @@ with a signal raises :class:`HostFault`; a guest access that exits to the VMM wi
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -57,7 +58,7 @@ class IoctlError(GuestmemError, OSError):
     """
 
     def __init__(self, code: int, call: str, error_offset: int | None = None) -> None:
-        OSError.__init__(self, code, os.strerror(code))
+        OSError.__init__(self, code, _strerror(code))
         self.code = code
         self.call = call
         self.error_offset = error_offset
@@ -121,3 +122,8 @@ class MmioExit(GuestmemError):
 
     def __reduce__(self) -> tuple[type[MmioExit], tuple[int, int, bool]]:
         return (type(self), (self.gpa, self.len, self.is_write))
+
+
+@functools.cache
+def _strerror(code: int) -> str:
+    return os.strerror(code)

@@ -267,6 +267,7 @@ class Explorer:
         self.monitor = Monitor(self.platform, self.revision)
         self.memo: dict[tuple[int, bool, PageRow], Learned] = {}
         self._loaded: Key | None = None
+        self._captured: Key | None = None
         self._before: State | None = None
         self.roots = [self.state(open_machine(self.platform, self.revision, pages, init)) for init in INITS]
 
@@ -308,7 +309,9 @@ class Explorer:
             machine = self.machine
             machine.vm.phase = Phase.RUNNING if state[0] else Phase.PRE_LAUNCH
             machine.gmem.restore_rows(state[1])
-            self._loaded, self._before = state, capture(machine)
+            if self._captured is not state or self._before is None:  # the parent again: same capture
+                self._captured, self._before = state, capture(machine)
+            self._loaded = state
         return self._before
 
     def step(self, state: Key, index: int, *, pins: bool = True) -> tuple[Key, list[Violation], Outcome]:

@@ -259,13 +259,14 @@ class GuestMemfd:
     def snapshot(self) -> GmemSnapshot:
         """Every piece of state a call may change (as :meth:`digest` covers), as one
         hashable tuple; equal states give equal tuples. Pages are immutable and shared."""
+        pages, pins, stale = self.pages, self.pins, self.stale_pins  # sorted only if 2 or more
         return (
             self.attributes.key(),
             self.requests.key(),
-            tuple(sorted(self.pages.items())),
-            tuple(sorted(self.pins.items())),
-            tuple(sorted(self.stale_pins.items())),
-            tuple(tuple(sorted(m.ptes)) for m in self.mappings),
+            tuple(sorted(pages.items())) if len(pages) > 1 else tuple(pages.items()),
+            tuple(sorted(pins.items())) if len(pins) > 1 else tuple(pins.items()),
+            tuple(sorted(stale.items())) if len(stale) > 1 else tuple(stale.items()),
+            tuple(tuple(sorted(m.ptes)) if len(m.ptes) > 1 else tuple(m.ptes) for m in self.mappings),
         )
 
     def restore(self, snap: GmemSnapshot) -> None:
@@ -287,20 +288,16 @@ class GuestMemfd:
         few pages: the checker's states, where pages are compared and permuted)."""
         attributes, requests = self.attributes.expand(), self.requests.expand()
         pages, pins, stale = self.pages, self.pins, self.stale_pins
-        mappings = self.mappings
-        return tuple(
-            [
-                (
-                    attributes[i],
-                    requests[i],
-                    pages.get(i, UNALLOCATED),
-                    pins.get(i, 0),
-                    stale.get(i, 0),
-                    sum(1 << m for m, mapping in enumerate(mappings) if i in mapping.ptes),
-                )
-                for i in range(self.npages)
-            ]
-        )
+        ptes = [mapping.ptes for mapping in self.mappings]
+        rows: list[PageRow] = []
+        for i in range(self.npages):
+            mapped = 0
+            for m, mapped_pages in enumerate(ptes):
+                if i in mapped_pages:
+                    mapped |= 1 << m
+            page = pages.get(i, UNALLOCATED)
+            rows.append((attributes[i], requests[i], page, pins.get(i, 0), stale.get(i, 0), mapped))
+        return tuple(rows)
 
     def restore_rows(self, rows: tuple[PageRow, ...]) -> None:
         """Put back a :meth:`rows` of this file (same mappings, in the same order)."""

@@ -23,8 +23,8 @@ exit status: the command's, or
   {vmrun.EXIT_NO_QEMU}  QEMU (qemu-system-x86_64) is not installed
   {vmrun.EXIT_NO_VIRTME}  virtme-ng (vng) is not installed: pip install -e '.[vm]'
   {vmrun.EXIT_NO_IOCTL}  the kernel has no KVM_SET_MEMORY_ATTRIBUTES2 or no usable KVM inside
-  {vmrun.EXIT_BOOT}  the kernel did not boot in time, or the VM died before the command ended
   {vmrun.EXIT_TIMEOUT}  the command did not finish within --timeout
+  {vmrun.EXIT_BOOT}  the kernel did not boot in time, or the VM died before the command ended
   130  interrupted (Ctrl-C); the VM is stopped"""
 
 

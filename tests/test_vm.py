@@ -121,6 +121,9 @@ def test_no_virtme_ng_names_the_extra(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_exit_statuses_are_distinct() -> None:
     assert len(set(vmrun.EXIT_STATUS.values())) == len(vmrun.EXIT_STATUS)
+    # none may be read as a status of guestmem itself (pass, fail, bad input, KSFT_SKIP,
+    # Ctrl-C) when the command inside is a guestmem command
+    assert set(vmrun.EXIT_STATUS.values()).isdisjoint({0, 1, 2, 4, 130})
 
 
 def test_kernel_version_is_read_from_the_header(tmp_path: Path) -> None:

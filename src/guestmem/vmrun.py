@@ -38,13 +38,15 @@ from typing import BinaryIO
 
 QEMU = "qemu-system-x86_64"
 VNG = "vng"
-#: Exit statuses of the runner's own failures (the command's status passes through).
-EXIT_BAD_KERNEL = 2
-EXIT_NO_QEMU = 3
-EXIT_NO_VIRTME = 4
-EXIT_NO_IOCTL = 5
-EXIT_BOOT = 6
+#: Exit statuses of the runner's own failures (the command's status passes through). They sit
+#: in 120-125, beside timeout(1)'s 124, so that none is also a status of ``guestmem`` itself
+#: (0, 1, 2, 4 = KSFT_SKIP, 130) or of a kselftest run inside.
+EXIT_BAD_KERNEL = 120
+EXIT_NO_QEMU = 121
+EXIT_NO_VIRTME = 122
+EXIT_NO_IOCTL = 123
 EXIT_TIMEOUT = 124
+EXIT_BOOT = 125
 EXIT_STATUS = {
     "bad kernel file": EXIT_BAD_KERNEL,
     "QEMU missing": EXIT_NO_QEMU,

@@ -39,16 +39,30 @@ class UsageError(GuestmemError):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions and epilogs keep their line breaks and indented examples; a long line
-    of prose is wrapped to the terminal's width."""
+    """Descriptions and epilogs keep their line breaks and indented examples; a paragraph of
+    prose (unindented lines up to a blank or indented one) that does not fit the terminal's
+    width is refilled to it as a whole."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         lines: list[str] = []
-        for line in text.splitlines():
-            if line.startswith(" ") or len(indent + line) <= width:
-                lines.append(indent + line)
+        paragraph: list[str] = []
+
+        def flush() -> None:
+            if all(len(indent + line) <= width for line in paragraph):
+                lines.extend(indent + line for line in paragraph)
             else:
-                lines += textwrap.wrap(line, width, initial_indent=indent, subsequent_indent=indent)
+                lines.extend(
+                    textwrap.wrap(" ".join(paragraph), width, initial_indent=indent, subsequent_indent=indent)
+                )
+            paragraph.clear()
+
+        for line in text.splitlines():
+            if line and not line.startswith(" "):
+                paragraph.append(line)
+                continue
+            flush()
+            lines.append(indent + line if line else "")
+        flush()
         return "\n".join(lines)
 
 

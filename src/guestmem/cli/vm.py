@@ -12,19 +12,19 @@ EXAMPLE = f"""\
 examples:
   guestmem vm --kernel ../shared/kernel/v8/bzImage -- guestmem probe
   guestmem vm --kernel arch/x86/boot/bzImage -- guestmem check --backend kvm
-  guestmem vm --timeout 600 -- python3 -m pytest tests/test_real_kernel.py
+  guestmem vm --timeout 600 -- python3 -m pytest tests/test_kernel_suite.py
 
 The host's root filesystem is shared read-only; $GUESTMEM_SCRATCH (also $TMPDIR) is a
 writable host directory (--scratch, else a temporary one). A command starting with
 'guestmem' runs this guestmem with this Python.
 
 exit status: the command's, or
-  {vmrun.EXIT_BAD_KERNEL}    the kernel file is missing or not an x86 bzImage (or no command)
-  {vmrun.EXIT_NO_QEMU}    QEMU (qemu-system-x86_64) is not installed
-  {vmrun.EXIT_NO_VIRTME}    virtme-ng (vng) is not installed: pip install -e '.[vm]'
-  {vmrun.EXIT_NO_IOCTL}    the kernel has no KVM_SET_MEMORY_ATTRIBUTES2 or no usable KVM inside
-  {vmrun.EXIT_BOOT}    the kernel did not boot in time, or the VM died before the command ended
+  {vmrun.EXIT_BAD_KERNEL}  the kernel file is missing or not an x86 bzImage
+  {vmrun.EXIT_NO_QEMU}  QEMU (qemu-system-x86_64) is not installed
+  {vmrun.EXIT_NO_VIRTME}  virtme-ng (vng) is not installed: pip install -e '.[vm]'
+  {vmrun.EXIT_NO_IOCTL}  the kernel has no KVM_SET_MEMORY_ATTRIBUTES2 or no usable KVM inside
   {vmrun.EXIT_TIMEOUT}  the command did not finish within --timeout
+  {vmrun.EXIT_BOOT}  the kernel did not boot in time, or the VM died before the command ended
   130  interrupted (Ctrl-C); the VM is stopped"""
 
 

@@ -75,13 +75,13 @@ from guestmem.checker.properties import (
     record_trace,
     restore,
 )
-from guestmem.model.gmem import PageRow
-from guestmem.model.provenance import Origin
+from guestmem.model.gmem import UNALLOCATED, PageRow
+from guestmem.model.provenance import FILL_PAGE, ZEROED_PAGE, Origin, keyed_bytes
 from guestmem.spec import platforms, revisions
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions import Revision
 from guestmem.spec.terms import Direction, Effect, Phase, Policy
-from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE
+from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SHIFT, PAGE_SIZE
 
 INITS = ("shared", "private")
 DEFAULT_PAGES = 2
@@ -93,9 +93,15 @@ Key = tuple[bool, tuple[PageRow, ...]]
 KEYED = frozenset({Effect.CIPHERTEXT, Effect.GARBAGE, Effect.RANDOM})
 #: The provenance of the bytes those effects make.
 KEYED_ORIGINS = frozenset({Origin.CIPHERTEXT, Origin.GARBAGE, Origin.RANDOM})
+#: The domain each keyed origin's bytes are derived in (``rfc-v5``'s scramble adds the direction).
+KEYED_DOMAINS = {Origin.CIPHERTEXT: b"ciphertext", Origin.GARBAGE: b"garbage", Origin.RANDOM: b"random"}
 #: What a local step gives: running after, the page's row after, violations, and
 #: whether it was a successful conversion (then pinned private pages are checked).
 Learned = tuple[bool, PageRow, tuple[Violation, ...], bool]
+#: How a conversion of a range remade each page (:meth:`Explorer.remake`): running
+#: after, and per page the row after, or (how, runs or domain, the row after) for a page
+#: of keyed bytes: ``same`` page, its bytes ``relabelled``, or new bytes ``keyed`` from them.
+Recipe = tuple[bool, tuple[Any, ...]]
 #: Progress callback: (level, states of the level expanded, states in the level,
 #: generated so far, distinct so far).
 Progress = Callable[[int, int, int, int, int], None]
@@ -226,6 +232,20 @@ def symmetric(platform: Platform, revision: Revision) -> bool:
     return True
 
 
+def keyed_page(page: Any) -> bool:
+    """``page`` holds bytes of one keyed effect (:data:`KEYED_ORIGINS`) and nothing else."""
+    if not page:
+        return False
+    runs = page[1]
+    return len(runs) == 1 and runs[0][2] in KEYED_ORIGINS
+
+
+def shape(row: PageRow) -> tuple[Any, ...]:
+    """``row`` with its page's bytes left out (the provenance of a keyed page kept)."""
+    page: Any = row[2]
+    return row[0], row[1], page[1], row[3], row[4], row[5]
+
+
 def canonical(state: Key) -> Key:
     """The representative of ``state``'s class under page permutations: sorted rows."""
     return state[0], tuple(sorted(state[1]))
@@ -264,8 +284,18 @@ class Explorer:
         self.local: list[int | None] = [
             op.pages[0] if memo and op.name != "launch" and len(op.pages) == 1 else None for op in self.ops
         ]
+        #: Conversions of a range, remembered by the state with keyed bytes left out
+        #: (:meth:`remake`); off with ``memo=False``.
+        self.recipes: dict[tuple[int, bool, tuple[Any, ...]], Recipe | None] = {}
         self.monitor = Monitor(self.platform, self.revision)
+        #: Conversions of more than one page.
+        self.ranged = frozenset(
+            i for i, op in enumerate(self.ops) if op.name == "convert" and len(op.pages) > 1
+        )
         self.memo: dict[tuple[int, bool, PageRow], Learned] = {}
+        #: Local steps on a keyed page that kept the page and saw no violation, by the row
+        #: with the page's bytes left out (:meth:`learn`): the running flag and row after.
+        self.kept: dict[tuple[int, bool, tuple[Any, ...]], tuple[bool, PageRow, bool]] = {}
         self._loaded: Key | None = None
         self._captured: Key | None = None
         self._before: State | None = None
@@ -341,8 +371,89 @@ class Explorer:
         row = rows[page] if new_rows[page] == rows[page] else new_rows[page]
         ok_convert = self.ops[index].name == "convert" and outcome.errno is None
         learned = (new[0], row, tuple(violations), ok_convert)
-        self.memo[index, running, rows[page]] = learned
+        old = rows[page]
+        self.memo[index, running, old] = learned
+        if not violations and row[2] is old[2] and keyed_page(old[2]):
+            self.kept[index, running, shape(old)] = (new[0], row, ok_convert)
         return learned
+
+    def shape_of(self, index: int, state: Key) -> tuple[int, bool, tuple[Any, ...]] | None:
+        """The :attr:`recipes` key of a step: None if no page holds keyed bytes."""
+        rows = state[1]
+        if not any(keyed_page(r[2]) for r in rows):
+            return None
+        return index, state[0], tuple(shape(r) if keyed_page(r[2]) else r for r in rows)
+
+    def recipe(self, index: int, state: Key, new: Key, violations: Sequence[Violation]) -> Recipe | None:
+        """How conversion ``index`` took ``state`` to ``new``, for any bytes of the same
+        provenance in its keyed pages, or None. The model and the monitor only copy such
+        bytes (into a new keyed page, a read's data, a violation's message), or derive new
+        keyed bytes from them, which :func:`keyed_bytes` redoes; so a step without
+        violations whose every keyed page was kept, relabelled, replaced by a constant page
+        or keyed anew has a recipe."""
+        if violations:
+            return None
+        key = self.machine.vm.key
+        direction = (Direction.TO_PRIVATE if self.ops[index].to == "private" else Direction.TO_SHARED).value
+        pages: list[Any] = []
+        for i, (old, now) in enumerate(zip(state[1], new[1], strict=True)):
+            was: Any = old[2]
+            page: Any = now[2]
+            if not keyed_page(was) or page is UNALLOCATED or page is ZEROED_PAGE or page is FILL_PAGE:
+                pages.append(now)
+            elif page is was:
+                pages.append(("same", None, now))
+            elif page[0] is was[0]:
+                pages.append(("relabelled", page[1], now))
+            elif keyed_page(page):
+                origin = page[1][0][2]
+                domain = KEYED_DOMAINS[origin] + (direction.encode() if origin is Origin.RANDOM else b"")
+                if page[0] != keyed_bytes(key, domain, i << PAGE_SHIFT, was[0]):
+                    return None
+                pages.append(("keyed", domain, now))
+            else:
+                return None
+        return new[0], tuple(pages)
+
+    def remake(self, recipe: Recipe, index: int, state: Key) -> Key:
+        """The state conversion ``index`` gives from ``state`` by ``recipe``."""
+        key = self.machine.vm.key
+        rows: list[PageRow] = []
+        for i, (old, how) in enumerate(zip(state[1], recipe[1], strict=True)):
+            if len(how) != 3:
+                rows.append(how)
+                continue
+            kind, what, now = how
+            was: Any = old[2]
+            if kind == "same":
+                page = was
+            elif kind == "relabelled":
+                page = (was[0], what)
+            else:
+                page = (keyed_bytes(key, what, i << PAGE_SHIFT, was[0]), now[2][1])
+            rows.append((now[0], now[1], page, now[3], now[4], now[5]))
+        new = (recipe[0], tuple(rows))
+        if new == state:
+            return state
+        if self.keyed:
+            self.term(index, state[1], new[1])
+        return new
+
+    def recall(self, index: int, running: bool, row: PageRow) -> Learned | None:
+        """A local step on a page of keyed bytes, from one on other bytes made the same
+        way (:attr:`kept`). Neither the model nor the monitor looks at such bytes except
+        to copy them (into a new keyed page, a read's data, or a violation's message), so
+        a step that kept its page and saw no violation does the same for any bytes of the
+        same provenance: the row after is the remembered one with these bytes in it."""
+        page = row[2]
+        if not keyed_page(page):
+            return None
+        kept = self.kept.get((index, running, shape(row)))
+        if kept is None:
+            return None
+        now_running, now, ok_convert = kept
+        now_row: PageRow = (now[0], now[1], page, now[3], now[4], now[5])
+        return now_running, row if now_row == row else now_row, (), ok_convert
 
     # --- the search ------------------------------------------------------------------------------
     def expand(
@@ -354,7 +465,8 @@ class Explorer:
         tick: Callable[[int], None] | None = None,
     ) -> _Shard:
         """Apply every operation to states ``frontier[lo:hi]``; keep successors not in ``seen``."""
-        memo, local_page, key_of = self.memo, self.local, self.key
+        memo, local_page, key_of, recall = self.memo, self.local, self.key, self.recall
+        recipes, ranged = self.recipes, self.ranged
         pinned_private = self.monitor.pinned_private
         n = len(self.ops)
         local: set[Key] = set()
@@ -374,10 +486,17 @@ class Explorer:
                 page = local_page[index]
                 violations: Sequence[Violation]
                 if page is None:
-                    after, violations, _ = self.step(state, index)
+                    shaped = None if index not in ranged else self.shape_of(index, state)
+                    recipe = None if shaped is None else recipes.get(shaped)
+                    if recipe is not None:
+                        after, violations = self.remake(recipe, index, state), ()
+                    else:
+                        after, violations, _ = self.step(state, index)
+                        if shaped is not None and shaped not in recipes:
+                            recipes[shaped] = self.recipe(index, state, after, violations)
                 else:
                     row = rows[page]
-                    learned = memo.get((index, running, row))
+                    learned = memo.get((index, running, row)) or recall(index, running, row)
                     if learned is None:
                         learned = self.learn(state, index, page)
                     now_running, now_row, violations, ok_convert = learned
@@ -419,6 +538,9 @@ class Explorer:
         except NotLocal:
             self.local = [None] * len(self.ops)
             self.memo.clear()
+            self.kept.clear()
+            self.recipes.clear()
+            self.ranged = frozenset()
             self._loaded = None
             return self._run(workers, progress)
 

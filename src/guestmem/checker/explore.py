@@ -13,7 +13,7 @@ A state is a small tuple, ``(running, rows)``: whether the VM runs, and one
 provenance, pins, stale pins, host mappings). Page contents are the model's own
 immutable objects, shared between states. The state is its own visited-set key.
 
-Three reductions keep the search exact:
+Four reductions keep the search exact:
 
 - **Unchanged states.** A step that leaves the state as it was is counted and checked,
   never queued.
@@ -24,6 +24,12 @@ Three reductions keep the search exact:
   later it is looked up. Each computation checks that no other row changed; if one did
   (a deliberately broken model), the search starts again without lookups. ``memo=False``
   runs the model for every step (the reference path the tests compare against).
+- **Keyed pages by provenance.** Where keyed bytes (below) make new page contents on
+  nearly every step, a local step that keeps such a page and sees no violation is also
+  remembered by the row without the bytes (:meth:`Explorer.recall`), and a conversion of
+  the whole range by the state without them, as a recipe that rebuilds the state after
+  from the bytes at hand (:meth:`Explorer.remake`): the model only copies those bytes or
+  derives new keyed bytes from them.
 - **Page symmetry.** The model treats pages alike: every operation of the alphabet has
   its image under any permutation of the pages, and nothing compares one page's contents
   with another's. So states that differ only by a permutation of pages are one state: the

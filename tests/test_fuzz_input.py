@@ -11,7 +11,6 @@ import io
 import json
 import math
 import re
-import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import guestmem.cli
 from guestmem.cli import main
 from guestmem.scenario.format import OPS
 from guestmem.spec import platforms, revisions
+from memory_support import address_space_cap
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -244,14 +244,8 @@ def one_parser() -> Iterator[None]:
 def memory_cap() -> Iterator[None]:
     """At most 1 GiB more address space than the process had: a document that makes guestmem
     allocate more fails its example (MemoryError is a traceback)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as statm:
-        used = int(statm.read().split()[0]) * resource.getpagesize()
-    resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), hard))
-    try:
+    with address_space_cap():
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def _exit_code(argv: list[str]) -> tuple[int, str]:

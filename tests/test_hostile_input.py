@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from guestmem.cli import main
 from guestmem.scenario import suite_dir
+from memory_support import address_space_cap
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -325,14 +325,8 @@ def test_kernel_backend_refuses_what_the_kernel_or_memory_cannot_hold(
 @pytest.fixture
 def memory_cap() -> Iterator[None]:
     """Fail a test that allocates more than 1 GiB more than it started with."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as statm:
-        used = int(statm.read().split()[0]) * resource.getpagesize()
-    resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), hard))
-    try:
+    with address_space_cap():
         yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 @pytest.mark.timeout(30)

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         module = importlib.import_module(f"guestmem.cli.{name}")
         module.register(sub)
-    for command in sub.choices.values():
+    for command in sub.choices.values():  # every command's help: line breaks kept, prose refilled
         command.formatter_class = HelpFormatter
     return parser
 

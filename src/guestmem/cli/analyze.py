@@ -35,7 +35,6 @@ def register(sub: Any) -> None:
         help="what a UAPI reviewer reads: flags = 0, EOPNOTSUPP, violations",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--abi", default="all", help="ABI revision or 'all' (default: all)")
     parser.add_argument("--format", choices=("text", "json", "markdown"), default="text")

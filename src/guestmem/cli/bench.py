@@ -34,7 +34,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "baseline (interleaved repetitions, medians) and report ratio model/baseline "
         "against its target, plus absolute figures.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, 5 repetitions (seconds)")
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")

@@ -29,7 +29,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Run the built-in suite (docs/semantics.md §2-§4, the review's examples, the kernel "
         "selftests' cases) and print a pass/fail line per case and a per-platform summary.",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_selection(parser)
     parser.add_argument(

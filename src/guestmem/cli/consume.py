@@ -28,7 +28,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Replay the fixtures 'guestmem fill' wrote, on the model or the kernel, and "
         "check every step against the outcomes the fixture allows.",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dir", metavar="DIR", help="directory of *.json fixtures")
     parser.add_argument("--backend", default="model", choices=("model", "kvm"), help="default: model")

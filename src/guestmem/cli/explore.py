@@ -42,7 +42,6 @@ def register(sub: Any) -> None:
         "violations of the properties of docs/semantics.md §5 (isolation, confidentiality, integrity, "
         "policy, atomicity) and print the shortest counterexample of each.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--platform", default="all", help="platform name or 'all' (default: all)")
     parser.add_argument("--abi", default=revisions.DEFAULT, help="ABI revision or 'all' (default: seed)")

@@ -36,7 +36,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Run scenarios on the model and write one JSON fixture per scenario, "
         "platform and revision, to replay elsewhere with 'guestmem consume'.",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dir", metavar="DIR", help="output directory (created if missing)")
     parser.add_argument(

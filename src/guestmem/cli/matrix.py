@@ -36,7 +36,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="what a conversion does, per platform, policy and phase (computed by the model)",
         description="Print docs/semantics.md §2 for an ABI revision (or all); every cell runs the model.",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--abi",

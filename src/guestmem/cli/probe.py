@@ -20,7 +20,6 @@ def register(sub: Any) -> None:
         "memory-attribute capabilities, whether KVM_SET_MEMORY_ATTRIBUTES2 exists, and whether "
         "guest code runs natively or in KVM's emulator. Exits 1 when /dev/kvm is unusable.",
         epilog="examples:\n  guestmem probe\n  guestmem probe --format json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     parser.add_argument("--device", default=DEVICE, help=f"KVM device (default {DEVICE})")

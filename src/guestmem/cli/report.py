@@ -30,7 +30,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the results per scenario and platform, and a memory map per run (pages across, steps "
         "down).",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "files", nargs="*", metavar="FILE", help="scenario files (default: the built-in suite)"

@@ -145,7 +145,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Run scenario files (docs/scenarios.md) on the model or the kernel and show, "
         "step by step, what the host, the guest and the VMM saw against what was expected.",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="scenario TOML files")
     add_selection(parser)

@@ -37,7 +37,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the host's root filesystem shared read-only and a writable scratch directory, "
         "stream its output and exit with its status.",
         epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     default = vmrun.default_kernel()
     parser.add_argument(

@@ -3,9 +3,12 @@
 Every ioctl goes through :func:`ioctl`, which raises
 :class:`~guestmem.errors.IoctlError` with the errno and the request's name from
 :data:`guestmem.uapi.kvm.IOCTL_NAMES`; ``try_ioctl`` returns 0 or the errno instead, in
-the manner of the kernel selftests' ``__vm_ioctl()``. ``mmap``/``munmap``/``fallocate``
-go through ``ctypes`` because Python's ``mmap`` module refuses a mapping longer than the
-file and has no ``fallocate`` (kvm-here.md §3, §10).
+the manner of the kernel selftests' ``__vm_ioctl()``; the one hot path that calls
+:data:`raw_ioctl` itself (``Vcpu.run``) turns its ``OSError`` into that same error with
+:func:`failure`. ``mmap``/``munmap``/``fallocate`` go through ``ctypes`` because Python's
+``mmap`` module refuses a mapping longer than the file and has no ``fallocate``
+(kvm-here.md §3, §10); so do the POSIX timers (``timer_create(2)``) that bound
+``KVM_RUN``, which Python's ``signal`` module does not offer.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import math
 import os
 from typing import Final, Self
 
@@ -46,12 +50,61 @@ _libc.fallocate.restype = ctypes.c_int
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 _MAP_FAILED: Final = ctypes.c_void_p(-1).value
 
+CLOCK_MONOTONIC: Final = 1  # the clock of time.monotonic()
+TIMER_ABSTIME: Final = 1
+SIGEV_THREAD_ID: Final = 4  # Linux: signal one thread, named by its kernel thread id
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class _Sigevent(ctypes.Structure):
+    """``struct sigevent`` (64 bytes on Linux), with the ``SIGEV_THREAD_ID`` member."""
+
+    _fields_ = [
+        ("sigev_value", ctypes.c_void_p),
+        ("sigev_signo", ctypes.c_int),
+        ("sigev_notify", ctypes.c_int),
+        ("sigev_tid", ctypes.c_int),
+        ("_pad", ctypes.c_int * 11),
+    ]
+
+
+_libc.timer_create.restype = ctypes.c_int
+_libc.timer_create.argtypes = [ctypes.c_int, ctypes.POINTER(_Sigevent), ctypes.POINTER(ctypes.c_void_p)]
+_libc.timer_settime.restype = ctypes.c_int
+_libc.timer_settime.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_int,
+    ctypes.POINTER(_Itimerspec),
+    ctypes.POINTER(_Itimerspec),
+]
+_libc.timer_gettime.restype = ctypes.c_int
+_libc.timer_gettime.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Itimerspec)]
+_libc.timer_delete.restype = ctypes.c_int
+_libc.timer_delete.argtypes = [ctypes.c_void_p]
+
 Arg = int | bytearray | ctypes.Structure | ctypes.Array[ctypes.c_char]
 
 
 def ioctl_name(request: int) -> str:
     """The UAPI name of ``request`` (``KVM_RUN``), or its number for an unknown one."""
     return IOCTL_NAMES.get(request, f"ioctl {request:#x}")
+
+
+#: ``fcntl.ioctl`` itself, for the per-exit hot path (``Vcpu.run``): its ``OSError`` must
+#: become :func:`failure`'s error.
+raw_ioctl: Final = fcntl.ioctl
+
+
+def failure(err: OSError, request: int) -> IoctlError:
+    """The typed error of ``request`` failing with ``err``."""
+    return IoctlError(err.errno or errno.EIO, ioctl_name(request))
 
 
 def ioctl(fd: int, request: int, arg: Arg = 0) -> int:
@@ -68,7 +121,7 @@ def ioctl(fd: int, request: int, arg: Arg = 0) -> int:
         else:
             result = fcntl.ioctl(fd, request, memoryview(arg).cast("B"), True)
     except OSError as err:
-        raise IoctlError(err.errno or errno.EIO, ioctl_name(request)) from None
+        raise failure(err, request) from None
     return result
 
 
@@ -105,6 +158,44 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     """``fallocate(2)``; ``IoctlError(errno, "fallocate")`` on failure."""
     if _libc.fallocate(fd, mode, offset, length) != 0:
         raise _fail("fallocate")
+
+
+def timer_create(clock: int, signo: int, tid: int) -> int:
+    """``timer_create(2)`` of a timer on ``clock`` that sends ``signo`` to the thread
+    ``tid`` (``SIGEV_THREAD_ID``); returns the timer's id. ``IoctlError`` on failure."""
+    event = _Sigevent(sigev_signo=signo, sigev_notify=SIGEV_THREAD_ID, sigev_tid=tid)
+    timer = ctypes.c_void_p()
+    if _libc.timer_create(clock, ctypes.byref(event), ctypes.byref(timer)) != 0:
+        raise _fail("timer_create")
+    return timer.value or 0
+
+
+def _timespec(seconds: float) -> _Timespec:
+    ns = math.ceil(seconds * 1e9)  # never earlier than asked
+    return _Timespec(ns // 1_000_000_000, ns % 1_000_000_000)
+
+
+def timer_settime(timer: int, when: float, interval: float = 0.0) -> None:
+    """``timer_settime(2)`` with ``TIMER_ABSTIME``: first expiry at ``when`` on the
+    timer's clock, then every ``interval`` seconds (0: once); ``when = 0`` disarms."""
+    spec = _Itimerspec(_timespec(interval), _timespec(when))
+    if _libc.timer_settime(timer, TIMER_ABSTIME if when else 0, ctypes.byref(spec), None) != 0:
+        raise _fail("timer_settime")
+
+
+def timer_gettime(timer: int) -> tuple[float, float]:
+    """``timer_gettime(2)``: (seconds to the next expiry, interval); (0, 0) when disarmed."""
+    spec = _Itimerspec()
+    if _libc.timer_gettime(timer, ctypes.byref(spec)) != 0:
+        raise _fail("timer_gettime")
+    value, interval = spec.it_value, spec.it_interval
+    return value.tv_sec + value.tv_nsec / 1e9, interval.tv_sec + interval.tv_nsec / 1e9
+
+
+def timer_delete(timer: int) -> None:
+    """``timer_delete(2)``; ``IoctlError(errno, "timer_delete")`` on failure."""
+    if _libc.timer_delete(timer) != 0:
+        raise _fail("timer_delete")
 
 
 def anonymous(length: int) -> int:

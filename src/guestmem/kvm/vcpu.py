@@ -3,33 +3,34 @@
 ``run`` returns an :class:`Exit` record for IO, HLT, MMIO, HYPERCALL and the other
 reasons; ``KVM_EXIT_MEMORY_FAULT`` arrives on ``KVM_RUN``'s ``EFAULT`` error path with
 ``exit_reason`` 39 and is raised as :class:`~guestmem.errors.MemoryFault` (docs/semantics.md §9).
-A guest that does not exit within the limit is kicked out with ``SIGALRM`` (which makes
-``KVM_RUN`` fail with ``EINTR``; ``immediate_exit`` covers a signal that lands before
-entry, kvm-here.md §10 item 9) and reported as :class:`GuestTimeout`.
+A guest that does not exit within the limit is stopped by the :mod:`~guestmem.kvm.watchdog`
+(a signal makes ``KVM_RUN`` fail with ``EINTR``; ``immediate_exit`` covers a signal that
+lands before entry, kvm-here.md §10 item 9) and reported as :class:`GuestTimeout`.
+
+``run`` is the per-exit hot path of every guest access (docs/bench.md ``kvm_run_vs_c``):
+it calls ``fcntl.ioctl`` itself (failures still become :class:`IoctlError` through
+:func:`guestmem.kvm.syscalls.failure`), a limited run makes no syscall for its limit, and
+an :class:`Exit` is a named tuple.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import math
 import os
-import signal
 import struct
-import threading
 import time
-from dataclasses import dataclass, field
-from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from guestmem.errors import GuestmemError, IoctlError, MemoryFault
-from guestmem.kvm import syscalls
+from guestmem.kvm import syscalls, watchdog
 from guestmem.uapi.kvm import (
     EXIT_REASON_NAMES,
     KVM_EXIT_FAIL_ENTRY,
     KVM_EXIT_HYPERCALL,
     KVM_EXIT_INTERNAL_ERROR,
     KVM_EXIT_IO,
-    KVM_EXIT_IO_OUT,
     KVM_EXIT_MEMORY_FAULT,
     KVM_EXIT_MMIO,
     KVM_GET_REGS,
@@ -61,14 +62,14 @@ class GuestTimeout(GuestmemError, TimeoutError):
         self.limit = limit
 
 
-@dataclass(slots=True)
-class Exit:
+class Exit(NamedTuple):
     """One exit to userspace: ``reason`` is the ``KVM_EXIT_*`` name without the prefix,
-    ``fields`` the decoded union member (e.g. ``port``, ``data`` for IO)."""
+    ``code`` its number, ``fields`` the decoded union member (e.g. ``port``, ``data`` for
+    IO). A named tuple: the cheapest record to make once per exit."""
 
     reason: str
     code: int
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any]
 
     def __str__(self) -> str:
         detail = ", ".join(
@@ -96,6 +97,9 @@ _FAIL_ENTRY = struct.Struct("<Q")  # hardware_entry_failure_reason @32
 _UNION = 32
 #: ``KVM_EXIT_IO`` → ``IO``: the names an :class:`Exit` carries.
 _SHORT_NAMES = {code: name.removeprefix("KVM_EXIT_") for code, name in EXIT_REASON_NAMES.items()}
+_new_exit = tuple.__new__  # Exit(...) without the named tuple's Python-level __new__
+_raw_ioctl = syscalls.raw_ioctl
+_NEVER = math.inf
 
 
 def decode_exit(run: memoryview) -> Exit:
@@ -106,17 +110,17 @@ def decode_exit(run: memoryview) -> Exit:
     """
     # exit_reason and the IO member in one read: IO is the exit guest programs make most
     code, direction, size, port, count, data_offset = _REASON_AND_IO.unpack_from(run, 8)
-    reason = _SHORT_NAMES.get(code) or f"UNKNOWN_{code}"
-    fields: dict[str, Any]
     if code == KVM_EXIT_IO:
         fields = {
-            "direction": "out" if direction == KVM_EXIT_IO_OUT else "in",
+            "direction": "out" if direction == 1 else "in",  # KVM_EXIT_IO_OUT
             "port": port,
             "size": size,
             "count": count,
-            "data": bytes(run[data_offset : data_offset + size * count]),
+            "data": run[data_offset : data_offset + size * count].tobytes(),
         }
-    elif code == KVM_EXIT_MMIO:
+        return _new_exit(Exit, ("IO", code, fields))
+    reason = _SHORT_NAMES.get(code) or f"UNKNOWN_{code}"
+    if code == KVM_EXIT_MMIO:
         gpa, data, length, is_write = _MMIO.unpack_from(run, _UNION)
         fields = {"gpa": gpa, "len": length, "is_write": bool(is_write), "data": data[:length]}
     elif code == KVM_EXIT_HYPERCALL:
@@ -132,7 +136,7 @@ def decode_exit(run: memoryview) -> Exit:
         fields = {"reason": _FAIL_ENTRY.unpack_from(run, _UNION)[0]}
     else:
         fields = {}
-    return Exit(reason, code, fields)
+    return _new_exit(Exit, (reason, code, fields))
 
 
 def memory_fault(run: memoryview) -> MemoryFault | None:
@@ -141,40 +145,6 @@ def memory_fault(run: memoryview) -> MemoryFault | None:
         return None
     flags, gpa, size = _MEMORY_FAULT.unpack_from(run, _UNION)
     return MemoryFault(gpa, size, flags)
-
-
-class _Alarm:
-    """``SIGALRM`` after ``limit`` seconds that kicks the vCPU out of ``KVM_RUN``.
-
-    The previous handler and timer (e.g. pytest-timeout's) are restored afterwards.
-    Signal handlers can only be installed from the main thread.
-    """
-
-    def __init__(self, run: KvmRun, limit: float) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("a guest time limit needs the main thread (SIGALRM)")
-        self.run = run
-        self.limit = limit
-        self.fired = False
-
-    def _handler(self, signum: int, frame: FrameType | None) -> None:
-        self.fired = True
-        self.run.immediate_exit = 1
-
-    def __enter__(self) -> _Alarm:
-        self.start = time.monotonic()
-        self.old_handler = signal.signal(signal.SIGALRM, self._handler)
-        self.old_timer = signal.setitimer(signal.ITIMER_REAL, self.limit)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, self.old_handler)
-        self.run.immediate_exit = 0
-        remaining, interval = self.old_timer
-        if remaining > 0:
-            left = max(remaining - (time.monotonic() - self.start), 0.001)
-            signal.setitimer(signal.ITIMER_REAL, left, interval)
 
 
 class Vcpu:
@@ -193,6 +163,7 @@ class Vcpu:
 
     def close(self) -> None:
         if self.fd >= 0:
+            watchdog.disarm()
             self.run_view.release()
             del self.run_struct
             syscalls.munmap(self.run_address, self.run_size)
@@ -222,33 +193,47 @@ class Vcpu:
     # --- running -----------------------------------------------------------------------------
     def run(self, limit: float | None = RUN_LIMIT) -> Exit:
         """``KVM_RUN`` until an exit to userspace; ``limit`` seconds at most (None: no limit,
-        for callers that bound the guest otherwise).
+        for callers that bound the guest otherwise). Only the main thread may give a limit.
 
         Raises :class:`MemoryFault` (``EFAULT`` with ``KVM_EXIT_MEMORY_FAULT``),
         :class:`GuestTimeout`, or :class:`IoctlError` for other failures. ``EINTR`` from a
         signal that is not the time limit re-enters the guest.
         """
-        run = self.run_struct
+        fd = self.fd
         if limit is None:
-            return self._run_once(None)
-        with _Alarm(run, limit) as alarm:
-            return self._run_once(alarm)
+            dog = None
+            deadline = _NEVER
+        else:
+            dog = watchdog.watchdog()
+            deadline = dog.start(self.run_struct, limit)
+        try:
+            while True:
+                try:
+                    _raw_ioctl(fd, KVM_RUN)
+                    break
+                except OSError as err:
+                    self._interrupted(err, deadline, limit)
+        finally:
+            if dog is not None:
+                dog.running = None
+        return decode_exit(self.run_view)
 
-    def _run_once(self, alarm: _Alarm | None) -> Exit:
-        while True:
-            try:
-                syscalls.ioctl(self.fd, KVM_RUN)
-            except IoctlError as err:
-                if err.code == errno.EINTR:
-                    if alarm is not None and alarm.fired:
-                        raise GuestTimeout(alarm.limit) from None
-                    continue
-                if err.code == errno.EFAULT:
-                    fault = memory_fault(self.run_view)
-                    if fault is not None:
-                        raise fault from None
-                raise
-            return decode_exit(self.run_view)
+    def _interrupted(self, err: OSError, deadline: float, limit: float | None) -> None:
+        """``KVM_RUN`` failed with ``err``: return to re-enter the guest, or raise."""
+        if err.errno == errno.EINTR:
+            # immediate_exit is the watchdog's (and set only past a deadline): clear it
+            # for the next entry, whether this run timed out or an earlier one's stop
+            # came after that run had already exited
+            self.run_struct.immediate_exit = 0
+            if time.monotonic() >= deadline:
+                assert limit is not None
+                raise GuestTimeout(limit) from None
+            return
+        if err.errno == errno.EFAULT:
+            fault = memory_fault(self.run_view)
+            if fault is not None:
+                raise fault from None
+        raise syscalls.failure(err, KVM_RUN) from None
 
     def complete_pending(self, limit: int = 1 << 16) -> None:
         """Finish what KVM still expects userspace to complete (an IO or MMIO access, and

@@ -1,0 +1,132 @@
+"""The time limit of ``KVM_RUN``: a watchdog timer that stops a vCPU past its deadline.
+
+A signal makes ``KVM_RUN`` fail with ``EINTR``, and ``kvm_run.immediate_exit`` = 1 makes
+the next entry fail with ``EINTR`` at once (api.rst §5 ``immediate_exit``; kvm-here.md §10
+item 9). Arming ``SIGALRM`` with ``setitimer`` around every run costs four syscalls plus
+saving and restoring the previous handler and timer (about 10 µs a run on the measured
+machine, more than the round trip itself; docs/bench.md ``kvm_run_vs_c``). Instead:
+
+* one POSIX timer (``timer_create`` on ``CLOCK_MONOTONIC``, ``SIGEV_THREAD_ID``) signals
+  the main thread with a real-time signal of its own, whose handler is installed once.
+  ``SIGALRM`` and ``ITIMER_REAL`` stay their other users' (pytest-timeout's, say);
+* each limited run only records its deadline and its ``kvm_run`` (:meth:`Watchdog.start`)
+  and arms the timer when it is not armed already to fire at or before that deadline: a
+  run of a few microseconds under a 30 s limit makes no syscall for it;
+* when the timer fires, the handler stops the running vCPU if its deadline has passed
+  (``immediate_exit`` = 1, so a signal that landed just before entry still stops it), arms
+  the timer again for the deadline if it has not (the timer was set for an earlier run),
+  and disarms it if no vCPU runs;
+* the timer repeats every :data:`RETRY` seconds until the handler re-arms or disarms
+  it, so a signal that slips in between the handler's last chance and the entry into the
+  guest is followed by another one: a vCPU is stopped no earlier than its deadline and at
+  most :data:`RETRY` later (plus the signal's latency).
+
+The run itself decides: ``EINTR`` from ``KVM_RUN`` is a timeout when the deadline has
+passed, and any other signal's interruption re-enters the guest. Python runs signal
+handlers in the main thread only, so only the main thread may run with a limit.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from types import FrameType
+
+from guestmem.kvm import syscalls
+from guestmem.uapi.kvm import KvmRun
+
+#: Period of the timer's repeats after an expiry nobody answered (see the module text).
+RETRY = 0.01
+_NEVER = math.inf
+
+
+def _free_signal() -> int:
+    """The highest real-time signal nobody handles (default action, not ignored)."""
+    for signo in range(signal.SIGRTMAX, signal.SIGRTMIN - 1, -1):
+        if signal.getsignal(signo) == signal.SIG_DFL:
+            return signo
+    raise RuntimeError("no free real-time signal for the guest time limit")
+
+
+class Watchdog:
+    """The process's one ``KVM_RUN`` timer (:func:`watchdog` makes it on first use)."""
+
+    def __init__(self) -> None:
+        main = threading.main_thread()
+        if threading.current_thread() is not main:
+            raise RuntimeError("a guest time limit needs the main thread (signal handlers run there)")
+        self.thread = main.ident
+        self.signo = _free_signal()
+        #: The POSIX timer's id (the kernel's first is 0), None until first armed.
+        self.timer: int | None = None
+        #: When the timer fires next (``time.monotonic()`` seconds); inf when disarmed.
+        self.armed = _NEVER
+        #: The ``kvm_run`` of the vCPU in a limited run, and that run's deadline.
+        self.running: KvmRun | None = None
+        self.deadline = _NEVER
+        signal.signal(self.signo, self._expired)
+
+    def start(self, run: KvmRun, limit: float) -> float:
+        """A run of ``run``'s vCPU begins with ``limit`` seconds; returns its deadline."""
+        if threading.get_ident() != self.thread:
+            raise RuntimeError("a guest time limit needs the main thread (signal handlers run there)")
+        deadline = time.monotonic() + limit
+        self.deadline = deadline
+        self.running = run
+        if deadline < self.armed:
+            self.arm(deadline)
+        return deadline
+
+    def arm(self, when: float) -> None:
+        """Fire at ``when`` (monotonic seconds), then every :data:`RETRY` seconds."""
+        if self.timer is None:
+            tid = threading.main_thread().native_id
+            assert tid is not None
+            self.timer = syscalls.timer_create(syscalls.CLOCK_MONOTONIC, self.signo, tid)
+        syscalls.timer_settime(self.timer, when, RETRY)
+        self.armed = when
+
+    def disarm(self) -> None:
+        if self.armed != _NEVER:
+            self.armed = _NEVER  # first: an interruption now leaves it believed disarmed
+            assert self.timer is not None
+            syscalls.timer_settime(self.timer, 0)
+
+    def _expired(self, signum: int, frame: FrameType | None) -> None:
+        run = self.running
+        now = time.monotonic()
+        if run is None:
+            self.disarm()
+        elif now >= self.deadline:
+            run.immediate_exit = 1  # the run sees EINTR, now or at its next entry
+            self.armed = now + RETRY
+        else:
+            self.arm(self.deadline)
+
+    def _forked(self) -> None:
+        """A child inherits no timer (timer_create(2)); its next limited run makes one."""
+        self.thread = threading.main_thread().ident
+        self.timer = None
+        self.armed = _NEVER
+        self.running = None
+
+
+_watchdog: Watchdog | None = None
+
+
+def watchdog() -> Watchdog:
+    """The process's :class:`Watchdog`, created (and its handler installed) on first use."""
+    global _watchdog
+    if _watchdog is None:
+        _watchdog = Watchdog()
+        os.register_at_fork(after_in_child=_watchdog._forked)
+    return _watchdog
+
+
+def disarm() -> None:
+    """Disarm the timer if there is one (a vCPU is closing; the next run arms it again)."""
+    if _watchdog is not None:
+        _watchdog.disarm()

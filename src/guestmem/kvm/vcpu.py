@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import math
 import os
 import struct
 import time
@@ -99,7 +98,6 @@ _UNION = 32
 _SHORT_NAMES = {code: name.removeprefix("KVM_EXIT_") for code, name in EXIT_REASON_NAMES.items()}
 _new_exit = tuple.__new__  # Exit(...) without the named tuple's Python-level __new__
 _raw_ioctl = syscalls.raw_ioctl
-_NEVER = math.inf
 
 
 def decode_exit(run: memoryview) -> Exit:
@@ -200,32 +198,27 @@ class Vcpu:
         signal that is not the time limit re-enters the guest.
         """
         fd = self.fd
-        if limit is None:
-            dog = None
-            deadline = _NEVER
-        else:
-            dog = watchdog.watchdog()
-            deadline = dog.start(self.run_struct, limit)
+        dog = None if limit is None else watchdog.start(self.run_struct, limit)
         try:
             while True:
                 try:
                     _raw_ioctl(fd, KVM_RUN)
                     break
                 except OSError as err:
-                    self._interrupted(err, deadline, limit)
+                    self._interrupted(err, dog, limit)
         finally:
             if dog is not None:
                 dog.running = None
         return decode_exit(self.run_view)
 
-    def _interrupted(self, err: OSError, deadline: float, limit: float | None) -> None:
+    def _interrupted(self, err: OSError, dog: watchdog.Watchdog | None, limit: float | None) -> None:
         """``KVM_RUN`` failed with ``err``: return to re-enter the guest, or raise."""
         if err.errno == errno.EINTR:
             # immediate_exit is the watchdog's (and set only past a deadline): clear it
             # for the next entry, whether this run timed out or an earlier one's stop
             # came after that run had already exited
             self.run_struct.immediate_exit = 0
-            if time.monotonic() >= deadline:
+            if dog is not None and time.monotonic() >= dog.deadline:
                 assert limit is not None
                 raise GuestTimeout(limit) from None
             return

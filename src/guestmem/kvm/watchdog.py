@@ -9,7 +9,7 @@ machine, more than the round trip itself; docs/bench.md ``kvm_run_vs_c``). Inste
 * one POSIX timer (``timer_create`` on ``CLOCK_MONOTONIC``, ``SIGEV_THREAD_ID``) signals
   the main thread with a real-time signal of its own, whose handler is installed once.
   ``SIGALRM`` and ``ITIMER_REAL`` stay their other users' (pytest-timeout's, say);
-* each limited run only records its deadline and its ``kvm_run`` (:meth:`Watchdog.start`)
+* each limited run only records its deadline and its ``kvm_run`` (:func:`start`)
   and arms the timer when it is not armed already to fire at or before that deadline: a
   run of a few microseconds under a 30 s limit makes no syscall for it;
 * when the timer fires, the handler stops the running vCPU if its deadline has passed
@@ -19,7 +19,9 @@ machine, more than the round trip itself; docs/bench.md ``kvm_run_vs_c``). Inste
 * the timer repeats every :data:`RETRY` seconds until the handler re-arms or disarms
   it, so a signal that slips in between the handler's last chance and the entry into the
   guest is followed by another one: a vCPU is stopped no earlier than its deadline and at
-  most :data:`RETRY` later (plus the signal's latency).
+  most :data:`RETRY` later (plus the signal's latency);
+* the timer is deleted at exit, before Python gives the signal back its default action
+  (which would end the process).
 
 The run itself decides: ``EINTR`` from ``KVM_RUN`` is a timeout when the deadline has
 passed, and any other signal's interruption re-enters the guest. Python runs signal
@@ -28,11 +30,14 @@ handlers in the main thread only, so only the main thread may run with a limit.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import signal
 import threading
 import time
+from threading import get_ident
+from time import monotonic
 from types import FrameType
 
 from guestmem.kvm import syscalls
@@ -59,6 +64,8 @@ class Watchdog:
         if threading.current_thread() is not main:
             raise RuntimeError("a guest time limit needs the main thread (signal handlers run there)")
         self.thread = main.ident
+        #: The main thread's kernel id, which the timer signals.
+        self.tid = threading.get_native_id()
         self.signo = _free_signal()
         #: The POSIX timer's id (the kernel's first is 0), None until first armed.
         self.timer: int | None = None
@@ -69,23 +76,10 @@ class Watchdog:
         self.deadline = _NEVER
         signal.signal(self.signo, self._expired)
 
-    def start(self, run: KvmRun, limit: float) -> float:
-        """A run of ``run``'s vCPU begins with ``limit`` seconds; returns its deadline."""
-        if threading.get_ident() != self.thread:
-            raise RuntimeError("a guest time limit needs the main thread (signal handlers run there)")
-        deadline = time.monotonic() + limit
-        self.deadline = deadline
-        self.running = run
-        if deadline < self.armed:
-            self.arm(deadline)
-        return deadline
-
     def arm(self, when: float) -> None:
         """Fire at ``when`` (monotonic seconds), then every :data:`RETRY` seconds."""
         if self.timer is None:
-            tid = threading.main_thread().native_id
-            assert tid is not None
-            self.timer = syscalls.timer_create(syscalls.CLOCK_MONOTONIC, self.signo, tid)
+            self.timer = syscalls.timer_create(syscalls.CLOCK_MONOTONIC, self.signo, self.tid)
         syscalls.timer_settime(self.timer, when, RETRY)
         self.armed = when
 
@@ -94,6 +88,14 @@ class Watchdog:
             self.armed = _NEVER  # first: an interruption now leaves it believed disarmed
             assert self.timer is not None
             syscalls.timer_settime(self.timer, 0)
+
+    def close(self) -> None:
+        """Delete the timer (at exit: Python puts the default action of the signal,
+        which ends the process, back before it ends)."""
+        if self.timer is not None:
+            self.armed = _NEVER
+            timer, self.timer = self.timer, None
+            syscalls.timer_delete(timer)
 
     def _expired(self, signum: int, frame: FrameType | None) -> None:
         run = self.running
@@ -108,7 +110,8 @@ class Watchdog:
 
     def _forked(self) -> None:
         """A child inherits no timer (timer_create(2)); its next limited run makes one."""
-        self.thread = threading.main_thread().ident
+        self.thread = threading.get_ident()  # the forking thread is the child's only one
+        self.tid = threading.get_native_id()
         self.timer = None
         self.armed = _NEVER
         self.running = None
@@ -123,7 +126,22 @@ def watchdog() -> Watchdog:
     if _watchdog is None:
         _watchdog = Watchdog()
         os.register_at_fork(after_in_child=_watchdog._forked)
+        atexit.register(_watchdog.close)
     return _watchdog
+
+
+def start(run: KvmRun, limit: float) -> Watchdog:
+    """A limited run of the vCPU whose ``kvm_run`` is ``run`` begins: the watchdog, with
+    the run's deadline (``limit`` seconds from now) recorded. The run ends by setting
+    ``running`` back to None."""
+    dog = _watchdog or watchdog()
+    if get_ident() != dog.thread:
+        raise RuntimeError("a guest time limit needs the main thread (signal handlers run there)")
+    dog.deadline = deadline = monotonic() + limit
+    dog.running = run
+    if deadline < dog.armed:
+        dog.arm(deadline)
+    return dog
 
 
 def disarm() -> None:

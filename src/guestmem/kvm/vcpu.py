@@ -96,6 +96,7 @@ _FAIL_ENTRY = struct.Struct("<Q")  # hardware_entry_failure_reason @32
 _UNION = 32
 #: ``KVM_EXIT_IO`` → ``IO``: the names an :class:`Exit` carries.
 _SHORT_NAMES = {code: name.removeprefix("KVM_EXIT_") for code, name in EXIT_REASON_NAMES.items()}
+_BYTES = tuple(bytes((value,)) for value in range(256))
 _new_exit = tuple.__new__  # Exit(...) without the named tuple's Python-level __new__
 _raw_ioctl = syscalls.raw_ioctl
 
@@ -109,12 +110,16 @@ def decode_exit(run: memoryview) -> Exit:
     # exit_reason and the IO member in one read: IO is the exit guest programs make most
     code, direction, size, port, count, data_offset = _REASON_AND_IO.unpack_from(run, 8)
     if code == KVM_EXIT_IO:
+        length = size * count
         fields = {
             "direction": "out" if direction == 1 else "in",  # KVM_EXIT_IO_OUT
             "port": port,
             "size": size,
             "count": count,
-            "data": run[data_offset : data_offset + size * count].tobytes(),
+            # one byte (an 8-bit out or in) is read as an item, not through a slice
+            "data": _BYTES[run[data_offset]]
+            if length == 1
+            else run[data_offset : data_offset + length].tobytes(),
         }
         return _new_exit(Exit, ("IO", code, fields))
     reason = _SHORT_NAMES.get(code) or f"UNKNOWN_{code}"

@@ -59,6 +59,8 @@ def _free_signal() -> int:
 class Watchdog:
     """The process's one ``KVM_RUN`` timer (:func:`watchdog` makes it on first use)."""
 
+    __slots__ = ("armed", "deadline", "running", "signo", "thread", "tid", "timer")
+
     def __init__(self) -> None:
         main = threading.main_thread()
         if threading.current_thread() is not main:

@@ -41,12 +41,22 @@ def _cases() -> list[Any]:
     return [pytest.param(s, p, id=f"{s.name}[{p}]") for s in SCENARIOS for p in PLATFORMS if p in s.platforms]
 
 
+_KERNEL_RUNS: dict[tuple[str, str], RunResult] = {}
+
+
+def on_kernel(scenario: Scenario, platform: str) -> RunResult:
+    """``scenario`` run on the kernel under its revision, once: every test here that needs
+    that run reads the same result (under emulation a long selftest takes seconds a run)."""
+    assert SERIES is not None
+    key = (scenario.name, platform)
+    if key not in _KERNEL_RUNS:
+        _KERNEL_RUNS[key] = run(scenario, platform, KernelBackend(), SERIES)
+    return _KERNEL_RUNS[key]
+
+
 def both(scenario: Scenario, platform: str) -> tuple[RunResult, RunResult]:
     assert SERIES is not None
-    return (
-        run(scenario, platform, ModelBackend(), SERIES),
-        run(scenario, platform, KernelBackend(), SERIES),
-    )
+    return run(scenario, platform, ModelBackend(), SERIES), on_kernel(scenario, platform)
 
 
 @pytest.mark.parametrize(("scenario", "platform"), _cases())
@@ -88,7 +98,7 @@ def _selftests() -> list[Any]:
 
 @pytest.mark.parametrize("scenario", _selftests())
 def test_selftest_passes_on_its_kernel(scenario: Scenario) -> None:
-    result = run(scenario, "sw_protected", KernelBackend(), SERIES)
+    result = on_kernel(scenario, "sw_protected")
     assert result.skipped is None, result.skipped
     assert result.passed, [(f.step.index, f.step.op, f.outcome) for f in result.failures]
 
@@ -106,7 +116,7 @@ def _written_for_this_kernel() -> list[Any]:
 @pytest.mark.parametrize(("scenario", "platform"), _written_for_this_kernel())
 def test_files_for_this_revision_pass_on_the_kernel(scenario: Scenario, platform: str) -> None:
     """``guestmem check --backend kvm --abi SERIES`` for the files written for SERIES."""
-    result = run(scenario, platform, KernelBackend(), SERIES)
+    result = on_kernel(scenario, platform)
     if result.skipped is not None:
         assert any(s in result.skipped for s in ALLOWED_SKIPS), result.skipped
     assert result.error is None and not result.failures, [

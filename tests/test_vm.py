@@ -1,5 +1,7 @@
 """``guestmem vm`` and the real kernels: the runner's bad paths, then each test kernel
-booted once to run ``guestmem probe`` and the in-kernel tests (``tests/test_kernel_*.py``).
+booted once to run ``guestmem probe``, ``guestmem check --backend kvm`` and the in-kernel
+tests (``tests/test_kernel_*.py``). The two kernels boot side by side, from the start of
+the module, while the bad paths run.
 
 The boots need QEMU and virtme-ng (``./scripts/test`` installs both) and the kernels in
 ``shared/kernel/`` beside the checkout. Where QEMU cannot be had they skip with that
@@ -15,6 +17,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -219,11 +222,34 @@ def _boot(series: str, scratch: Path) -> Inside:
     return Inside(series, scratch, status, text, seconds)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def boots(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[Inside]]]:
+    """The selected kernels booted side by side, one thread each, from the start of this
+    module, so the boots above run meanwhile. Each QEMU keeps about one core busy, so two
+    boots take about as long as the longer one."""
+    wanted = sorted(
+        {
+            item.callspec.params["inside"]
+            for item in request.session.items
+            if hasattr(item, "callspec") and "inside" in item.callspec.params
+        }
+    )
+    if MISSING is not None or not wanted:
+        yield {}
+        return
+    with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
+        yield {
+            series: pool.submit(_boot, series, tmp_path_factory.mktemp(f"vm-{series}")) for series in wanted
+        }
+
+
 @pytest.fixture(scope="module", params=["v8", "rfc-v5"])
-def inside(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inside]:
+def inside(request: pytest.FixtureRequest, boots: dict[str, Future[Inside]]) -> Inside:
     needs_boot()
     series: str = request.param
-    yield _boot(series, tmp_path_factory.mktemp(f"vm-{series}"))
+    return boots[series].result()
 
 
 @pytest.mark.timeout(3000)

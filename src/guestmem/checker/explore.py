@@ -173,6 +173,9 @@ class Exploration:
     cpu_seconds: float = 0.0
     per_level: list[int] = field(default_factory=list)
     counterexamples: dict[Property, Counterexample] = field(default_factory=dict)
+    #: Whether local steps were looked up (False with ``memo=False``, or when the model
+    #: turned out not to be local and the search ran again computing every step).
+    local_lookups: bool = False
 
     @property
     def label(self) -> str:
@@ -204,6 +207,7 @@ class Exploration:
                 "seconds": round(self.seconds, 3),
                 "cpu_seconds": round(self.cpu_seconds, 3),
                 "states_per_cpu_second": round(self.rate),
+                "local_lookups": self.local_lookups,
             }
         out["violations"] = [c.to_json() for c in self.counterexamples.values()]
         return out
@@ -560,6 +564,7 @@ class Explorer:
             workers,
             self.variant,
             self.symmetry,
+            local_lookups=any(page is not None for page in self.local),
         )
         frontier: list[Key] = []
         seen: set[Key] = set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,13 @@ def _print_text(
             [label, r.generated, r.distinct, f"{r.cpu_seconds:.1f}", f"{r.rate:.0f}", ", ".join(found)]
         )
     table(["platform", "states explored", "distinct", "CPU seconds", "states/CPU-s", "violations"], rows)
+    for r in results:
+        if not r.local_lookups:
+            print(
+                f"note: {r.label} [{r.abi}]: an operation on one page changed another page, so the "
+                "search ran the model for every step (slower, same result); the model is not local",
+                file=sys.stderr,
+            )
     for r in results:
         for prop, cx in r.counterexamples.items():
             claim = "claimed" if cx.claimed else f"not claimed by {cx.platform}"

@@ -114,6 +114,18 @@ def test_a_guest_that_never_exits_is_stopped_after_its_limit(guest: RealMode) ->
     guest.out(1.0)
 
 
+def test_a_zero_limit_stops_the_run_at_once_and_a_negative_one_is_refused(guest: RealMode) -> None:
+    guest.start(COUNT)
+    with pytest.raises(GuestTimeout):
+        guest.vcpu.run(0)
+    for bad in (-1.0, math.nan):
+        with pytest.raises(ValueError, match="time limit"):
+            guest.vcpu.run(bad)
+    assert watchdog.watchdog().running is None
+    guest.start(OUT_LOOP)
+    guest.out(1.0)
+
+
 def test_a_later_deadline_is_not_cut_by_a_timer_set_for_an_earlier_one(guest: RealMode) -> None:
     """The timer still set for an earlier run fires while a later run is in the guest:
     the handler arms it again for the later deadline, and the guest runs on."""

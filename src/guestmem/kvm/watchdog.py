@@ -134,8 +134,10 @@ def watchdog() -> Watchdog:
 
 def start(run: KvmRun, limit: float) -> Watchdog:
     """A limited run of the vCPU whose ``kvm_run`` is ``run`` begins: the watchdog, with
-    the run's deadline (``limit`` seconds from now) recorded. The run ends by setting
-    ``running`` back to None."""
+    the run's deadline (``limit`` seconds from now; 0 stops it at once) recorded. The
+    run ends by setting ``running`` back to None."""
+    if not limit >= 0:  # also NaN
+        raise ValueError(f"a guest time limit is >= 0 seconds, not {limit!r}")
     dog = _watchdog or watchdog()
     if get_ident() != dog.thread:
         raise RuntimeError("a guest time limit needs the main thread (signal handlers run there)")

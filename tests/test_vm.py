@@ -141,6 +141,17 @@ def test_inside_script_reports_the_status_through_scratch() -> None:
     script = vmrun.inside_script(["guestmem", "probe"], "/s", "/w", require_ioctl=True)
     assert f"-m guestmem probe\necho $? > /s/{vmrun.STATUS_FILE}\n" in script
     assert "inside_check" in script and vmrun.BOOTED in script
+    assert "GUESTMEM_TIMEOUT" not in script
+
+
+def test_emulation_raises_the_run_time_limit_inside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under TCG guestmem's per-run limit inside is 900 s, unless the host sets its own."""
+    monkeypatch.delenv("GUESTMEM_TIMEOUT", raising=False)
+    script = vmrun.inside_script(["guestmem", "check"], "/s", "/w", require_ioctl=True, emulated=True)
+    assert f"export GUESTMEM_TIMEOUT={vmrun.EMULATED_RUN_TIMEOUT}\n" in script
+    monkeypatch.setenv("GUESTMEM_TIMEOUT", "42")
+    script = vmrun.inside_script(["guestmem", "check"], "/s", "/w", require_ioctl=True, emulated=True)
+    assert "export GUESTMEM_TIMEOUT=42\n" in script and "GUESTMEM_TIMEOUT=900" not in script
 
 
 # --- bad paths that boot ------------------------------------------------------------------------
@@ -203,7 +214,7 @@ class Inside:
 def _boot(series: str, scratch: Path) -> Inside:
     inner = (
         'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
-        f"guestmem check --backend kvm --abi {series} --timeout 900 --format json "
+        f"guestmem check --backend kvm --abi {series} --format json "
         '> "$GUESTMEM_SCRATCH/check.json"; '
         'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
         "exec python3 -m pytest -p no:cacheprovider -q -rs "

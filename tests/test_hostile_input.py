@@ -364,6 +364,28 @@ def test_timeout_ends_a_slow_run_cleanly(tmp_path: Path, capsys: pytest.CaptureF
     assert _run(["run", path, "--timeout", "0"], capsys)[0] == 0  # 0: no limit
 
 
+def test_timeout_default_comes_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``$GUESTMEM_TIMEOUT`` sets ``--timeout``'s default (``guestmem vm`` sets it under
+    emulation); ``--timeout`` still wins; a bad value is bad input that names the variable
+    and runs nothing."""
+    steps = '[[step]]\nop = "host_write"\noffset = 0\ndata = "41"\nrepeat = 1048576\n' * 400
+    path = _write(tmp_path / "slow.toml", HEAD.replace("pages = 1", "pages = 256") + steps)
+    monkeypatch.setenv("GUESTMEM_TIMEOUT", "0.05")
+    code, out, _err = _run(["run", path, "--format", "json"], capsys)
+    assert code == 1
+    assert json.loads(out)["runs"][0]["error"].startswith("timed out: the run took more than 0.05 s")
+    assert _run(["run", path, "--timeout", "0"], capsys)[0] == 0
+    for value in ("-1", "nan", "soon"):
+        monkeypatch.setenv("GUESTMEM_TIMEOUT", value)
+        code, out, err = _run(["run", path], capsys)
+        assert code == 2 and out == ""
+        assert f"$GUESTMEM_TIMEOUT: must be a finite number of seconds >= 0, not {value!r}" in err or (
+            f"$GUESTMEM_TIMEOUT: not a number of seconds: {value!r}" in err
+        )
+
+
 def test_the_documented_limits_are_the_enforced_ones() -> None:
     from guestmem import inputs
     from guestmem.backend.base import GUEST_WINDOW, MAX_PAGES

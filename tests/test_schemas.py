@@ -3,6 +3,7 @@ the JSON Schema shipped for that kind accepts the real output of the command."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,14 @@ from typing import Any
 import pytest
 
 from guestmem import schemas
+from guestmem.backend.base import Outcome
 from guestmem.checker import analyze
 from guestmem.checker.explore import explore
 from guestmem.checker.properties import Property
 from guestmem.cli import analyze as analyze_cli
 from guestmem.cli import main
 from guestmem.scenario import suite_dir
+from guestmem.scenario.runner import JSON_DATA_LIMIT, outcome_json
 from guestmem.spec import platforms
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -136,3 +139,28 @@ def test_schema_rejects_a_wrong_document() -> None:
         jsonschema.validate({"schema": "guestmem.results/1", "passed": True}, schemas.load("results"))
     with pytest.raises(KeyError, match="unknown document kind"):
         schemas.load("nothing")
+
+
+def test_long_reads_are_abbreviated_in_results(capsys: pytest.CaptureFixture[str]) -> None:
+    """A read over one page keeps its first 32 bytes, its size and its SHA-256; a read of
+    one page stays whole (the selftests read megabytes; the suite's document stays small)."""
+    doc = printed(capsys, ["check", "-k", "selftest_private_mem_conversions", "--format", "json"])
+    valid("results", doc)
+    outcomes = [
+        s["outcome"] for r in doc["runs"] for s in r["steps"] if s["outcome"] and s["outcome"]["data"]
+    ]
+    long = [o for o in outcomes if "data_size" in o]
+    whole = [o for o in outcomes if "data_size" not in o]
+    assert long and whole
+    for o in long:
+        assert o["data_size"] > 4096 and len(o["data"]) == 64 and len(o["data_sha256"]) == 64
+    assert all(len(o["data"]) <= 2 * 4096 for o in whole)
+    assert len(json.dumps(doc)) < 2_000_000
+
+
+def test_abbreviated_read_names_the_whole() -> None:
+    data = bytes(range(256)) * (JSON_DATA_LIMIT // 256) + b"\x01"
+    out = outcome_json(Outcome(data=data))
+    assert out["data"] == data[:32].hex() and out["data_size"] == len(data)
+    assert out["data_sha256"] == hashlib.sha256(data).hexdigest()
+    assert outcome_json(Outcome(data=data[:-1])) == Outcome(data=data[:-1]).to_json()

@@ -10,6 +10,7 @@ reason; under CI (``CI`` set) a missing piece is a failure, since CI must run th
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -140,9 +141,21 @@ def test_inside_script_reports_the_status_through_scratch() -> None:
     script = vmrun.inside_script(["guestmem", "probe"], "/s", "/w", require_ioctl=True)
     assert f"-m guestmem probe\necho $? > /s/{vmrun.STATUS_FILE}\n" in script
     assert "inside_check" in script and vmrun.BOOTED in script
+    assert "GUESTMEM_TIMEOUT" not in script
+
+
+def test_emulation_raises_the_run_time_limit_inside(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under TCG guestmem's per-run limit inside is 900 s, unless the host sets its own."""
+    monkeypatch.delenv("GUESTMEM_TIMEOUT", raising=False)
+    script = vmrun.inside_script(["guestmem", "check"], "/s", "/w", require_ioctl=True, emulated=True)
+    assert f"export GUESTMEM_TIMEOUT={vmrun.EMULATED_RUN_TIMEOUT}\n" in script
+    monkeypatch.setenv("GUESTMEM_TIMEOUT", "42")
+    script = vmrun.inside_script(["guestmem", "check"], "/s", "/w", require_ioctl=True, emulated=True)
+    assert "export GUESTMEM_TIMEOUT=42\n" in script and "GUESTMEM_TIMEOUT=900" not in script
 
 
 # --- bad paths that boot ------------------------------------------------------------------------
+@pytest.mark.vm
 def test_boot_that_does_not_finish_in_time_is_stopped() -> None:
     needs_boot()
     start = time.monotonic()
@@ -152,6 +165,7 @@ def test_boot_that_does_not_finish_in_time_is_stopped() -> None:
     assert time.monotonic() - start < 60
 
 
+@pytest.mark.vm
 def test_hanging_command_is_stopped() -> None:
     needs_boot()
     start = time.monotonic()
@@ -163,6 +177,7 @@ def test_hanging_command_is_stopped() -> None:
     assert time.monotonic() - start < vmrun.DEFAULT_BOOT_TIMEOUT + 60
 
 
+@pytest.mark.vm
 def test_kernel_without_the_ioctl_is_refused() -> None:
     """v8 with in-place conversion turned off answers ``ENOTTY``, as a kernel without the series."""
     needs_boot()
@@ -199,7 +214,7 @@ class Inside:
 def _boot(series: str, scratch: Path) -> Inside:
     inner = (
         'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
-        f"guestmem check --backend kvm --abi {series} --timeout 900 --format json "
+        f"guestmem check --backend kvm --abi {series} --format json "
         '> "$GUESTMEM_SCRATCH/check.json"; '
         'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
         "exec python3 -m pytest -p no:cacheprovider -q -rs "
@@ -252,6 +267,7 @@ def inside(request: pytest.FixtureRequest, boots: dict[str, Future[Inside]]) -> 
     return boots[series].result()
 
 
+@pytest.mark.vm
 @pytest.mark.timeout(3000)
 def test_probe_inside_finds_the_series(inside: Inside) -> None:
     facts = inside.json("probe.json")
@@ -268,6 +284,7 @@ def test_probe_inside_finds_the_series(inside: Inside) -> None:
     assert facts["gup_test"] is None
 
 
+@pytest.mark.vm
 @pytest.mark.timeout(3000)
 def test_check_command_passes_inside(inside: Inside) -> None:
     """``guestmem check --backend kvm --abi SERIES`` inside: no failure; skips only where the
@@ -283,6 +300,7 @@ def test_check_command_passes_inside(inside: Inside) -> None:
             assert r["skipped"], r
 
 
+@pytest.mark.vm
 @pytest.mark.timeout(3000)
 def test_kernel_tests_pass_inside(inside: Inside) -> None:
     root = ET.parse(inside.scratch / "junit.xml").getroot()
@@ -310,8 +328,26 @@ def test_kernel_tests_pass_inside(inside: Inside) -> None:
     assert all("empty parameter set" in why for _name, why in skips), skips
 
 
+@pytest.mark.vm
 @pytest.mark.timeout(3000)
 def test_differential_reached_its_count(inside: Inside) -> None:
     ran = inside.json("differential.json")
     assert ran["series"] == inside.series
     assert ran["examples"] >= MIN_EXAMPLES[inside.series]
+
+
+def test_every_test_that_boots_is_marked_vm() -> None:
+    """``-m 'not vm'`` (the README's quick subset) must leave out every boot."""
+    tree = ast.parse(Path(__file__).read_text())
+    unmarked = []
+    for node in tree.body:
+        if not isinstance(node, ast.FunctionDef) or not node.name.startswith("test_"):
+            continue
+        boots = any(a.arg == "inside" for a in node.args.args) or any(
+            isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "needs_boot"
+            for n in ast.walk(node)
+        )
+        marked = any(ast.unparse(d) == "pytest.mark.vm" for d in node.decorator_list)
+        if boots and not marked:
+            unmarked.append(node.name)
+    assert not unmarked

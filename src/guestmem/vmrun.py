@@ -64,7 +64,10 @@ STATUS_FILE = "status"
 #: What the check before the command said (its stderr).
 CHECK_FILE = "check.txt"
 #: Host environment variables the command sees inside too.
-PASSED_ON = ("CI", "GUESTMEM_DIFF_EXAMPLES", "HYPOTHESIS_PROFILE")
+PASSED_ON = ("CI", "GUESTMEM_DIFF_EXAMPLES", "GUESTMEM_TIMEOUT", "HYPOTHESIS_PROFILE")
+#: Seconds a scenario run may take inside a VM under software emulation (guestmem's
+#: ``--timeout`` default there, ``$GUESTMEM_TIMEOUT``): the long selftests take minutes.
+EMULATED_RUN_TIMEOUT = 900
 #: How much of a failed boot's console output the error message quotes.
 TAIL_LINES = 15
 
@@ -206,9 +209,13 @@ def _command_argv(command: Sequence[str]) -> list[str]:
     return list(command)
 
 
-def inside_script(command: Sequence[str], scratch: str, cwd: str, *, require_ioctl: bool) -> str:
+def inside_script(
+    command: Sequence[str], scratch: str, cwd: str, *, require_ioctl: bool, emulated: bool = False
+) -> str:
     """The shell script the VM runs: environment, the boot marker, the check, the command;
-    the command's exit status goes to ``$GUESTMEM_SCRATCH/status``."""
+    the command's exit status goes to ``$GUESTMEM_SCRATCH/status``. ``emulated`` (TCG)
+    raises guestmem's per-run time limit to :data:`EMULATED_RUN_TIMEOUT` unless the host
+    sets ``$GUESTMEM_TIMEOUT``."""
     q = shlex.quote
     python = q(sys.executable)
     lines = [
@@ -219,6 +226,11 @@ def inside_script(command: Sequence[str], scratch: str, cwd: str, *, require_ioc
         "export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
         'export HYPOTHESIS_STORAGE_DIRECTORY="$GUESTMEM_SCRATCH/.hypothesis"',
         *(f"export {name}={q(os.environ[name])}" for name in PASSED_ON if name in os.environ),
+        *(
+            [f"export GUESTMEM_TIMEOUT={EMULATED_RUN_TIMEOUT}"]
+            if emulated and "GUESTMEM_TIMEOUT" not in os.environ
+            else []
+        ),
         f"cd {q(cwd)} || exit 1",
         f'echo "{BOOTED} $(cut -d" " -f1 /proc/uptime) s after power-on, $(uname -r)"',
     ]
@@ -277,7 +289,9 @@ class VmRun:
             for name in (STATUS_FILE, STATUS_FILE + ".check", CHECK_FILE):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(scratch, name))
-            script = inside_script(self.command, scratch, self.cwd, require_ioctl=self.require_ioctl)
+            script = inside_script(
+                self.command, scratch, self.cwd, require_ioctl=self.require_ioctl, emulated=accel == "tcg"
+            )
             Path(scratch, "run.sh").write_text(script)
             self.progress(f"booting {self.kernel} ({version}) with {accel.upper()}")
             return self._boot(self.argv(vng, scratch, accel), env, scratch)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from guestmem.cli import UsageError
-from guestmem.cli.run import add_timeout
+from guestmem.cli.run import add_timeout, timeout_of
 from guestmem.scenario import ScenarioError, fixture
 from guestmem.scenario import output as show
 from guestmem.scenario.runner import check_limits, open_backend
@@ -52,5 +52,6 @@ def run(args: argparse.Namespace) -> int:
         check_limits([scenario for scenario, _platform in loaded], backend)
     except ScenarioError as err:
         raise UsageError(str(err)) from None
-    results = [run_one(scenario, platform, backend, timeout=args.timeout) for scenario, platform in loaded]
+    timeout = timeout_of(args)
+    results = [run_one(scenario, platform, backend, timeout=timeout) for scenario, platform in loaded]
     return show.print_results(results, args.format)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Sequence
 
 from guestmem import progress
@@ -33,15 +34,34 @@ def seconds(text: str) -> float | None:
     return value or None
 
 
+#: The environment variable that sets ``--timeout``'s default (``guestmem vm`` sets it
+#: inside a VM under software emulation, where a long selftest takes minutes).
+TIMEOUT_VARIABLE = "GUESTMEM_TIMEOUT"
+
+
 def add_timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout",
         type=seconds,
-        default=TIMEOUT,
+        default=argparse.SUPPRESS,
         metavar="SECONDS",
         help=f"stop a scenario run (one platform) after this long and report it timed out "
-        f"(default {TIMEOUT:g}; 0: no limit)",
+        f"(default ${TIMEOUT_VARIABLE} if set, else {TIMEOUT:g}; 0: no limit)",
     )
+
+
+def timeout_of(args: argparse.Namespace) -> float | None:
+    """``--timeout`` as given, else ``$GUESTMEM_TIMEOUT``, else :data:`TIMEOUT` seconds."""
+    if hasattr(args, "timeout"):
+        given: float | None = args.timeout
+        return given
+    text = os.environ.get(TIMEOUT_VARIABLE)
+    if text is None:
+        return TIMEOUT
+    try:
+        return seconds(text)
+    except argparse.ArgumentTypeError as err:
+        raise UsageError(f"${TIMEOUT_VARIABLE}: {err}") from None
 
 
 def add_selection(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +147,7 @@ def _execute(
                 abi=abi,
                 backend=backend or args.backend,
                 observe=observe,
-                timeout=args.timeout,
+                timeout=timeout_of(args),
                 done=done,
             )
             results += batch

@@ -10,6 +10,7 @@ list makes the run *not applicable*: nothing runs, and it is neither a pass nor 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -98,8 +99,28 @@ class StepResult:
             "op": self.step.op,
             "passed": self.passed,
             "expect": " | ".join(str(e) for e in self.expect),
-            "outcome": None if self.outcome is None else self.outcome.to_json(),
+            "outcome": None if self.outcome is None else outcome_json(self.outcome),
         }
+
+
+#: Bytes read that JSON output keeps whole (one page); a longer read is abbreviated.
+JSON_DATA_LIMIT = 4096
+#: How much of an abbreviated read JSON output keeps.
+JSON_DATA_HEAD = 32
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    """The step's outcome for JSON output (schemas/results.schema.json). A read of more than
+    :data:`JSON_DATA_LIMIT` bytes keeps its first :data:`JSON_DATA_HEAD` bytes in ``data``
+    and adds ``data_size`` and ``data_sha256`` of the whole, so a whole-suite document stays
+    small (a selftest reads megabytes) and two reads can still be compared."""
+    out = outcome.to_json()
+    data = outcome.data
+    if data is not None and len(data) > JSON_DATA_LIMIT:
+        out["data"] = data[:JSON_DATA_HEAD].hex()
+        out["data_size"] = len(data)
+        out["data_sha256"] = hashlib.sha256(data).hexdigest()
+    return out
 
 
 @dataclass

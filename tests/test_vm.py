@@ -1,59 +1,31 @@
-"""``guestmem vm`` and the real kernels: the runner's bad paths, then each test kernel
-booted once to run ``guestmem probe``, ``guestmem check --backend kvm`` and the in-kernel
-tests (``tests/test_kernel_*.py``). The two kernels boot side by side, from the start of
-the module, while the bad paths run.
-
-The boots need QEMU and virtme-ng (``./scripts/test`` installs both) and the kernels in
-``shared/kernel/`` beside the checkout. Where QEMU cannot be had they skip with that
-reason; under CI (``CI`` set) a missing piece is a failure, since CI must run them.
+"""``guestmem vm`` and the real kernels: the runner's bad paths, then what each test kernel's
+one boot produced (``guestmem probe``, ``guestmem check --backend kvm`` and the in-kernel
+tests ``tests/test_kernel_*.py``). The boots run in the background from the end of
+collection (tests/kernel_boots.py); where QEMU or a kernel is missing these tests skip with
+the reason, and under CI (``CI`` set) fail.
 """
 
 from __future__ import annotations
 
 import ast
-import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+import kernel_boots
 from guestmem import vmrun
+from kernel_boots import ROOT, Inside
 from test_kernel_suite import _cases as suite_cases
 
-ROOT = Path(__file__).resolve().parent.parent
-KERNELS = {name: vmrun.test_kernel(name) for name in ("v8", "rfc-v5")}
-#: The in-kernel tests each boot runs, and what the differential test must reach there.
-INSIDE_TESTS = ["tests/test_kernel_suite.py", "tests/test_kernel_differential.py"]
+KERNELS = kernel_boots.KERNELS
+needs_boot = kernel_boots.needs_boot
 MIN_EXAMPLES = {"v8": 500, "rfc-v5": 200}
-
-
-def _missing() -> str | None:
-    try:
-        vmrun.find_qemu()
-        vmrun.find_vng()
-    except vmrun.VmError as err:
-        return str(err)
-    absent = [name for name, path in KERNELS.items() if path is None]
-    if absent:
-        return f"test kernels {', '.join(absent)} not found in shared/kernel/ beside the checkout"
-    return None
-
-
-MISSING = _missing()
-
-
-def needs_boot() -> None:
-    if MISSING is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must boot the test kernels: {MISSING}")
-        pytest.skip(MISSING)
 
 
 def guestmem_vm(
@@ -194,77 +166,59 @@ def test_kernel_without_the_ioctl_is_refused() -> None:
     assert "this kernel has no KVM_SET_MEMORY_ATTRIBUTES2 (ENOTTY on a guest_memfd)" in done.stderr
 
 
-# --- one boot per kernel: probe and the in-kernel tests -----------------------------------------
-class Inside:
-    """What one boot of a test kernel produced (files in its scratch directory)."""
-
-    def __init__(self, series: str, scratch: Path, status: int, log: str, seconds: float) -> None:
-        self.series = series
-        self.scratch = scratch
-        self.status = status
-        self.log = log
-        self.seconds = seconds
-
-    def json(self, name: str) -> Any:
-        path = self.scratch / name
-        assert path.exists(), f"{name} was not written inside the {self.series} VM; log:\n{self.log[-4000:]}"
-        return json.loads(path.read_text())
-
-
-def _boot(series: str, scratch: Path) -> Inside:
-    inner = (
-        'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
-        f"guestmem check --backend kvm --abi {series} --format json "
-        '> "$GUESTMEM_SCRATCH/check.json"; '
-        'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
-        "exec python3 -m pytest -p no:cacheprovider -q -rs "
-        '--junitxml="$GUESTMEM_SCRATCH/junit.xml" ' + " ".join(INSIDE_TESTS)
-    )
-    log = scratch / "console.log"
-    start = time.monotonic()
-    with log.open("wb") as out:
-        status = vmrun.VmRun(
-            kernel=str(KERNELS[series]),
-            command=["sh", "-c", inner],
-            timeout=2400,
-            scratch=str(scratch),
-            cwd=str(ROOT),
-            out=out,
-        ).execute()
-    seconds = time.monotonic() - start
-    text = log.read_text(errors="replace")
-    sys.stderr.write(f"\n[{series} VM: exit {status} after {seconds:.0f} s]\n{text[-3000:]}\n")
-    return Inside(series, scratch, status, text, seconds)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def boots(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Future[Inside]]]:
-    """The selected kernels booted side by side, one thread each, from the start of this
-    module, so the boots above run meanwhile. Each QEMU keeps about one core busy, so two
-    boots take about as long as the longer one."""
-    wanted = sorted(
-        {
-            item.callspec.params["inside"]
-            for item in request.session.items
-            if hasattr(item, "callspec") and "inside" in item.callspec.params
-        }
-    )
-    if MISSING is not None or not wanted:
-        yield {}
-        return
-    with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
-        yield {
-            series: pool.submit(_boot, series, tmp_path_factory.mktemp(f"vm-{series}")) for series in wanted
-        }
-
-
-@pytest.fixture(scope="module", params=["v8", "rfc-v5"])
-def inside(request: pytest.FixtureRequest, boots: dict[str, Future[Inside]]) -> Inside:
+@pytest.mark.vm
+def test_a_cancelled_run_stops_its_vm(tmp_path: Path) -> None:
+    """``VmRun.cancel`` set from another thread stops the VM within seconds (how a test
+    session that ends early stops the kernels still booting in the background)."""
     needs_boot()
+    cancel = threading.Event()
+    run = vmrun.VmRun(
+        kernel=str(KERNELS["v8"]),
+        command=["sleep", "600"],
+        require_ioctl=False,
+        scratch=str(tmp_path),
+        cancel=cancel,
+        out=open(os.devnull, "wb"),  # noqa: SIM115 - closed below
+        progress=lambda _msg: None,
+    )
+    timer = threading.Timer(3.0, cancel.set)
+    timer.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(
+            vmrun.Cancelled, match=r"the run of sleep 600 was cancelled \(the VM was stopped\)"
+        ):
+            run.execute()
+    finally:
+        timer.cancel()
+        run.out.close()
+    assert time.monotonic() - start < 60
+    assert vmrun.Cancelled.status == 130
+    deadline = time.monotonic() + 15  # virtme-ng's own children end after their TERM
+    while _running_with(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running_with(str(tmp_path)), "a process of the cancelled VM is still running"
+
+
+def _running_with(text: str) -> list[str]:
+    """Live processes (zombies aside) whose command line names ``text``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text.encode() in cmdline and state != "Z":
+            found.append(pid)
+    return found
+
+
+# --- one boot per kernel: probe and the in-kernel tests -----------------------------------------
+@pytest.fixture(scope="module", params=["v8", "rfc-v5"])
+def inside(request: pytest.FixtureRequest) -> Inside:
     series: str = request.param
-    return boots[series].result()
+    return kernel_boots.result(series)
 
 
 @pytest.mark.vm

@@ -30,6 +30,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,12 @@ class BootFailed(VmError):
 
 class TimedOut(VmError):
     status = EXIT_TIMEOUT
+
+
+class Cancelled(VmError):
+    """:attr:`VmRun.cancel` was set (by another thread); the VM was stopped."""
+
+    status = 130
 
 
 # --- the kernel file ----------------------------------------------------------------------------
@@ -261,6 +268,8 @@ class VmRun:
     scratch: str | None = None
     cwd: str = field(default_factory=os.getcwd)
     accel: str | None = None  # "kvm" or "tcg"; None: KVM when the host can nest
+    #: Set from another thread to stop the VM (within a second): :class:`Cancelled`.
+    cancel: threading.Event | None = None
     out: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     progress: Callable[[str], None] = field(default=lambda msg: print(f"guestmem vm: {msg}", file=sys.stderr))
 
@@ -321,6 +330,10 @@ class VmRun:
                     raise TimedOut(
                         f"the command did not finish within {self.timeout:g} s (the VM was stopped): "
                         f"{shlex.join(self.command)}"
+                    )
+                if self.cancel is not None and self.cancel.is_set():
+                    raise Cancelled(
+                        f"the run of {shlex.join(self.command)} was cancelled (the VM was stopped)"
                     )
                 if not selector.select(timeout=1.0):
                     continue

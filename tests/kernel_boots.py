@@ -1,0 +1,171 @@
+"""The test kernels in ``shared/kernel/``, each booted once per test session.
+
+A boot runs ``guestmem probe``, ``guestmem check --backend kvm`` and the in-kernel tests
+(``tests/test_kernel_*.py``) inside the kernel and leaves their results in its scratch
+directory (:class:`Inside`). The boots start in the background as soon as collection has
+chosen a test that reads them (``tests/conftest.py``), side by side, so they run while the
+rest of the suite does; a test waits for its kernel's boot with :func:`result`. Under
+software emulation a boot takes minutes and keeps about one core busy.
+
+The boots need QEMU and virtme-ng (``./scripts/test`` installs both) and the kernels beside
+the checkout. Where one cannot be had the tests skip with the reason (:func:`needs_boot`);
+under CI (``CI`` set) that is a failure, since CI must run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guestmem import vmrun
+
+ROOT = Path(__file__).resolve().parent.parent
+KERNELS = {name: vmrun.test_kernel(name) for name in ("v8", "rfc-v5")}
+#: The in-kernel tests each boot runs.
+INSIDE_TESTS = ["tests/test_kernel_suite.py", "tests/test_kernel_differential.py"]
+#: The fixture whose parameter names the kernel a test reads (tests/test_vm.py).
+FIXTURE = "inside"
+
+
+def _missing() -> str | None:
+    try:
+        vmrun.find_qemu()
+        vmrun.find_vng()
+    except vmrun.VmError as err:
+        return str(err)
+    absent = [name for name, path in KERNELS.items() if path is None]
+    if absent:
+        return f"test kernels {', '.join(absent)} not found in shared/kernel/ beside the checkout"
+    return None
+
+
+MISSING = _missing()
+
+
+def needs_boot() -> None:
+    if MISSING is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must boot the test kernels: {MISSING}")
+        pytest.skip(MISSING)
+
+
+class Inside:
+    """What one boot of a test kernel produced (files in its scratch directory)."""
+
+    def __init__(self, series: str, scratch: Path, status: int, log: str, seconds: float) -> None:
+        self.series = series
+        self.scratch = scratch
+        self.status = status
+        self.log = log
+        self.seconds = seconds
+
+    def json(self, name: str) -> Any:
+        path = self.scratch / name
+        assert path.exists(), f"{name} was not written inside the {self.series} VM; log:\n{self.log[-4000:]}"
+        return json.loads(path.read_text())
+
+
+def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> Inside:
+    """Boot ``series`` and run everything inside; returns when the VM has stopped."""
+    inner = (
+        'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
+        f"guestmem check --backend kvm --abi {series} --format json "
+        '> "$GUESTMEM_SCRATCH/check.json"; '
+        'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
+        "exec python3 -m pytest -p no:cacheprovider -q -rs "
+        '--junitxml="$GUESTMEM_SCRATCH/junit.xml" ' + " ".join(INSIDE_TESTS)
+    )
+    log = scratch / "console.log"
+    start = time.monotonic()
+    with log.open("wb") as out:
+        status = vmrun.VmRun(
+            kernel=str(KERNELS[series]),
+            command=["sh", "-c", inner],
+            timeout=2400,
+            scratch=str(scratch),
+            cwd=str(ROOT),
+            out=out,
+            cancel=cancel,
+            progress=lambda _msg: None,
+        ).execute()
+    return Inside(series, scratch, status, log.read_text(errors="replace"), time.monotonic() - start)
+
+
+class Boots:
+    """The session's boots: one thread each, stopped by :meth:`stop` if still running."""
+
+    def __init__(self, series: list[str]) -> None:
+        self.cancel = threading.Event()
+        self.base = Path(tempfile.mkdtemp(prefix="guestmem-test-vm-"))
+        self.pool = ThreadPoolExecutor(max_workers=max(len(series), 1), thread_name_prefix="boot")
+        self.futures: dict[str, Future[Inside]] = {}
+        self.shown: set[str] = set()
+        for name in series:
+            scratch = self.base / name
+            scratch.mkdir()
+            self.futures[name] = self.pool.submit(boot, name, scratch, self.cancel)
+
+    def result(self, series: str) -> Inside:
+        if series not in self.futures:  # not chosen at collection: boot it now
+            scratch = self.base / series
+            scratch.mkdir(exist_ok=True)
+            self.futures[series] = self.pool.submit(boot, series, scratch, self.cancel)
+        inside = self.futures[series].result()
+        if series not in self.shown:  # in the waiting test's output, not a bystander's
+            self.shown.add(series)
+            sys.stderr.write(
+                f"\n[{series} VM: exit {inside.status} after {inside.seconds:.0f} s]\n{inside.log[-3000:]}\n"
+            )
+        return inside
+
+    def stop(self, keep: bool) -> None:
+        """Stop what still runs (a session ended early) and remove the scratch directories,
+        unless ``keep`` (a failed session: they hold the consoles and results)."""
+        self.cancel.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if keep:
+            sys.stderr.write(f"\n[the test kernels' scratch directories are kept in {self.base}]\n")
+        else:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+_SESSION: list[Boots] = []
+
+
+def chosen(items: list[pytest.Item]) -> list[str]:
+    """The kernels that the selected tests read."""
+    found = set()
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and FIXTURE in callspec.params:
+            found.add(callspec.params[FIXTURE])
+    return sorted(found)
+
+
+def start(items: list[pytest.Item]) -> None:
+    """Start the boots the selected tests need (nothing when QEMU or a kernel is missing)."""
+    series = chosen(items)
+    if series and MISSING is None and not _SESSION:
+        _SESSION.append(Boots(series))
+
+
+def result(series: str) -> Inside:
+    needs_boot()
+    if not _SESSION:
+        _SESSION.append(Boots([]))
+    return _SESSION[0].result(series)
+
+
+def stop(failed: bool) -> None:
+    while _SESSION:
+        _SESSION.pop().stop(keep=failed)

@@ -74,6 +74,17 @@ def test_kernel_directory_is_bad_input(tmp_path: Path) -> None:
     assert "not a regular file" in done.stderr
 
 
+@pytest.mark.parametrize("option", ["--timeout", "--boot-timeout"])
+@pytest.mark.parametrize("value", ["-5", "nan", "inf", "0", "soon"])
+def test_bad_time_limit_is_bad_input(tmp_path: Path, option: str, value: str) -> None:
+    """A VM's time limits are finite and positive: a NaN limit would never stop it."""
+    done = guestmem_vm(
+        "--kernel", str(fake_bzimage(tmp_path / "bzImage")), option, value, "--", "true", timeout=60
+    )
+    assert done.returncode == 2
+    assert f"argument {option}: " in done.stderr and repr(value) in done.stderr
+
+
 def test_no_command_is_bad_input(tmp_path: Path) -> None:
     done = guestmem_vm("--kernel", str(fake_bzimage(tmp_path / "bzImage")), timeout=60)
     assert done.returncode == 2

@@ -23,15 +23,25 @@ exit status: 0 every expectation held (skips beside passes included), 1 one fail
 2 bad input, 4 every run was skipped (KSFT_SKIP)."""
 
 
-def seconds(text: str) -> float | None:
-    """``--timeout`` value: seconds > 0, or 0 for no limit."""
+def _seconds(text: str, *, positive: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text!r}")
-    return value or None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds {bound}, not {text!r}")
+    return value
+
+
+def seconds(text: str) -> float | None:
+    """``--timeout`` value: seconds > 0, or 0 for no limit."""
+    return _seconds(text, positive=False) or None
+
+
+def positive_seconds(text: str) -> float:
+    """A time limit that must be given: finite seconds > 0."""
+    return _seconds(text, positive=True)
 
 
 #: The environment variable that sets ``--timeout``'s default (``guestmem vm`` sets it

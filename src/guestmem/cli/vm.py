@@ -7,6 +7,7 @@ import sys
 
 from guestmem import vmrun
 from guestmem.cli import UsageError
+from guestmem.cli.run import positive_seconds
 
 EXAMPLE = f"""\
 examples:
@@ -47,14 +48,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=vmrun.DEFAULT_TIMEOUT,
         metavar="S",
         help=f"stop the VM if COMMAND runs longer (default {vmrun.DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--boot-timeout",
-        type=float,
+        type=positive_seconds,
         default=vmrun.DEFAULT_BOOT_TIMEOUT,
         metavar="S",
         help=f"stop the VM if it has not booted by then (default {vmrun.DEFAULT_BOOT_TIMEOUT:g})",

@@ -30,6 +30,7 @@ from guestmem.uapi.kvm import (
     KVM_EXIT_HYPERCALL,
     KVM_EXIT_INTERNAL_ERROR,
     KVM_EXIT_IO,
+    KVM_EXIT_IO_OUT,
     KVM_EXIT_MEMORY_FAULT,
     KVM_EXIT_MMIO,
     KVM_GET_REGS,
@@ -112,7 +113,7 @@ def decode_exit(run: memoryview) -> Exit:
     if code == KVM_EXIT_IO:
         length = size * count
         fields = {
-            "direction": "out" if direction == 1 else "in",  # KVM_EXIT_IO_OUT
+            "direction": "out" if direction == KVM_EXIT_IO_OUT else "in",
             "port": port,
             "size": size,
             "count": count,

@@ -135,6 +135,30 @@ def test_a_later_deadline_is_not_cut_by_a_timer_set_for_an_earlier_one(guest: Re
         assert guest.spin(0.03) >= 0.03
 
 
+def test_an_expiry_handled_while_arming_never_leaves_the_timer_believed_armed(
+    guest: RealMode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler of an earlier expiry (no vCPU running: it disarms) runs at the first
+    bytecode after ``timer_settime`` in ``arm``. Afterwards the timer is armed or believed
+    disarmed, never believed armed while it is not: a run would then wait for a signal
+    that never comes and its guest would spin on."""
+    dog = watchdog.watchdog()
+    settime = syscalls.timer_settime
+
+    def settime_then_an_earlier_expiry(timer: int, when: float, interval: float = 0.0) -> None:
+        settime(timer, when, interval)
+        if when:
+            dog._expired(dog.signo, None)
+
+    dog.arm(time.monotonic() + 60)  # as a run that timed out leaves it: armed, repeating
+    monkeypatch.setattr(syscalls, "timer_settime", settime_then_an_earlier_expiry)
+    dog.arm(time.monotonic() + 0.002)
+    monkeypatch.undo()
+    assert dog.timer is not None
+    assert dog.armed == math.inf or syscalls.timer_gettime(dog.timer)[0] > 0
+    assert guest.spin(0.03) >= 0.03
+
+
 def test_many_consecutive_runs_are_never_stopped_early(guest: RealMode) -> None:
     """Thousands of short runs, while the timer (set as for an earlier, shorter run)
     keeps expiring, during a run or between runs."""

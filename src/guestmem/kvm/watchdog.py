@@ -79,11 +79,16 @@ class Watchdog:
         signal.signal(self.signo, self._expired)
 
     def arm(self, when: float) -> None:
-        """Fire at ``when`` (monotonic seconds), then every :data:`RETRY` seconds."""
+        """Fire at ``when`` (monotonic seconds), then every :data:`RETRY` seconds.
+
+        ``armed`` is set first: the handler of an earlier expiry may run between any two
+        statements here and disarm the timer, and it must then leave it believed disarmed
+        (the next run arms it again), never believed armed while it is not (a run would
+        then wait for a signal that never comes)."""
         if self.timer is None:
             self.timer = syscalls.timer_create(syscalls.CLOCK_MONOTONIC, self.signo, self.tid)
-        syscalls.timer_settime(self.timer, when, RETRY)
         self.armed = when
+        syscalls.timer_settime(self.timer, when, RETRY)
 
     def disarm(self) -> None:
         if self.armed != _NEVER:

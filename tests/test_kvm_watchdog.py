@@ -132,7 +132,7 @@ def test_a_later_deadline_is_not_cut_by_a_timer_set_for_an_earlier_one(guest: Re
     dog = watchdog.watchdog()
     for _ in range(5):
         dog.arm(time.monotonic() + 0.002)  # as a run with a 2 ms limit would leave it
-        assert guest.spin(0.03) >= 0.03
+        assert 0.03 <= guest.spin(0.03) < 2  # stopped: not cut early, not left spinning
 
 
 def test_an_expiry_handled_while_arming_never_leaves_the_timer_believed_armed(
@@ -156,7 +156,7 @@ def test_an_expiry_handled_while_arming_never_leaves_the_timer_believed_armed(
     monkeypatch.undo()
     assert dog.timer is not None
     assert dog.armed == math.inf or syscalls.timer_gettime(dog.timer)[0] > 0
-    assert guest.spin(0.03) >= 0.03
+    assert 0.03 <= guest.spin(0.03) < 2
 
 
 def test_many_consecutive_runs_are_never_stopped_early(guest: RealMode) -> None:

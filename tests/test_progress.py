@@ -23,6 +23,7 @@ import time
 import pytest
 
 from guestmem import progress
+from guestmem.checker.explore import forked_pool
 from guestmem.scenario import suite_dir
 
 COMMAND = [sys.executable, "-m", "guestmem"]
@@ -193,3 +194,23 @@ def test_check_and_run_count_runs_on_a_terminal_and_stay_silent_elsewhere(
     assert code == 0 and word not in shown and shown.lstrip().startswith("{"), shown
     piped = subprocess.run([*COMMAND, *small], capture_output=True, check=False)
     assert piped.returncode == 0 and piped.stderr == b"" and piped.stdout
+
+
+def _sigint_in_worker() -> tuple[bool, bool]:
+    """(SIGINT ignored, SIGINT blocked) in the calling process."""
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN, signal.SIGINT in signal.pthread_sigmask(
+        signal.SIG_BLOCK, set()
+    )
+
+
+def test_forked_workers_ignore_ctrl_c_and_the_parent_still_gets_it() -> None:
+    """Workers are forked with SIGINT blocked (a Ctrl-C during their start-up cannot reach
+    them), then ignore it unblocked; the parent's mask is as it was, so its Ctrl-C
+    arrives as KeyboardInterrupt."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    with forked_pool(2) as pool:
+        assert pool.apply(_sigint_in_worker) == (True, False)
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)

@@ -60,6 +60,7 @@ results identical to one worker.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 import os
 import signal
 import time
@@ -620,7 +621,7 @@ class Explorer:
         global _ACTIVE
         _ACTIVE = (self, frontier, seen)
         try:
-            with multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts) as pool:
+            with forked_pool(workers) as pool:
                 return pool.map(_expand_shard, bounds)
         finally:
             _ACTIVE = None
@@ -747,7 +748,22 @@ class NotLocal(Exception):
 
 def ignore_interrupts() -> None:
     """In a worker: leave Ctrl-C to the parent, which stops the pool and reports."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # also drops one that came while blocked
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def forked_pool(workers: int) -> multiprocessing.pool.Pool:
+    """A pool of ``workers`` forked processes that leave Ctrl-C to this one.
+
+    ``SIGINT`` is blocked while the pool forks them (its own threads keep it blocked, for
+    the workers they fork later), so a Ctrl-C at that moment cannot reach a child before
+    :func:`ignore_interrupts` runs in it (it would print a traceback from the child's
+    start-up); in this process it is delivered as soon as the pool exists."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return multiprocessing.get_context("fork").Pool(workers, initializer=ignore_interrupts)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def cpu_time() -> float:

@@ -17,7 +17,6 @@ same exploration: ``analyze`` runs it once and relabels it (:func:`relabel`).
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ from guestmem.checker.explore import (
     Progress,
     cpu_time,
     explore,
-    ignore_interrupts,
+    forked_pool,
     symmetric,
 )
 from guestmem.spec import revisions
@@ -148,8 +147,7 @@ def run_searches(
                 done(s, results[i])  # type: ignore[arg-type]
     else:
         order = sorted(range(len(searches)), key=lambda i: -searches[i].weight)
-        context = multiprocessing.get_context("fork")
-        with context.Pool(min(workers, len(searches)), initializer=ignore_interrupts) as pool:
+        with forked_pool(min(workers, len(searches))) as pool:
             for index, result in pool.imap_unordered(_run, [(i, searches[i]) for i in order]):
                 result.workers = workers
                 results[index] = result

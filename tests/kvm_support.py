@@ -34,9 +34,13 @@ def _series() -> tuple[str | None, str]:
     """The series this kernel implements (``v8``, ``rfc-v5``) and why not when None."""
     if KVM_REASON is not None:
         return None, f"/dev/kvm unusable: {KVM_REASON}"
+    from guestmem.errors import GuestmemError
     from guestmem.kvm import facts
 
-    found = facts.cached("/dev/kvm")
+    try:
+        found = facts.cached("/dev/kvm")
+    except GuestmemError as exc:
+        return None, f"probing /dev/kvm failed: {exc}"
     if found.series is None:
         return None, (
             f"{found.conversion_skip_reason()}; these tests run inside the test kernels "

@@ -88,7 +88,15 @@ class HostFault(GuestmemError):
         return (type(self), (self.signal, self.offset, self.reason))
 
 
-class MemoryFault(GuestmemError):
+class GuestExit(GuestmemError):
+    """The guest stopped with an exit the VMM sees; :meth:`record` is that exit as a
+    backend's ``Outcome.exit`` (``{"reason": ..., ...}``)."""
+
+    def record(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class MemoryFault(GuestExit):
     """``KVM_EXIT_MEMORY_FAULT``: the guest touched ``[gpa, gpa+size)`` as the wrong side.
 
     ``flags`` carries ``KVM_MEMORY_EXIT_FLAG_PRIVATE`` when the access was private.
@@ -105,11 +113,14 @@ class MemoryFault(GuestmemError):
     def private(self) -> bool:
         return bool(self.flags & (1 << 3))
 
+    def record(self) -> dict[str, Any]:
+        return {"reason": "MEMORY_FAULT", "gpa": self.gpa, "size": self.size, "flags": self.flags}
+
     def __reduce__(self) -> tuple[type[MemoryFault], tuple[int, int, int]]:
         return (type(self), (self.gpa, self.size, self.flags))
 
 
-class MmioExit(GuestmemError):
+class MmioExit(GuestExit):
     """``KVM_EXIT_MMIO``: the guest touched ``gpa`` where no memslot is bound any more
     (docs/semantics.md §3 *Memslots*); ``len`` is the access's first chunk (at most 8 bytes)."""
 
@@ -119,6 +130,9 @@ class MmioExit(GuestmemError):
         self.gpa = gpa
         self.len = length
         self.is_write = is_write
+
+    def record(self) -> dict[str, Any]:
+        return {"reason": "MMIO", "gpa": self.gpa, "len": self.len, "is_write": self.is_write}
 
     def __reduce__(self) -> tuple[type[MmioExit], tuple[int, int, bool]]:
         return (type(self), (self.gpa, self.len, self.is_write))

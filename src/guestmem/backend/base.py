@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from guestmem.errors import GuestExit, HostFault, IoctlError
 from guestmem.spec.terms import Direction
 
 #: The largest guest_memfd (pages) any backend accepts; :meth:`Backend.max_pages` may say less.
@@ -65,6 +67,22 @@ class Outcome:
             "data": None if self.data is None else self.data.hex(),
             "exit": self.exit,
         }
+
+
+def outcome_of(action: Callable[[], bytes | None]) -> Outcome:
+    """Run one call of a backend and say what it did: a failed call's errno and
+    ``error_offset`` (:class:`~guestmem.errors.IoctlError`), a host access's signal
+    (:class:`~guestmem.errors.HostFault`), a guest exit to the VMM
+    (:class:`~guestmem.errors.GuestExit`), else the bytes read (None for a write or a call)."""
+    try:
+        data = action()
+    except IoctlError as err:
+        return Outcome(errno=err.name, error_offset=err.error_offset)
+    except HostFault as fault:
+        return Outcome(signal=fault.signal)
+    except GuestExit as stop:
+        return Outcome(exit=stop.record())
+    return Outcome(data=data)
 
 
 def attributes2(

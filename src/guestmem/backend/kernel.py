@@ -20,18 +20,23 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Callable
 
-from guestmem.backend.base import GUEST_WINDOW, Outcome, Unavailable, attributes2, check_guest_range
+from guestmem.backend.base import (
+    GUEST_WINDOW,
+    Outcome,
+    Unavailable,
+    attributes2,
+    check_guest_range,
+    outcome_of,
+)
 from guestmem.backend.model import hypercall_exit
-from guestmem.errors import HostFault, IoctlError, MemoryFault
+from guestmem.errors import IoctlError
 from guestmem.kvm import facts as kernel_facts
 from guestmem.kvm import pins
 from guestmem.kvm.gmem import GuestMemfd, Mapping
 from guestmem.kvm.guest import LIMIT, TinyGuest
 from guestmem.kvm.hostaccess import HostAccess
 from guestmem.kvm.system import DEVICE, Kvm, KvmUnavailable
-from guestmem.kvm.vcpu import GuestTimeout, UnexpectedExit
 from guestmem.kvm.vm import Vm
 from guestmem.model.rangemap import RangeMap
 from guestmem.model.vm import GPA_BASE
@@ -56,27 +61,6 @@ MEMSLOT_MAX_PAGES = (1 << 31) - 1
 SLOT_BYTES_PER_PAGE = 8
 #: The share of ``MemAvailable`` one scenario's memslot may take.
 MEMORY_SHARE = 8
-
-
-def _outcome(action: Callable[[], bytes | None]) -> Outcome:
-    try:
-        data = action()
-    except IoctlError as err:
-        return Outcome(errno=err.name, error_offset=err.error_offset)
-    except HostFault as fault:
-        return Outcome(signal=fault.signal)
-    except MemoryFault as fault:
-        return Outcome(
-            exit={"reason": "MEMORY_FAULT", "gpa": fault.gpa, "size": fault.size, "flags": fault.flags}
-        )
-    except UnexpectedExit as stop:
-        exit_ = stop.exit
-        return Outcome(
-            exit={"reason": exit_.reason, **{k: v for k, v in exit_.fields.items() if k != "data"}}
-        )
-    except GuestTimeout as timeout:
-        return Outcome(exit={"reason": "TIMEOUT", "limit": timeout.limit})
-    return Outcome(data=data)
 
 
 class KernelMachine:
@@ -165,10 +149,10 @@ class KernelMachine:
         return self.others[which]
 
     def host_write(self, offset: int, data: bytes, mapping: int = 0) -> Outcome:
-        return _outcome(lambda: self._host(mapping).write(offset, data))
+        return outcome_of(lambda: self._host(mapping).write(offset, data))
 
     def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome:
-        return _outcome(lambda: self._host(mapping).read(offset, size))
+        return outcome_of(lambda: self._host(mapping).read(offset, size))
 
     # --- guest side -----------------------------------------------------------------------
     def _guest_skip(self, access: str | None, offset: int, size: int) -> str | None:
@@ -212,14 +196,14 @@ class KernelMachine:
         skip = self._guest_skip(access, offset, len(data))
         if skip:
             return Outcome(skipped=skip)
-        return _outcome(lambda: self._guest().write(GPA_BASE + offset, data))
+        return outcome_of(lambda: self._guest().write(GPA_BASE + offset, data))
 
     def guest_read(self, offset: int, size: int, access: str | None = None) -> Outcome:
         self._check_guest_range(offset, size)
         skip = self._guest_skip(access, offset, size)
         if skip:
             return Outcome(skipped=skip)
-        return _outcome(lambda: self._guest().read(GPA_BASE + offset, size))
+        return outcome_of(lambda: self._guest().read(GPA_BASE + offset, size))
 
     # --- guest_memfd operations -------------------------------------------------------------
     def convert(
@@ -239,7 +223,7 @@ class KernelMachine:
             return Outcome(skipped=skip)
         assert self.gmem is not None
         gmem = self.gmem
-        outcome = _outcome(lambda: gmem.set_memory_attributes2(arg))
+        outcome = outcome_of(lambda: gmem.set_memory_attributes2(arg))
         if outcome.ok:
             end = min((offset + size) // PAGE_SIZE, self.private.limit)
             self.private.set(offset // PAGE_SIZE, end, int(bool(attributes)))
@@ -248,7 +232,7 @@ class KernelMachine:
     def punch_hole(self, offset: int, size: int) -> Outcome:
         assert self.gmem is not None
         gmem = self.gmem
-        return _outcome(lambda: gmem.punch_hole(offset, size))
+        return outcome_of(lambda: gmem.punch_hole(offset, size))
 
     def pin(self, offset: int, size: int) -> Outcome:
         skip = pins.unavailable_reason()
@@ -263,7 +247,7 @@ class KernelMachine:
         def act() -> None:
             self.pinned[(offset, size)] = pins.Pin(mapping.address + offset, size)
 
-        return _outcome(act)
+        return outcome_of(act)
 
     def _mapping_or_efault(self, offset: int, size: int) -> Mapping:
         if self.mapping is None or offset + size > self.size:
@@ -277,11 +261,11 @@ class KernelMachine:
         pin = self.pinned.pop((offset, size), None)
         if pin is None:
             return Outcome(errno="EINVAL")
-        return _outcome(pin.release)
+        return outcome_of(pin.release)
 
     def delete_memslot(self) -> Outcome:
         """``KVM_SET_USER_MEMORY_REGION2`` with size 0 on the guest_memfd's slot."""
-        return _outcome(lambda: self.vm.set_user_memory_region2(GMEM_SLOT, GPA_BASE, 0))
+        return outcome_of(lambda: self.vm.set_user_memory_region2(GMEM_SLOT, GPA_BASE, 0))
 
     def launch(self) -> Outcome:
         """The default VM has no launch ioctl: bookkeeping only, as the model does."""
@@ -314,7 +298,7 @@ class KernelMachine:
             if not in_range:
                 raise IoctlError(errno.EINVAL, "KVM_HC_MAP_GPA_RANGE")
 
-        outcome = _outcome(act)
+        outcome = outcome_of(act)
         if outcome.ok:
             outcome.exit = hypercall_exit(GPA_BASE + offset, size, to)
         return outcome

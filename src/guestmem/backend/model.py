@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
 from typing import Any
 
-from guestmem.backend.base import MAX_PAGES, Outcome, attributes2, check_guest_range
-from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit
+from guestmem.backend.base import MAX_PAGES, Outcome, attributes2, check_guest_range, outcome_of
+from guestmem.errors import IoctlError
 from guestmem.model import GuestMemfd, Vm
 from guestmem.model.gmem import HostMapping
 from guestmem.spec.terms import Direction
@@ -18,21 +17,6 @@ from guestmem.uapi.kvm import (
     KVM_MAP_GPA_RANGE_ENCRYPTED,
     PAGE_SIZE,
 )
-
-
-def _outcome(action: Callable[[], bytes | None]) -> Outcome:
-    try:
-        data = action()
-    except IoctlError as err:
-        return Outcome(errno=err.name, error_offset=err.error_offset)
-    except HostFault as fault:
-        return Outcome(signal=fault.signal)
-    except MemoryFault as fault:
-        exit_ = {"reason": "MEMORY_FAULT", "gpa": fault.gpa, "size": fault.size, "flags": fault.flags}
-        return Outcome(exit=exit_)
-    except MmioExit as mmio:
-        return Outcome(exit={"reason": "MMIO", "gpa": mmio.gpa, "len": mmio.len, "is_write": mmio.is_write})
-    return Outcome(data=data)
 
 
 def hypercall_exit(gpa: int, size: int, to: Direction) -> dict[str, Any]:
@@ -79,18 +63,20 @@ class ModelMachine:
         return self.others[which]
 
     def host_write(self, offset: int, data: bytes, mapping: int = 0) -> Outcome:
-        return _outcome(lambda: self._mapping(mapping).write(offset, data))
+        return outcome_of(lambda: self._mapping(mapping).write(offset, data))
 
     def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome:
-        return self._with_origins(_outcome(lambda: self._mapping(mapping).read(offset, size)), offset, size)
+        return self._with_origins(outcome_of(lambda: self._mapping(mapping).read(offset, size)), offset, size)
 
     def guest_write(self, offset: int, data: bytes, access: str | None = None) -> Outcome:
         check_guest_range(offset, len(data), self.size)
-        return _outcome(lambda: self.gmem.guest_write(offset, data, access))
+        return outcome_of(lambda: self.gmem.guest_write(offset, data, access))
 
     def guest_read(self, offset: int, size: int, access: str | None = None) -> Outcome:
         check_guest_range(offset, size, self.size)
-        return self._with_origins(_outcome(lambda: self.gmem.guest_read(offset, size, access)), offset, size)
+        return self._with_origins(
+            outcome_of(lambda: self.gmem.guest_read(offset, size, access)), offset, size
+        )
 
     def convert(
         self,
@@ -103,27 +89,27 @@ class ModelMachine:
         error_offset_in: int = 0,
     ) -> Outcome:
         arg = attributes2(offset, size, attributes, flags, error_offset_in, reserved)
-        return _outcome(lambda: self.gmem.set_memory_attributes2(arg))
+        return outcome_of(lambda: self.gmem.set_memory_attributes2(arg))
 
     def punch_hole(self, offset: int, size: int) -> Outcome:
-        return _outcome(lambda: self.gmem.punch_hole(offset, size))
+        return outcome_of(lambda: self.gmem.punch_hole(offset, size))
 
     def pin(self, offset: int, size: int) -> Outcome:
-        return _outcome(lambda: self.gmem.pin(offset, size))
+        return outcome_of(lambda: self.gmem.pin(offset, size))
 
     def unpin(self, offset: int, size: int) -> Outcome:
-        return _outcome(lambda: self.gmem.unpin(offset, size))
+        return outcome_of(lambda: self.gmem.unpin(offset, size))
 
     def delete_memslot(self) -> Outcome:
-        return _outcome(self.gmem.delete_memslot)
+        return outcome_of(self.gmem.delete_memslot)
 
     def launch(self) -> Outcome:
-        return _outcome(self.vm.launch)
+        return outcome_of(self.vm.launch)
 
     def guest_request(self, offset: int, size: int, to: Direction) -> Outcome:
         """The guest's ``KVM_HC_MAP_GPA_RANGE``: on success the outcome carries the
         ``HYPERCALL`` exit the VMM sees (docs/semantics.md §9)."""
-        outcome = _outcome(lambda: self.gmem.guest_request(offset, size, to))
+        outcome = outcome_of(lambda: self.gmem.guest_request(offset, size, to))
         if outcome.errno is None:
             outcome.exit = hypercall_exit(self.gpa_base + offset, size, to)
         return outcome

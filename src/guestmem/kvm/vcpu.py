@@ -22,7 +22,7 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from guestmem.errors import GuestmemError, IoctlError, MemoryFault
+from guestmem.errors import GuestExit, IoctlError, MemoryFault
 from guestmem.kvm import syscalls, watchdog
 from guestmem.uapi.kvm import (
     EXIT_REASON_NAMES,
@@ -54,12 +54,15 @@ if TYPE_CHECKING:
 RUN_LIMIT = 30.0
 
 
-class GuestTimeout(GuestmemError, TimeoutError):
+class GuestTimeout(GuestExit, TimeoutError):
     """The guest ran ``limit`` seconds without an exit to userspace and was stopped."""
 
     def __init__(self, limit: float) -> None:
         super().__init__(f"guest did not exit within the {limit:g} s time limit (stopped)")
         self.limit = limit
+
+    def record(self) -> dict[str, Any]:
+        return {"reason": "TIMEOUT", "limit": self.limit}
 
 
 class Exit(NamedTuple):
@@ -78,12 +81,15 @@ class Exit(NamedTuple):
         return f"KVM_EXIT_{self.reason}({detail})"
 
 
-class UnexpectedExit(GuestmemError):
+class UnexpectedExit(GuestExit):
     """The guest program stopped with an exit it does not produce by design."""
 
     def __init__(self, exit_: Exit) -> None:
         super().__init__(f"unexpected guest exit: {exit_}")
         self.exit = exit_
+
+    def record(self) -> dict[str, Any]:
+        return {"reason": self.exit.reason, **{k: v for k, v in self.exit.fields.items() if k != "data"}}
 
 
 _EXIT_REASON = struct.Struct("<I")  # kvm_run.exit_reason @8

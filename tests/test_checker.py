@@ -20,7 +20,7 @@ import pytest
 from guestmem.backend.base import Outcome
 from guestmem.checker import analyze, counterexample
 from guestmem.checker.explore import DEFAULT_DEPTH, DEFAULT_PAGES, Exploration, explore
-from guestmem.checker.ops import Op, alphabet, bind
+from guestmem.checker.ops import alphabet
 from guestmem.checker.properties import (
     Property,
     Record,
@@ -33,7 +33,19 @@ from guestmem.checker.properties import (
 )
 from guestmem.cli import main
 from guestmem.model.provenance import ZEROED_PAGE
+from guestmem.ops import (
+    Convert,
+    GuestRead,
+    GuestRequest,
+    GuestWrite,
+    HostRead,
+    HostWrite,
+    Launch,
+    Operation,
+    Pin,
+)
 from guestmem.spec import platforms, revisions
+from guestmem.spec.terms import Direction, Policy
 from guestmem.uapi.kvm import PAGE_SIZE
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "analyze.md"
@@ -55,15 +67,15 @@ def props(trace: list[Record], platform: str, abi: str = "seed") -> set[Property
 # --- properties over traces -------------------------------------------------------------------
 def test_confidentiality_fails_for_a_vmm_preserve_and_holds_for_a_guest_share() -> None:
     leak = [
-        Op("launch"),
-        Op("guest_write", 0, data=A),
-        Op("convert", 0, PAGE_SIZE, to="shared", policy="preserve"),
-        Op("host_read", 0, 8),
+        Launch(),
+        GuestWrite(0, A),
+        Convert(0, PAGE_SIZE, to=Direction.TO_SHARED, policy=Policy.PRESERVE),
+        HostRead(0, 8),
     ]
     assert props(record_trace("sw_protected", "seed", leak, init="private"), "sw_protected") == {
         Property.CONFIDENTIALITY
     }
-    asked = [*leak[:2], Op("guest_request", 0, PAGE_SIZE, to="shared"), *leak[2:]]
+    asked = [*leak[:2], GuestRequest(0, PAGE_SIZE, Direction.TO_SHARED), *leak[2:]]
     trace = record_trace("sw_protected", "seed", asked, init="private")
     assert trace[-1].outcome.data == A[:8]  # the bytes do reach the host: disclosed
     assert props(trace, "sw_protected") == set()
@@ -73,29 +85,31 @@ def test_integrity_distinguishes_payload_accepted_and_injected_bytes() -> None:
     pkvm = platforms.get("pkvm")
     no_consent = dataclasses.replace(pkvm, consent=False)
     inject = [
-        Op("launch"),
-        Op("host_write", 0, data=B),
-        Op("convert", 0, PAGE_SIZE, to="private", policy="preserve"),
-        Op("guest_read", 0, 8),
+        Launch(),
+        HostWrite(0, B),
+        Convert(0, PAGE_SIZE, to=Direction.TO_PRIVATE, policy=Policy.PRESERVE),
+        GuestRead(0, 8),
     ]
     trace = record_trace(no_consent, "seed", inject)
     assert check_trace(trace, no_consent, revisions.get("seed"))[0].prop is Property.INTEGRITY
     # with pKVM's rule the same conversion is refused, and the guest reads what it wrote before
     assert record_trace("pkvm", "seed", inject)[2].outcome.errno == "EPERM"
-    asked = [*inject[:2], Op("guest_request", 0, PAGE_SIZE, to="private"), *inject[2:]]
+    asked = [*inject[:2], GuestRequest(0, PAGE_SIZE, Direction.TO_PRIVATE), *inject[2:]]
     assert props(record_trace("pkvm", "seed", asked), "pkvm") == set()
     # pre-launch payload on TDX is measured and allowed
-    payload = [inject[1], inject[2], Op("launch"), inject[3]]
+    payload = [inject[1], inject[2], Launch(), inject[3]]
     trace = record_trace("tdx", "seed", payload)
     assert trace[-1].outcome.data == B[:8] and props(trace, "tdx") == set()
 
 
-def _synthetic(op: Op, outcome: Outcome, before_ops: list[Op], mutate: object = None) -> list[Record]:
+def _synthetic(
+    op: Operation, outcome: Outcome, before_ops: list[Operation], mutate: object = None
+) -> list[Record]:
     """One record whose ``after`` state is edited by ``mutate(machine)``, to show that a
     predicate fails when the model misbehaves in that way."""
     machine = open_machine("tdx", "seed", 2, "shared")
     for prior in before_ops:
-        bind(prior, machine)()
+        prior.apply(machine)
     before = capture(machine)
     if callable(mutate):
         mutate(machine)
@@ -104,23 +118,21 @@ def _synthetic(op: Op, outcome: Outcome, before_ops: list[Op], mutate: object = 
 
 def test_isolation_atomicity_reporting_and_policy_predicates_can_fail() -> None:
     tdx, seed = platforms.get("tdx"), revisions.get("seed")
-    to_private = Op("convert", 0, PAGE_SIZE, to="private", policy="zero")
+    to_private = Convert(0, PAGE_SIZE, to=Direction.TO_PRIVATE, policy=Policy.ZERO)
     # a host read that succeeds on a private page
-    trace = _synthetic(
-        Op("host_read", 0, 8), Outcome(data=bytes(8), origins=[(0, 8, "zeroed")]), [to_private]
-    )
+    trace = _synthetic(HostRead(0, 8), Outcome(data=bytes(8), origins=[(0, 8, "zeroed")]), [to_private])
     assert [v.prop for v in check_trace(trace, tdx, seed)] == [Property.ISOLATION]
     # a failed conversion that changed the attributes
     trace = _synthetic(
         to_private,
         Outcome(errno="EAGAIN", error_offset=0),
-        [Op("pin", 0, PAGE_SIZE)],
+        [Pin(0, PAGE_SIZE)],
         lambda m: m.gmem.attributes.set(1, 2, 8),
     )
     assert {v.prop for v in check_trace(trace, tdx, seed)} == {Property.ATOMICITY}
     # the right errno with the wrong error_offset (the pinned page is page 1)
-    whole = Op("convert", 0, 2 * PAGE_SIZE, to="private", policy="zero")
-    trace = _synthetic(whole, Outcome(errno="EAGAIN", error_offset=0), [Op("pin", PAGE_SIZE, PAGE_SIZE)])
+    whole = Convert(0, 2 * PAGE_SIZE, to=Direction.TO_PRIVATE, policy=Policy.ZERO)
+    trace = _synthetic(whole, Outcome(errno="EAGAIN", error_offset=0), [Pin(PAGE_SIZE, PAGE_SIZE)])
     [violation] = check_trace(trace, tdx, seed)
     assert (violation.prop, violation.expect, violation.error_offset) == (
         Property.REPORTING,
@@ -128,16 +140,14 @@ def test_isolation_atomicity_reporting_and_policy_predicates_can_fail() -> None:
         PAGE_SIZE,
     )
     # a ZERO conversion that left the host's bytes in place
-    trace = _synthetic(
-        to_private, Outcome(), [Op("host_write", 0, data=A)], lambda m: m.gmem.attributes.set(0, 1, 8)
-    )
+    trace = _synthetic(to_private, Outcome(), [HostWrite(0, A)], lambda m: m.gmem.attributes.set(0, 1, 8))
     [violation] = check_trace(trace, tdx, seed)
     assert violation.prop is Property.POLICY and violation.expect == "zeros"
     # the same conversion done right
     trace = _synthetic(
         to_private,
         Outcome(),
-        [Op("host_write", 0, data=A)],
+        [HostWrite(0, A)],
         lambda m: (m.gmem.attributes.set(0, 1, 8), m.gmem.pages.update({0: ZEROED_PAGE})),
     )
     assert check_trace(trace, tdx, seed) == []
@@ -155,14 +165,14 @@ def test_restore_apply_snapshot_matches_a_fresh_replay() -> None:
     """Every state reached by restoring a snapshot and applying an operation equals the
     state a fresh machine reaches by replaying the whole sequence."""
     ops = alphabet(2, "seed")
-    path = [ops.index(Op("launch")), 1, ops.index(Op("guest_request", 0, PAGE_SIZE, to="shared"))]
+    path = [ops.index(Launch()), 1, ops.index(GuestRequest(0, PAGE_SIZE, Direction.TO_SHARED))]
     machine = open_machine("pkvm", "seed", 2, "private")
     for index in path:
-        bind(ops[index], machine)()
+        ops[index].apply(machine)
     state = capture(machine)
     for op in ops:
         restore(machine, state)
-        outcome = bind(op, machine)()
+        outcome = op.apply(machine)
         fresh = record_trace("pkvm", "seed", [ops[i] for i in path] + [op], init="private")
         assert capture(machine) == fresh[-1].after, op
         assert outcome == fresh[-1].outcome, op
@@ -172,7 +182,7 @@ def test_depth_one_states_are_the_distinct_results_of_one_operation() -> None:
     result = explore("snp", "seed", depth=1, workers=1, symmetry=False)
     reached = set()
     for init in ("shared", "private"):
-        reached.add(record_trace("snp", "seed", [Op("host_read", 0, 8)], init=init)[0].before)
+        reached.add(record_trace("snp", "seed", [HostRead(0, 8)], init=init)[0].before)
         for op in alphabet(2, "seed"):
             reached.add(record_trace("snp", "seed", [op], init=init)[0].after)
     assert result.distinct == len(reached)
@@ -219,7 +229,8 @@ def test_sw_protected_shows_a_confidentiality_counterexample_by_vmm_preserve() -
     assert not cx.claimed
     names = [op.name for op in cx.ops]
     conversion = cx.ops[names.index("convert")]
-    assert (conversion.to, conversion.policy) == ("shared", "preserve")
+    assert isinstance(conversion, Convert)
+    assert (conversion.to, conversion.policy) == (Direction.TO_SHARED, Policy.PRESERVE)
     assert "guest_request" not in names  # the VMM converted on its own
     assert names[-1] == "host_read" and cx.expects[-1].startswith("not:")
     # isolation and policy, which sw_protected claims, hold
@@ -253,10 +264,10 @@ def test_v8_leaks_on_sw_protected_without_any_policy() -> None:
     the guest's private bytes to the host; under seed flags = 0 means ZERO and the leak
     needs an explicit PRESERVE."""
     v8 = explored("sw_protected", "v8").counterexamples[Property.CONFIDENTIALITY]
-    [conversion] = [op for op in v8.ops if op.name == "convert"]
-    assert (conversion.to, conversion.policy) == ("shared", "default")
+    [conversion] = [op for op in v8.ops if isinstance(op, Convert)]
+    assert (conversion.to, conversion.policy) == (Direction.TO_SHARED, Policy.DEFAULT)
     seed = explored("sw_protected", "seed").counterexamples[Property.CONFIDENTIALITY]
-    assert [op.policy for op in seed.ops if op.name == "convert"] == ["preserve"]
+    assert [op.policy for op in seed.ops if isinstance(op, Convert)] == [Policy.PRESERVE]
 
 
 @pytest.mark.slow

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 
 from guestmem.checker.explore import INITS, Exploration, Explorer, Key, canonical, explore, symmetric
-from guestmem.checker.ops import Op, alphabet, bind
+from guestmem.checker.ops import alphabet
 from guestmem.checker.properties import Monitor, Property, State, capture, open_machine, restore
 from guestmem.checker.schedule import COVERED
 from guestmem.cli import main
 from guestmem.errors import IoctlError
 from guestmem.model.gmem import GuestMemfd
+from guestmem.ops import Operation
 from guestmem.spec import platforms, revisions
 from guestmem.spec.platforms.base import Platform
 from guestmem.uapi.kvm import PAGE_SIZE
@@ -41,7 +42,7 @@ def reference_search(platform: Platform, abi: str, pages: int, depth: int) -> di
     revision = revisions.get(abi)
     ops = alphabet(pages, abi)
     machine = open_machine(platform, revision, pages, "shared")
-    calls = [bind(op, machine) for op in ops]
+    calls = [op.bind(machine) for op in ops]
     monitor = Monitor(platform, revision)
     frontier: list[tuple[State, tuple[int, ...], str]] = []
     seen: set[State] = set()
@@ -152,11 +153,12 @@ def test_symmetry_keeps_the_ablation_counterexample() -> None:
     }
 
 
-def _permuted_op(op: Op, perm: tuple[int, ...]) -> Op:
-    if op.name == "launch" or len(op.pages) != 1:
-        return op  # the whole range maps onto itself
-    page = op.offset // PAGE_SIZE
-    return op._replace(offset=perm[page] * PAGE_SIZE + op.offset % PAGE_SIZE)
+def _permuted_op(op: Operation, perm: tuple[int, ...]) -> Operation:
+    if len(op.pages) != 1:
+        return op  # launch, or the whole range: maps onto itself
+    offset = op.span[0]
+    page = offset // PAGE_SIZE
+    return dataclasses.replace(op, offset=perm[page] * PAGE_SIZE + offset % PAGE_SIZE)  # type: ignore[call-arg]
 
 
 def _permuted(state: Key, perm: tuple[int, ...]) -> Key:

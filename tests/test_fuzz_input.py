@@ -9,8 +9,6 @@ import contextlib
 import functools
 import io
 import json
-import math
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ from hypothesis import strategies as st
 
 import guestmem.cli
 from guestmem.cli import main
-from guestmem.scenario.format import OPS
+from guestmem.ops import OPERATIONS, toml
 from guestmem.spec import platforms, revisions
 from memory_support import address_space_cap
 
@@ -107,11 +105,11 @@ step_fields = {
     "bogus": st.integers(),
 }
 # every field an op takes is generated (a field added to the format joins in as a number)
-for _allowed, _required in OPS.values():
-    for _name in _allowed:
+for _operation in OPERATIONS.values():
+    for _name in _operation.FIELDS:
         step_fields.setdefault(_name, numbers)
 steps = st.fixed_dictionaries(
-    {"op": st.one_of(st.sampled_from([*OPS, "launch", "launch", "explode"]), st.integers())},
+    {"op": st.one_of(st.sampled_from([*OPERATIONS, "launch", "launch", "explode"]), st.integers())},
     optional=step_fields,
 )
 scenario_docs = st.fixed_dictionaries(
@@ -141,51 +139,6 @@ scenario_docs = st.fixed_dictionaries(
 )
 
 
-# --- rendering: a small TOML writer for these documents ------------------------------------
-_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _key(key: str) -> str:
-    return key if _BARE.match(key) else _string(key)
-
-
-def _string(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return (
-            "nan"
-            if math.isnan(value)
-            else ("inf" if value > 0 else "-inf")
-            if math.isinf(value)
-            else repr(value)
-        )
-    if isinstance(value, str):
-        return _string(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    assert isinstance(value, dict)
-    return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
-
-
-def to_toml(doc: dict[str, Any]) -> str:
-    lines = [f"{_key(k)} = {_value(v)}" for k, v in doc.items() if k != "step"]
-    raw_steps = doc.get("step")
-    if isinstance(raw_steps, list) and all(isinstance(s, dict) for s in raw_steps):
-        for step in raw_steps:
-            lines.append("[[step]]")
-            lines.extend(f"{_key(k)} = {_value(v)}" for k, v in step.items())
-    elif "step" in doc:
-        lines.append(f"step = {_value(raw_steps)}")
-    return "\n".join(lines) + "\n"
-
-
 @st.composite
 def damaged(draw: st.DrawFn, data: bytes) -> bytes:
     """``data`` untouched (mostly), or cut short, with bytes inserted, or one byte changed."""
@@ -202,7 +155,7 @@ def damaged(draw: st.DrawFn, data: bytes) -> bytes:
 
 @st.composite
 def scenario_files(draw: st.DrawFn) -> bytes:
-    return draw(damaged(to_toml(draw(scenario_docs)).encode("utf-8", "surrogatepass")))
+    return draw(damaged(toml.document(draw(scenario_docs)).encode("utf-8", "surrogatepass")))
 
 
 @st.composite

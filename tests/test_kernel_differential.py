@@ -26,10 +26,24 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from guestmem.backend.base import Machine, Outcome
+from guestmem.backend.base import Outcome
 from guestmem.backend.kernel import KernelBackend
 from guestmem.backend.model import ModelBackend
 from guestmem.model.provenance import Origin
+from guestmem.ops import (
+    Convert,
+    GuestRead,
+    GuestRequest,
+    GuestWrite,
+    HostRead,
+    HostWrite,
+    Operation,
+    Pin,
+    PunchHole,
+    Unpin,
+    expectation,
+    toml,
+)
 from guestmem.scenario import load, run
 from guestmem.spec.terms import Direction
 from guestmem.uapi.kvm import (
@@ -44,8 +58,6 @@ EXAMPLES = {"v8": 500, "rfc-v5": 200}
 U64 = (1 << 64) - 1
 #: Origins whose bytes the revision does not promise (the model's stand-ins differ).
 UNPROMISED = {Origin.RANDOM.label, Origin.CIPHERTEXT.label, Origin.GARBAGE.label}
-
-Op = tuple[Any, ...]
 
 
 def _examples() -> int:
@@ -78,7 +90,7 @@ def _flags(series: str) -> st.SearchStrategy[int]:
 
 
 @st.composite
-def _convert(draw: st.DrawFn, size: int, series: str) -> Op:
+def _convert(draw: st.DrawFn, size: int, series: str) -> Convert:
     offset = draw(_aligned(size))
     length = draw(_length(size))
     attributes = draw(
@@ -92,7 +104,17 @@ def _convert(draw: st.DrawFn, size: int, series: str) -> Op:
         word = draw(st.integers(0, 10))
         reserved = (0,) * word + (draw(st.sampled_from([1, 1 << 63])),)
     error_offset_in = 0 if draw(st.integers(0, 7)) else draw(st.sampled_from([PAGE_SIZE, 1, U64]))
-    return ("convert", offset, length, attributes, flags, reserved, error_offset_in)
+    standard = attributes in (0, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+    to = (Direction.TO_PRIVATE if attributes else Direction.TO_SHARED) if standard else None
+    return Convert(
+        offset,
+        length,
+        to=to,
+        flags=flags,
+        attributes=None if standard else attributes,
+        reserved=reserved,
+        error_offset_in=error_offset_in,
+    )
 
 
 @st.composite
@@ -103,7 +125,7 @@ def scenarios(draw: st.DrawFn, series: str) -> dict[str, Any]:
     init = draw(st.sampled_from(["shared", "shared", "private"]))
     if platform == "default":
         init = "shared"  # a default VM has no private memory to start from
-    ops: list[Op] = []
+    ops: list[Operation] = []
     pinned: tuple[int, int] | None = None
     for _ in range(draw(st.integers(1, 10))):
         kind = draw(
@@ -119,32 +141,32 @@ def scenarios(draw: st.DrawFn, series: str) -> dict[str, Any]:
             offset = draw(st.integers(0, size + PAGE_SIZE - 1))
             length = draw(st.integers(1, 2 * PAGE_SIZE + 8))
             if kind == "host_write":
-                ops.append((kind, offset, draw(_payload(length))))
+                ops.append(HostWrite(offset, draw(_payload(length))))
             else:
-                ops.append((kind, offset, length))
+                ops.append(HostRead(offset, length))
         elif kind.startswith("guest_") and kind != "guest_request":
             offset = draw(st.integers(0, size - 1))
             length = draw(st.integers(1, min(size - offset, 2 * PAGE_SIZE + 8)))
             if kind == "guest_write":
-                ops.append((kind, offset, draw(_payload(length))))
+                ops.append(GuestWrite(offset, draw(_payload(length))))
             else:
-                ops.append((kind, offset, length))
+                ops.append(GuestRead(offset, length))
         elif kind == "punch_hole":
-            ops.append((kind, draw(_aligned(size)), draw(_length(size))))
+            ops.append(PunchHole(draw(_aligned(size)), draw(_length(size))))
         elif kind == "pin":
             if pinned is None:  # gup_test holds one pinned range at a time
                 first = draw(st.integers(0, pages - 1))
                 count = draw(st.integers(1, pages - first))
                 pinned = (first * PAGE_SIZE, count * PAGE_SIZE)
-                ops.append(("pin", *pinned))
+                ops.append(Pin(*pinned))
             else:
-                ops.append(("unpin", *pinned))
+                ops.append(Unpin(*pinned))
                 pinned = None
         else:
             first = draw(st.integers(0, pages - 1))
             count = draw(st.integers(1, pages - first))
             to = draw(st.sampled_from([Direction.TO_PRIVATE, Direction.TO_SHARED]))
-            ops.append((kind, first * PAGE_SIZE, count * PAGE_SIZE, to))
+            ops.append(GuestRequest(first * PAGE_SIZE, count * PAGE_SIZE, to))
     return {"platform": platform, "pages": pages, "init": init, "ops": ops}
 
 
@@ -154,17 +176,6 @@ def _payload(length: int) -> st.SearchStrategy[bytes]:
 
 
 # --- running and comparing ----------------------------------------------------------------------
-def apply(machine: Machine, op: Op) -> Outcome:
-    kind, *args = op
-    if kind == "convert":
-        offset, size, attributes, flags, reserved, error_offset_in = args
-        return machine.convert(
-            offset, size, attributes, flags, reserved=reserved, error_offset_in=error_offset_in
-        )
-    result: Outcome = getattr(machine, kind)(*args)
-    return result
-
-
 def observed(outcome: Outcome, mask: Outcome | None = None) -> dict[str, Any]:
     """What must agree; ``mask``'s origins blank out bytes the revision does not promise."""
     data = outcome.data
@@ -185,75 +196,25 @@ def observed(outcome: Outcome, mask: Outcome | None = None) -> dict[str, Any]:
     }
 
 
-def _finals(pages: int) -> list[Op]:
+def _finals(pages: int) -> list[Operation]:
     size = pages * PAGE_SIZE
-    return [("host_read", 0, size), *(("guest_read", p * PAGE_SIZE, PAGE_SIZE) for p in range(pages))]
+    return [HostRead(0, size), *(GuestRead(p * PAGE_SIZE, PAGE_SIZE) for p in range(pages))]
 
 
 # --- a disagreement as a scenario file ----------------------------------------------------------
-def _toml(value: Any) -> str:
-    if isinstance(value, int):
-        return hex(value) if value > 9 else str(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(value)
-
-
-def expectation(outcome: Outcome) -> str:
-    """The scenario-file expectation that the outcome satisfies exactly."""
-    if outcome.errno:
-        at = "none" if outcome.error_offset is None else hex(outcome.error_offset)
-        return f"{outcome.errno}@{at}"
-    if outcome.signal:
-        return outcome.signal
-    if outcome.exit:
-        reason = str(outcome.exit["reason"])
-        if reason == "MEMORY_FAULT":
-            private = outcome.exit.get("flags", 0) & (1 << 3)
-            return f"MEMORY_FAULT:{'private' if private else 'shared'}"
-        return "ok" if reason == "HYPERCALL" else reason
-    if outcome.skipped:
-        return "any"
-    if outcome.data is not None:
-        return "zeros" if outcome.data and not any(outcome.data) else outcome.data.hex()
-    return "ok"
-
-
-def scenario_toml(case: dict[str, Any], ops: list[Op], outcomes: list[Outcome], series: str) -> str:
+def scenario_toml(case: dict[str, Any], ops: list[Operation], outcomes: list[Outcome], series: str) -> str:
     """A scenario file replaying ``ops`` whose expectations are the kernel's outcomes."""
-    lines = [
-        f'name = "differential_{case["platform"]}_{series}"',
-        f'about = "A disagreement between the model and the {series} kernel, found by '
-        'tests/test_kernel_differential.py; expectations are what the kernel did."',
-        f'platforms = ["{case["platform"]}"]',
-        f'abi = "{series}"',
-        f"pages = {case['pages']}",
-        f'init = "{case["init"]}"',
-    ]
-    for op, outcome in zip(ops, outcomes, strict=False):
-        kind, *args = op
-        fields: dict[str, Any] = {"op": kind}
-        if kind in ("host_write", "guest_write"):
-            fields.update(offset=args[0], data=args[1].hex())
-        elif kind in ("host_read", "guest_read", "punch_hole", "pin", "unpin"):
-            fields.update(offset=args[0], size=args[1])
-        elif kind == "guest_request":
-            fields.update(offset=args[0], size=args[1], to=args[2].value.removeprefix("to_"))
-        elif kind == "convert":
-            offset, size, attributes, flags, reserved, error_offset_in = args
-            to = "private" if attributes == KVM_MEMORY_ATTRIBUTE_PRIVATE else "shared"
-            fields.update(offset=offset, size=size, to=to, flags=flags)
-            if attributes not in (0, KVM_MEMORY_ATTRIBUTE_PRIVATE):
-                fields["attributes"] = attributes
-            if reserved:
-                fields["reserved"] = list(reserved)
-            if error_offset_in:
-                fields["error_offset_in"] = error_offset_in
-        fields["expect"] = expectation(outcome)
-        lines += ["", "[[step]]", *(f"{k} = {_toml(v)}" for k, v in fields.items())]
-    return "\n".join(lines) + "\n"
+    head = {
+        "name": f"differential_{case['platform']}_{series}",
+        "about": f"A disagreement between the model and the {series} kernel, found by "
+        "tests/test_kernel_differential.py; expectations are what the kernel did.",
+        "platforms": [case["platform"]],
+        "abi": series,
+        "pages": case["pages"],
+        "init": case["init"],
+    }
+    steps = [{**op.fields(), "expect": expectation(o)} for op, o in zip(ops, outcomes, strict=False)]
+    return toml.document({**head, "step": steps})
 
 
 def run_both(case: dict[str, Any], series: str) -> None:
@@ -261,19 +222,20 @@ def run_both(case: dict[str, Any], series: str) -> None:
     size = case["pages"] * PAGE_SIZE
     model = ModelBackend().open(case["platform"], series, size, flags)
     kernel = KernelBackend().open(case["platform"], series, size, flags)
-    ops: list[Op] = [*case["ops"], *_finals(case["pages"])]
+    ops: list[Operation] = [*case["ops"], *_finals(case["pages"])]
     outcomes: list[Outcome] = []
     try:
         for number, op in enumerate(ops, start=1):
-            want = apply(model, op)
-            got = apply(kernel, op)
+            want = op.apply(model)
+            got = op.apply(kernel)
             outcomes.append(got)
             if observed(got, want) != observed(want, want):
-                toml = scenario_toml(case, ops[:number], outcomes, series)
-                note(toml)
+                text = scenario_toml(case, ops[:number], outcomes, series)
+                note(text)
                 raise AssertionError(
-                    f"step {number} ({op[0]}): kernel {observed(got, want)} != model {observed(want, want)}\n"
-                    f"--- scenario (expectations are the kernel's) ---\n{toml}"
+                    f"step {number} ({op.label()}): kernel {observed(got, want)} "
+                    f"!= model {observed(want, want)}\n"
+                    f"--- scenario (expectations are the kernel's) ---\n{text}"
                 )
     finally:
         model.close()
@@ -315,25 +277,26 @@ def _count_example() -> None:
 
 def test_a_disagreement_prints_as_a_scenario_that_replays(tmp_path: Path) -> None:
     """The printed file loads, and replaying it where the outcomes came from passes."""
-    ops: list[Op] = [
-        ("host_write", 10, b"\x41" * 20),
-        ("convert", 0, PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE, 0, (), PAGE_SIZE),
-        ("host_read", 0, 8),
-        ("convert", PAGE_SIZE, PAGE_SIZE, 0, 1 << 63, (0, 0, 7), 0),
-        ("pin", PAGE_SIZE, PAGE_SIZE),
-        ("convert", 0, 2 * PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE, 0, (), 0),
-        ("guest_request", 0, PAGE_SIZE, Direction.TO_SHARED),
-        ("guest_read", 8, 16),
+    to_private, to_shared = Direction.TO_PRIVATE, Direction.TO_SHARED
+    ops: list[Operation] = [
+        HostWrite(10, b"\x41" * 20),
+        Convert(0, PAGE_SIZE, to=to_private, flags=0, error_offset_in=PAGE_SIZE),
+        HostRead(0, 8),
+        Convert(PAGE_SIZE, PAGE_SIZE, to=to_shared, flags=1 << 63, reserved=(0, 0, 7)),
+        Pin(PAGE_SIZE, PAGE_SIZE),
+        Convert(0, 2 * PAGE_SIZE, to=to_private, flags=0),
+        GuestRequest(0, PAGE_SIZE, to_shared),
+        GuestRead(8, 16),
     ]
     case: dict[str, Any] = {"platform": "sw_protected", "pages": 2, "init": "shared", "ops": ops}
     shared = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
     model = ModelBackend().open("sw_protected", "v8", 2 * PAGE_SIZE, shared)
-    outcomes = [apply(model, op) for op in ops]
+    outcomes = [op.apply(model) for op in ops]
     model.close()
     path = tmp_path / "disagreement.toml"
     path.write_text(scenario_toml(case, ops, outcomes, "v8"))
     scenario = load(path)
-    assert [s.op for s in scenario.steps] == [op[0] for op in ops]
+    assert [s.operation for s in scenario.steps] == ops
     result = run(scenario, "sw_protected", ModelBackend(), "v8")
     assert result.passed, [(f.step.index, f.outcome) for f in result.failures]
     assert [expectation(o) for o in outcomes][2:6] == ["SIGBUS", "EINVAL@none", "ok", "EAGAIN@0x1000"]

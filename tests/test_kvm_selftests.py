@@ -51,7 +51,7 @@ def test_selftest_on_the_default_vm_until_conversion(scenario: Scenario) -> None
         for step in counted:
             if step.step.op.startswith("guest"):
                 assert step.outcome is not None and step.outcome.exit is not None
-                assert step.outcome.exit["gpa"] == GPA_BASE + step.step.offset
+                assert step.outcome.exit["gpa"] == GPA_BASE + step.step.operation.span[0]
             else:
                 assert step.passed, step.to_json()
     else:

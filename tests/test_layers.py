@@ -3,7 +3,8 @@ nothing but the standard library.
 
 From the bottom: the UAPI and the error types; the spec and the small shared helpers
 (input reading, terminal output, progress, JSON Schemas); the model and the kernel bindings,
-side by side and blind to each other; the backend seam over both; the tools (scenarios, the
+side by side and blind to each other; the backend seam over both; the operations over
+the seam; the tools (scenarios, the
 checker, the VMM handler, the VM runner); the tools built on tools (report, bench); the
 CLI. A module may import from its own package and from packages on lower layers only.
 """
@@ -34,14 +35,15 @@ LAYERS: dict[str, int] = {
     "model": 2,
     "kvm": 2,
     "backend": 3,
-    "scenario": 4,
-    "checker": 4,
-    "vmm": 4,
-    "vmrun": 4,
-    "report": 5,
-    "bench": 5,
-    "cli": 6,
-    "__main__": 7,
+    "ops": 4,
+    "scenario": 5,
+    "checker": 5,
+    "vmm": 5,
+    "vmrun": 5,
+    "report": 6,
+    "bench": 6,
+    "cli": 7,
+    "__main__": 8,
 }
 #: Third-party modules the package may import, each only inside a function that falls back
 #: or explains the missing extra (pyproject.toml's optional dependencies).

@@ -14,12 +14,12 @@ import pytest
 from guestmem import errors
 from guestmem.backend.base import Outcome
 from guestmem.backend.model import ModelMachine
-from guestmem.checker.ops import Op
 from guestmem.checker.properties import Monitor, Property, capture
 from guestmem.errors import IoctlError
 from guestmem.model import GuestMemfd, Vm
+from guestmem.ops import Convert
 from guestmem.spec import platforms, revisions
-from guestmem.spec.terms import Direction
+from guestmem.spec.terms import Direction, Policy
 from guestmem.uapi.kvm import (
     FALLOC_FL_KEEP_SIZE,
     GUEST_MEMFD_FLAG_INIT_SHARED,
@@ -281,7 +281,7 @@ def _mapped_and_pinned(platform: str = "sw_protected") -> ModelMachine:
 
 def test_efault_after_the_unmap_leaves_mappings_removed() -> None:
     machine = _mapped_and_pinned()
-    op = Op("convert", 0, 2 * PAGE, to="private", policy="preserve")
+    op = Convert(0, 2 * PAGE, to=Direction.TO_PRIVATE, policy=Policy.PRESERVE)
     before = capture(machine)
     with pytest.raises(IoctlError) as info:  # read-only argument: the write-back fails
         machine.gmem.set_memory_attributes2(bytes(raw(0, 2 * PAGE, PRIVATE, PRESERVE)))
@@ -297,7 +297,7 @@ def test_efault_after_the_unmap_leaves_mappings_removed() -> None:
 
 def test_efault_before_the_unmap_must_change_nothing() -> None:
     machine = _mapped_and_pinned("snp")  # S→P ZERO on SNP fails at step 9, before the unmap
-    op = Op("convert", 0, 2 * PAGE, to="private", policy="zero")
+    op = Convert(0, 2 * PAGE, to=Direction.TO_PRIVATE, policy=Policy.ZERO)
     before = capture(machine)
     with pytest.raises(IoctlError) as info:
         machine.gmem.set_memory_attributes2(bytes(raw(0, 2 * PAGE, PRIVATE, ZERO)))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from guestmem.backend.model import ModelBackend
+from guestmem.ops import Convert, HostWrite
 from guestmem.scenario import ScenarioError, load, run
 from guestmem.scenario.format import parse_number
 from guestmem.spec.terms import Direction, Policy
@@ -39,7 +40,7 @@ def test_good_file_parses(tmp_path: Path) -> None:
     assert scenario.platforms == ("sw_protected", "pkvm", "tdx", "snp", "cca", "default")
     assert scenario.abi == "seed"
     (only,) = scenario.steps
-    assert (only.op, only.offset, only.data) == ("host_write", 4096, bytes.fromhex("beefbeef"))
+    assert only.operation == HostWrite(4096, bytes.fromhex("beefbeef"))
     assert only.expect_for("tdx")[0].kind == "ok"
 
 
@@ -54,7 +55,9 @@ def test_convert_fields(tmp_path: Path) -> None:
             ),
         )
     )
-    s = scenario.steps[0]
+    parsed = scenario.steps[0]
+    s = parsed.operation
+    assert isinstance(s, Convert)
     assert (s.size, s.to, s.policy, s.flags, s.reserved, s.error_offset_in) == (
         8192,
         Direction.TO_PRIVATE,
@@ -63,9 +66,9 @@ def test_convert_fields(tmp_path: Path) -> None:
         (0, 16),
         4096,
     )
-    (tdx,) = s.expect_for("tdx")
+    (tdx,) = parsed.expect_for("tdx")
     assert (tdx.name, tdx.error_offset) == ("EOPNOTSUPP", 0)
-    ok, eagain = s.expect_for("snp")
+    ok, eagain = parsed.expect_for("snp")
     assert ok.kind == "ok" and (eagain.name, eagain.error_offset) == ("EAGAIN", 0x1000)
 
 

@@ -7,23 +7,11 @@ the file therefore passes every step before it and fails exactly there.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from guestmem.checker.explore import Counterexample, Exploration
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string: JSON escapes are TOML escapes
-    if isinstance(value, list):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
+from guestmem.ops import toml
 
 
 def file_name(exploration: Exploration, cx: Counterexample) -> str:
@@ -52,17 +40,12 @@ def to_toml(exploration: Exploration, cx: Counterexample) -> str:
         "pages": cx.pages,
         "init": cx.init,
     }
-    lines = [f"{k} = {_value(v)}" for k, v in head.items()]
-    for number, (op, expect, offset) in enumerate(
-        zip(cx.ops, cx.expects, cx.error_offsets, strict=True), start=1
-    ):
-        lines += ["", f"# step {number}" + (" — fails on replay" if number == cx.fails_at + 1 else "")]
-        lines.append("[[step]]")
-        fields = {**op.fields(), "expect": expect}
-        if offset is not None:
-            fields["error_offset"] = offset
-        lines += [f"{k} = {_value(v)}" for k, v in fields.items()]
-    return "\n".join(lines) + "\n"
+    steps = [{**op.fields(), "expect": expect} for op, expect in zip(cx.ops, cx.expects, strict=True)]
+    comments = [
+        f"step {number}" + (" — fails on replay" if number == cx.fails_at + 1 else "")
+        for number in range(1, len(steps) + 1)
+    ]
+    return toml.document({**head, "step": steps}, comments)
 
 
 def write(exploration: Exploration, cx: Counterexample, directory: Path) -> Path:

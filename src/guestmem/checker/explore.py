@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guestmem.backend.base import Outcome
-from guestmem.checker.ops import WORD, Op, alphabet, bind
+from guestmem.checker.ops import WORD, alphabet
 from guestmem.checker.properties import (
     Monitor,
     Property,
@@ -84,6 +84,7 @@ from guestmem.checker.properties import (
 )
 from guestmem.model.gmem import UNALLOCATED, PageRow
 from guestmem.model.provenance import FILL_PAGE, ZEROED_PAGE, Origin, keyed_bytes
+from guestmem.ops import Convert, GuestRead, HostRead, Launch, Operation, expectation
 from guestmem.spec import platforms, revisions
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions import Revision
@@ -120,8 +121,8 @@ class Counterexample:
 
     ``ops[-1]`` is where the monitor saw the violation (``detected`` is its index); for
     atomicity a ``witness`` operation follows that shows the change the failed call made.
-    ``expects`` hold what every step gave (the violating step: what it should have given,
-    ``error_offsets`` likewise); ``fails_at`` is the step ``guestmem run`` reports failing.
+    ``expects`` hold what every step gave, as scenario expectations (the violating step:
+    what it should have given); ``fails_at`` is the step ``guestmem run`` reports failing.
     """
 
     prop: Property
@@ -130,9 +131,8 @@ class Counterexample:
     abi: str
     pages: int
     init: str
-    ops: list[Op]
+    ops: list[Operation]
     expects: list[str]
-    error_offsets: list[int | None]
     message: str
     detected: int
     fails_at: int
@@ -150,10 +150,7 @@ class Counterexample:
             "length": self.length,
             "fails_at_step": self.fails_at + 1,
             "message": self.message,
-            "steps": [
-                {**op.fields(), "expect": e, **({"error_offset": o} if o is not None else {})}
-                for op, e, o in zip(self.ops, self.expects, self.error_offsets, strict=True)
-            ],
+            "steps": [{**op.fields(), "expect": e} for op, e in zip(self.ops, self.expects, strict=True)],
         }
 
 
@@ -290,10 +287,10 @@ class Explorer:
         self.keyed = self.symmetry and not symmetric(self.platform, self.revision)
         self.ops = alphabet(pages, self.revision.name)
         self.machine = open_machine(self.platform, self.revision, pages, "shared")
-        self.calls: list[Callable[[], Outcome]] = [bind(op, self.machine) for op in self.ops]
+        self.calls: list[Callable[[], Outcome]] = [op.bind(self.machine) for op in self.ops]
         #: The page a local operation names (None: the step runs the model every time).
         self.local: list[int | None] = [
-            op.pages[0] if memo and op.name != "launch" and len(op.pages) == 1 else None for op in self.ops
+            op.pages[0] if memo and len(op.pages) == 1 else None for op in self.ops
         ]
         #: Conversions of a range, remembered by the state with keyed bytes left out
         #: (:meth:`remake`); off with ``memo=False``.
@@ -301,7 +298,7 @@ class Explorer:
         self.monitor = Monitor(self.platform, self.revision)
         #: Conversions of more than one page.
         self.ranged = frozenset(
-            i for i, op in enumerate(self.ops) if op.name == "convert" and len(op.pages) > 1
+            i for i, op in enumerate(self.ops) if isinstance(op, Convert) and len(op.pages) > 1
         )
         self.memo: dict[tuple[int, bool, PageRow], Learned] = {}
         #: Local steps on a keyed page that kept the page and saw no violation, by the row
@@ -333,7 +330,8 @@ class Explorer:
         made: (origin, direction, the bytes it replaced, or their name if they were made
         so too). Keyed bytes depend on the old bytes only, so the name is a function of
         the page, the same in every process."""
-        direction = self.ops[index].to
+        to = getattr(self.ops[index], "to", None)
+        direction = "" if to is None else to.side
         for old, new in zip(before, after, strict=True):
             page = new[2]
             if page is old[2] or not page or page in self.terms:
@@ -380,7 +378,7 @@ class Explorer:
             if q != page and a != b:
                 raise NotLocal(f"{self.ops[index]} changed page {q}, outside its range")
         row = rows[page] if new_rows[page] == rows[page] else new_rows[page]
-        ok_convert = self.ops[index].name == "convert" and outcome.errno is None
+        ok_convert = isinstance(self.ops[index], Convert) and outcome.errno is None
         learned = (new[0], row, tuple(violations), ok_convert)
         old = rows[page]
         self.memo[index, running, old] = learned
@@ -405,7 +403,9 @@ class Explorer:
         if violations:
             return None
         key = self.machine.vm.key
-        direction = (Direction.TO_PRIVATE if self.ops[index].to == "private" else Direction.TO_SHARED).value
+        op = self.ops[index]
+        assert isinstance(op, Convert), "only conversions of a range have recipes"
+        direction = op.direction.value
         pages: list[Any] = []
         for i, (old, now) in enumerate(zip(state[1], new[1], strict=True)):
             was: Any = old[2]
@@ -644,27 +644,30 @@ class Explorer:
         trace = record_trace(self.platform, self.revision, ops, pages=self.pages, init=init)
         replayed = [v for v in check_trace(trace, self.platform, self.revision) if v.prop is violation.prop]
         assert replayed and replayed[0].step == len(ops) - 1, f"{violation.prop} did not replay"
-        expects = [_expect(r.outcome) for r in trace]
-        offsets = [r.outcome.error_offset if r.outcome.errno else None for r in trace]
+        expects = [expectation(r.outcome) for r in trace]
         detected = len(ops) - 1
         fails_at, witness = detected, False
         if violation.prop is Property.POLICY:  # the next reader's read shows it
             assert violation.expect is not None and violation.error_offset is not None
-            for op in self._next_read(ops[-1], violation.error_offset, trace[-1].after):
+            conversion = ops[-1]
+            assert isinstance(conversion, Convert)
+            for op in self._next_read(conversion, violation.error_offset, trace[-1].after):
                 ops.append(op)
                 expects.append("ok")
-                offsets.append(None)
             expects[-1] = violation.expect
             fails_at, witness = len(ops) - 1, True
         elif violation.expect is not None:
-            expects[-1], offsets[-1] = violation.expect, violation.error_offset
+            expects[-1] = violation.expect
+            if violation.error_offset is not None:
+                expects[-1] += f"@{violation.error_offset:#x}"
+            elif violation.prop is Property.REPORTING:  # no error_offset may be written back
+                expects[-1] += "@none"
         else:  # atomicity: show the change with one more operation
             found = self._witness(trace[-1].before, trace[-1].after, ops[-1])
             if found is not None:
-                op, expect, offset = found
+                op, expect = found
                 ops.append(op)
                 expects.append(expect)
-                offsets.append(offset)
                 fails_at, witness = detected + 1, True
         return Counterexample(
             violation.prop,
@@ -675,29 +678,29 @@ class Explorer:
             init,
             ops,
             expects,
-            offsets,
             violation.message,
             detected,
             fails_at,
             witness,
         )
 
-    def _next_read(self, conversion: Op, page: int, after: State) -> list[Op]:
+    def _next_read(self, conversion: Convert, page: int, after: State) -> list[Operation]:
         """The next reader's read of ``page``'s first word (launching first if the guest
         reads and cannot run yet)."""
         offset = page * PAGE_SIZE
-        if conversion.to == "shared":
-            return [Op("host_read", offset, WORD)]
-        read = Op("guest_read", offset, WORD)
+        if conversion.direction is Direction.TO_SHARED:
+            return [HostRead(offset, WORD)]
+        read = GuestRead(offset, WORD)
         if self.platform.launch and after.phase is Phase.PRE_LAUNCH:
-            return [Op("launch"), read]
+            return [Launch(), read]
         return [read]
 
-    def _witness(self, before: State, after: State, failed: Op) -> tuple[Op, str, int | None] | None:
+    def _witness(self, before: State, after: State, failed: Operation) -> tuple[Operation, str] | None:
         """The first operation whose outcome differs between the state a failed call
         should have left (``before``, minus the host mappings ``EAGAIN`` removes) and the
         state it did leave."""
-        pages = failed.pages if failed.name == "convert" and failed.to == "private" else range(0)
+        converts = isinstance(failed, Convert) and failed.direction is Direction.TO_PRIVATE
+        pages = failed.pages if converts else range(0)
         expected = before._replace(ptes=tuple(tuple(p for p in m if p not in pages) for m in before.ptes))
         if expected == after:
             expected = before
@@ -709,7 +712,7 @@ class Explorer:
             restore(machine, after)
             got = call()
             if want != got:
-                return op, _expect(want), want.error_offset if want.errno else None
+                return op, expectation(want)
         return None
 
 
@@ -724,19 +727,6 @@ def _ticker(
 
     tick(0)
     return tick
-
-
-def _expect(outcome: Outcome) -> str:
-    """An outcome as a scenario ``expect``."""
-    if outcome.errno is not None:
-        return outcome.errno
-    if outcome.signal is not None:
-        return outcome.signal
-    if outcome.exit is not None and outcome.exit.get("reason") == "MEMORY_FAULT":
-        return "MEMORY_FAULT"
-    if outcome.data is not None:
-        return outcome.data.hex()
-    return "ok"
 
 
 _ACTIVE: tuple[Explorer, list[Key], set[Key]] | None = None

@@ -1,20 +1,30 @@
-"""Operations the checker applies: one scenario step each, and the exploration alphabet.
+"""The exploration alphabet: the operations ``guestmem explore`` tries in every state.
 
-An :class:`Op` is exactly a scenario step (the ``[[step]]`` fields of a scenario file), so
-a counterexample is written out as the steps that produced it and replays through
-``guestmem run`` unchanged. :func:`alphabet` is the small set of operations that
-``guestmem explore`` tries in every state (the issue's alphabet suggestion).
+The operations are :mod:`guestmem.ops`'s, so a counterexample is written out as the
+steps that produced it and replays through ``guestmem run`` unchanged. The alphabet is
+small and symmetric under page permutations: every page-wide operation exists for every
+page. The properties it is searched for are docs/semantics.md §5's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
-
-from guestmem.backend.base import Machine, Outcome
+from guestmem.ops import (
+    Convert,
+    DeleteMemslot,
+    GuestRead,
+    GuestRequest,
+    GuestWrite,
+    HostRead,
+    HostWrite,
+    Launch,
+    Operation,
+    Pin,
+    PunchHole,
+    Unpin,
+)
 from guestmem.spec import revisions
 from guestmem.spec.terms import Direction, Policy
-from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE
+from guestmem.uapi.kvm import PAGE_SIZE
 
 #: Bytes a read returns, from the start of a page: one 64-bit word.
 WORD = 8
@@ -22,99 +32,16 @@ WORD = 8
 VALUES = (0x11, 0x22)
 #: Policies in the order the alphabet tries them; ones decoding alike are tried once.
 POLICIES = (Policy.DEFAULT, Policy.ZERO, Policy.PRESERVE, Policy.NONE)
+#: Operation classes the alphabet draws from.
+ALPHABET = (Launch, HostWrite, GuestWrite, GuestRequest, Convert, PunchHole, Pin, Unpin, HostRead, GuestRead)
+#: Operation classes the search leaves out, and why.
+NOT_EXPLORED = {
+    DeleteMemslot: "the search state is the launch phase and the pages; a deleted memslot is "
+    "neither, and no property of docs/semantics.md §5 depends on it",
+}
 
 
-class Op(NamedTuple):
-    """One step: ``name`` is the scenario ``op``; unused fields keep their defaults."""
-
-    name: str
-    offset: int = 0
-    size: int = 0
-    data: bytes = b""
-    to: str = ""  # convert, guest_request: "private" | "shared"
-    policy: str = ""  # convert: zero | preserve | none | default
-    access: str | None = None  # guest accesses: "private" | "shared" | None (current)
-
-    @property
-    def pages(self) -> range:
-        """Page indices the operation names."""
-        end = self.offset + (self.size or len(self.data))
-        return range(self.offset // PAGE_SIZE, -(-end // PAGE_SIZE))
-
-    @property
-    def direction(self) -> Direction:
-        return Direction.TO_PRIVATE if self.to == "private" else Direction.TO_SHARED
-
-    def fields(self) -> dict[str, Any]:
-        """The scenario step's fields (without ``expect``), as ``guestmem run`` reads them."""
-        out: dict[str, Any] = {"op": self.name}
-        if self.name == "launch":
-            return out
-        out["offset"] = self.offset
-        if self.name in ("host_write", "guest_write"):
-            uniform = len(self.data) > 1 and self.data == self.data[:1] * len(self.data)
-            if uniform:
-                out["data"], out["repeat"] = self.data[:1].hex(), len(self.data)
-            else:
-                out["data"] = self.data.hex()
-        else:
-            out["size"] = self.size
-        if self.to:
-            out["to"] = self.to
-        if self.policy:
-            out["policy"] = self.policy
-        if self.access:
-            out["as"] = self.access
-        return out
-
-    def __str__(self) -> str:
-        if self.name == "launch":
-            return "launch"
-        where = f"[{self.offset:#x}, +{self.size or len(self.data):#x})"
-        extra = [f"data={_short(self.data)}"] if self.data else []
-        extra += [f"to {self.to}"] if self.to else []
-        extra += [self.policy] if self.policy else []
-        extra += [f"as {self.access}"] if self.access else []
-        return " ".join([self.name, where, *extra])
-
-
-def _short(data: bytes) -> str:
-    """``data`` as hex, a run of one byte as ``11 × 4096``."""
-    if len(data) > 16 and data == data[:1] * len(data):
-        return f"{data[:1].hex()} × {len(data)}"
-    return data.hex()
-
-
-def bind(op: Op, machine: Machine) -> Callable[[], Outcome]:
-    """A call that applies ``op`` to ``machine`` and returns its :class:`Outcome`."""
-    name, offset, size = op.name, op.offset, op.size
-    if name == "host_write":
-        return lambda: machine.host_write(offset, op.data)
-    if name == "host_read":
-        return lambda: machine.host_read(offset, size)
-    if name == "guest_write":
-        return lambda: machine.guest_write(offset, op.data, op.access)
-    if name == "guest_read":
-        return lambda: machine.guest_read(offset, size, op.access)
-    if name == "convert":
-        attributes = KVM_MEMORY_ATTRIBUTE_PRIVATE if op.to == "private" else 0
-        flags = revisions.get(machine.abi).encode(Policy(op.policy))
-        return lambda: machine.convert(offset, size, attributes, flags)
-    if name == "punch_hole":
-        return lambda: machine.punch_hole(offset, size)
-    if name == "pin":
-        return lambda: machine.pin(offset, size)
-    if name == "unpin":
-        return lambda: machine.unpin(offset, size)
-    if name == "launch":
-        return machine.launch
-    if name == "guest_request":
-        direction = op.direction
-        return lambda: machine.guest_request(offset, size, direction)
-    raise ValueError(f"unknown operation {name!r}")
-
-
-def alphabet(pages: int, abi: str) -> list[Op]:
+def alphabet(pages: int, abi: str) -> list[Operation]:
     """Every operation ``explore`` tries in a state, over ``pages`` pages.
 
     Writes fill a whole page with one of :data:`VALUES` (so a page holds one value of
@@ -127,24 +54,24 @@ def alphabet(pages: int, abi: str) -> list[Op]:
     revision = revisions.get(abi)
     whole = [(0, pages * PAGE_SIZE)] if pages > 1 else []
     ranges = [(p * PAGE_SIZE, PAGE_SIZE) for p in range(pages)] + whole
-    ops: list[Op] = [Op("launch")]
-    for name in ("host_write", "guest_write"):
-        ops += [Op(name, p * PAGE_SIZE, data=bytes([v]) * PAGE_SIZE) for p in range(pages) for v in VALUES]
+    ops: list[Operation] = [Launch()]
+    for write in (HostWrite, GuestWrite):
+        ops += [write(p * PAGE_SIZE, bytes([v]) * PAGE_SIZE) for p in range(pages) for v in VALUES]
     ops += [
-        Op("guest_request", p * PAGE_SIZE, PAGE_SIZE, to=to)
+        GuestRequest(p * PAGE_SIZE, PAGE_SIZE, to)
         for p in range(pages)
-        for to in ("shared", "private")
+        for to in (Direction.TO_SHARED, Direction.TO_PRIVATE)
     ]
     for o, s in ranges:
-        for to in ("private", "shared"):
+        for to in (Direction.TO_PRIVATE, Direction.TO_SHARED):
             seen: set[object] = set()
             for policy in POLICIES:
                 decoded = revision.decode(revision.encode(policy))
                 if decoded not in seen:
                     seen.add(decoded)
-                    ops.append(Op("convert", o, s, to=to, policy=policy.value))
-    for name in ("punch_hole", "pin", "unpin"):
-        ops += [Op(name, p * PAGE_SIZE, PAGE_SIZE) for p in range(pages)]
-    ops += [Op("host_read", p * PAGE_SIZE, WORD) for p in range(pages)]
-    ops += [Op("guest_read", p * PAGE_SIZE, WORD) for p in range(pages)]
+                    ops.append(Convert(o, s, to=to, policy=policy))
+    for each in (PunchHole, Pin, Unpin):
+        ops += [each(p * PAGE_SIZE, PAGE_SIZE) for p in range(pages)]
+    ops += [HostRead(p * PAGE_SIZE, WORD) for p in range(pages)]
+    ops += [GuestRead(p * PAGE_SIZE, WORD) for p in range(pages)]
     return ops

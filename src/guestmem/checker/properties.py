@@ -39,9 +39,10 @@ from typing import NamedTuple
 
 from guestmem.backend.base import Outcome
 from guestmem.backend.model import ModelMachine
-from guestmem.checker.ops import WORD, Op, bind
-from guestmem.model.gmem import SHARE_REQUESTED, UNSHARE_REQUESTED, RangeKey
+from guestmem.checker.ops import WORD
+from guestmem.model.gmem import REQUEST_FOR, RangeKey
 from guestmem.model.provenance import FILL_PAGE, ZERO_BYTES, Page
+from guestmem.ops import Convert, Operation
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions import Revision
 from guestmem.spec.terms import Direction, Effect, Phase, Policy
@@ -116,7 +117,7 @@ def restore(machine: ModelMachine, state: State) -> None:
 class Record(NamedTuple):
     """One step of a trace."""
 
-    op: Op
+    op: Operation
     outcome: Outcome
     before: State
     after: State
@@ -141,7 +142,6 @@ class Violation:
 
 FILL_BYTES = FILL_PAGE[0]
 _CALLS = frozenset({"convert", "punch_hole", "pin", "unpin", "launch", "guest_request"})
-_WANTED = {Direction.TO_SHARED: SHARE_REQUESTED, Direction.TO_PRIVATE: UNSHARE_REQUESTED}
 
 
 class Monitor:
@@ -151,10 +151,17 @@ class Monitor:
     def __init__(self, platform: Platform, revision: Revision) -> None:
         self.platform = platform
         self.revision = revision
-        self._promises: dict[tuple[Op, Phase], Effect | None] = {}
+        self._promises: dict[tuple[Convert, Phase], Effect | None] = {}
 
     def observe(
-        self, op: Op, outcome: Outcome, before: State, after: State, step: int = 0, *, pins: bool = True
+        self,
+        op: Operation,
+        outcome: Outcome,
+        before: State,
+        after: State,
+        step: int = 0,
+        *,
+        pins: bool = True,
     ) -> list[Violation]:
         """The violations ``op`` shows. With ``pins`` False the one check that looks at
         pages outside ``op``'s range (a private page holding a pin, after a successful
@@ -164,7 +171,7 @@ class Monitor:
         if name in _CALLS:
             if outcome.errno is not None:
                 self._failed_call(op, outcome, before, after, step, found)
-            elif name == "convert":
+            elif isinstance(op, Convert):
                 if pins:
                     pinned = [p for p, count in after.pins if count and after.private(p)]
                     found += self.pinned_private(pinned, step)
@@ -186,7 +193,7 @@ class Monitor:
                 leaked = [(a, b) for a, b, label in outcome.origins or () if label == "guest_private"]
                 if leaked:
                     a, b = leaked[0]
-                    plain = outcome.data[a - op.offset : b - op.offset]
+                    plain = outcome.data[a - op.span[0] : b - op.span[0]]
                     found.append(
                         Violation(
                             Property.CONFIDENTIALITY,
@@ -204,7 +211,7 @@ class Monitor:
             ]
             if injected:
                 a, b = injected[0]
-                forged = outcome.data[a - op.offset : b - op.offset]
+                forged = outcome.data[a - op.span[0] : b - op.span[0]]
                 found.append(
                     Violation(
                         Property.INTEGRITY,
@@ -224,7 +231,7 @@ class Monitor:
 
     # --- atomicity and reporting ---------------------------------------------------------------
     def _failed_call(
-        self, op: Op, outcome: Outcome, before: State, after: State, step: int, found: list[Violation]
+        self, op: Operation, outcome: Outcome, before: State, after: State, step: int, found: list[Violation]
     ) -> None:
         unmapped = outcome.errno in ("EAGAIN", "EFAULT") and self._reached_unmap(op, before)
         expected_ptes = (
@@ -246,7 +253,7 @@ class Monitor:
                     None,
                 )
             )
-        if op.name == "convert":
+        if isinstance(op, Convert):
             expected = self._error_offset(op, outcome.errno, before)
             if outcome.error_offset != expected:
                 got = "none" if outcome.error_offset is None else f"{outcome.error_offset:#x}"
@@ -261,30 +268,34 @@ class Monitor:
                     )
                 )
 
-    def _reached_unmap(self, op: Op, before: State) -> bool:
+    def _reached_unmap(self, op: Operation, before: State) -> bool:
         """Whether to-private ``op`` passed every check before the unmap (§4 steps 9-10a)
         and then found a pinned page: the only way it fails after unmapping. The
         checker's operations always carry valid arguments, so checks 1-8 pass."""
-        if op.name != "convert" or op.to != "private":
+        if not isinstance(op, Convert) or op.direction is not Direction.TO_PRIVATE:
             return False
         revision, direction = self.revision, op.direction
-        policy = revision.decode(revision.encode(Policy(op.policy)))
+        policy = revision.decode(self._flags(op))
         if policy is None or revision.effect(self.platform, direction, policy, before.phase) is None:
             return False
         if revision.early_return and all(before.private(p) for p in op.pages):
             return False
         if revision.needs_consent(self.platform, before.phase) and any(
-            before.request(p) != _WANTED[direction] for p in op.pages
+            before.request(p) != REQUEST_FOR[direction] for p in op.pages
         ):
             return False
         return self._error_offset(op, "EAGAIN", before) is not None
 
+    def _flags(self, op: Convert) -> int:
+        """The ``flags`` ``op`` passes under the monitored revision."""
+        return self.revision.encode(op.policy or Policy.DEFAULT) if op.flags is None else op.flags
+
     @staticmethod
-    def _error_offset(op: Op, errno_name: str | None, before: State) -> int | None:
+    def _error_offset(op: Convert, errno_name: str | None, before: State) -> int | None:
         if errno_name == "EOPNOTSUPP":
             return op.offset
         if errno_name == "EPERM":
-            wanted = _WANTED[op.direction]
+            wanted = REQUEST_FOR[op.direction]
             missing = [p for p in op.pages if before.request(p) != wanted]
             return missing[0] << PAGE_SHIFT if missing else None
         if errno_name == "EAGAIN":
@@ -310,7 +321,7 @@ class Monitor:
         ]
 
     # --- policy --------------------------------------------------------------------------------
-    def promised(self, op: Op, phase: Phase) -> Effect | None:
+    def promised(self, op: Convert, phase: Phase) -> Effect | None:
         """The guarantee a successful conversion ``op`` gives (None: no promise, §2)."""
         try:
             return self._promises[op, phase]
@@ -318,15 +329,15 @@ class Monitor:
             effect = self._promises[op, phase] = self._promise(op, phase)
             return effect
 
-    def _promise(self, op: Op, phase: Phase) -> Effect | None:
+    def _promise(self, op: Convert, phase: Phase) -> Effect | None:
         revision, direction = self.revision, op.direction
-        decoded = revision.decode(revision.encode(Policy(op.policy)))
+        decoded = revision.decode(self._flags(op))
         if decoded is None or not revision.guaranteed(self.platform, direction, decoded):
             return None
         effect = revision.effect(self.platform, direction, decoded, phase)
         return effect if effect in (Effect.ZEROS, Effect.FILL_AB, Effect.PRESERVED) else None
 
-    def _policy(self, op: Op, before: State, after: State, step: int, found: list[Violation]) -> None:
+    def _policy(self, op: Convert, before: State, after: State, step: int, found: list[Violation]) -> None:
         """What the next reader of each allocated page will see is what was promised.
 
         The model's readers see a page's stored bytes, so the check reads them from the
@@ -377,14 +388,19 @@ def open_machine(platform: str | Platform, abi: str | Revision, pages: int, init
 
 
 def record_trace(
-    platform: str | Platform, abi: str | Revision, ops: Sequence[Op], *, pages: int = 2, init: str = "shared"
+    platform: str | Platform,
+    abi: str | Revision,
+    ops: Sequence[Operation],
+    *,
+    pages: int = 2,
+    init: str = "shared",
 ) -> list[Record]:
     """Run ``ops`` on a fresh model machine and record every step."""
     machine = open_machine(platform, abi, pages, init)
     trace: list[Record] = []
     for op in ops:
         before = capture(machine)
-        outcome = bind(op, machine)()
+        outcome = op.apply(machine)
         trace.append(Record(op, outcome, before, capture(machine)))
     return trace
 

@@ -55,7 +55,7 @@ ARG_SIZE = ctypes.sizeof(KvmMemoryAttributes2)
 _U64 = 1 << 64
 #: Guest requests, per page: none, share (for P→S), unshare (for S→P).
 NO_REQUEST, SHARE_REQUESTED, UNSHARE_REQUESTED = 0, 1, 2
-_REQUEST_FOR = {Direction.TO_SHARED: SHARE_REQUESTED, Direction.TO_PRIVATE: UNSHARE_REQUESTED}
+REQUEST_FOR = {Direction.TO_SHARED: SHARE_REQUESTED, Direction.TO_PRIVATE: UNSHARE_REQUESTED}
 
 #: Inode numbers: every guest_memfd is a file of its own (guest_memfd_test).
 _INODES = itertools.count(1)
@@ -482,7 +482,7 @@ class GuestMemfd:
         lo, hi = self._page_span(offset, size, "KVM_HC_MAP_GPA_RANGE")
         if hi > self.npages:
             raise IoctlError(errno.EINVAL, "KVM_HC_MAP_GPA_RANGE")
-        self.requests.set(lo, hi, _REQUEST_FOR[Direction(to)])
+        self.requests.set(lo, hi, REQUEST_FOR[Direction(to)])
 
     # --- the conversion ioctl --------------------------------------------------------------------
     def convert(self, offset: int, size: int, to: Direction | str, flags: int = 0, **fields: int) -> None:
@@ -551,7 +551,7 @@ class GuestMemfd:
         if effect is None:
             self._fail(view, errno.EOPNOTSUPP, offset)
         # 10. consent (pKVM once running)
-        wanted = _REQUEST_FOR[direction]
+        wanted = REQUEST_FOR[direction]
         if revision.needs_consent(platform, vm.phase):
             missing = self.requests.first_not(lo, hi, wanted)
             if missing is not None:

@@ -160,15 +160,9 @@ def seen(view: PageView) -> Seen:
 
 
 def touched(step: Step, npages: int) -> range:
-    """The pages a step's range covers (none for ``launch``)."""
-    if step.op == "launch":
-        return range(0)
-    length = step.size if step.size else len(step.data or b"")
-    if length <= 0:
-        return range(0)
-    first = step.offset // PAGE_SIZE
-    last = (step.offset + length - 1) // PAGE_SIZE
-    return range(max(first, 0), min(last + 1, npages))
+    """The pages a step's range covers, within the file (none for ``launch``)."""
+    pages = step.operation.pages
+    return range(max(pages.start, 0), min(pages.stop, npages))
 
 
 def _page_cell(page: int, view: PageView, hit: bool) -> str:

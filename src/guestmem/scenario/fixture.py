@@ -21,10 +21,10 @@ from typing import Any
 
 from guestmem import inputs, schemas
 from guestmem.backend.base import Outcome
+from guestmem.ops import expectation
 from guestmem.scenario.expect import NOT_WRITTEN, Expect, matches
 from guestmem.scenario.format import Scenario, ScenarioError, from_dict
 from guestmem.scenario.runner import RunResult, StepResult
-from guestmem.uapi.kvm import KVM_MEMORY_EXIT_FLAG_PRIVATE
 
 VERSION = 1
 #: The fields of a fixture document.
@@ -37,35 +37,13 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 KEYED = frozenset({"ciphertext", "garbage", "random"})
 
 
-def render(outcome: Outcome) -> str:
-    """An outcome written as the expectation that matches exactly it."""
-    if outcome.errno is not None:
-        where = "none" if outcome.error_offset is None else f"{outcome.error_offset:#x}"
-        return f"{outcome.errno}@{where}"
-    if outcome.signal is not None:
-        return outcome.signal
-    if outcome.exit is not None:
-        if outcome.exit.get("reason") == "HYPERCALL":
-            return "HYPERCALL"
-        private = int(outcome.exit.get("flags", 0)) & KVM_MEMORY_EXIT_FLAG_PRIVATE
-        return "MEMORY_FAULT:private" if private else "MEMORY_FAULT:shared"
-    data = outcome.data
-    if data is None:
-        return "ok"
-    if data and not any(data):
-        return "zeros"
-    if len(data) > 1 and data == data[:1] * len(data):
-        return f"fill:{data[:1].hex()}"
-    return data.hex()
-
-
 def allowed(step: StepResult) -> list[str]:
     """The outcomes a replay may show for this step (see the module docstring)."""
     outcome = step.outcome
     assert outcome is not None
     keyed = any(label in KEYED for _a, _b, label in outcome.origins or ())
     if all(e.kind in ("ok", "any") for e in step.expect) and not keyed:
-        return [render(outcome)]
+        return [expectation(outcome)]
     return [str(_tighten(e, outcome)) for e in step.expect]
 
 

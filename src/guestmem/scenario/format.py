@@ -16,6 +16,7 @@ from typing import Any
 
 from guestmem import inputs
 from guestmem.backend.base import GUEST_WINDOW, MAX_PAGES
+from guestmem.ops import OPERATIONS, Operation
 from guestmem.scenario.expect import NOT_WRITTEN, Expect, parse
 from guestmem.spec import platforms, revisions
 from guestmem.spec.terms import Direction, Policy
@@ -24,20 +25,7 @@ from guestmem.uapi.kvm import PAGE_SIZE
 _U64 = 1 << 64
 #: Fields each op accepts (besides ``op``, ``expect`` and ``error_offset``), and which are required.
 OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "host_write": (("offset", "data", "repeat", "mapping"), ("offset", "data")),
-    "host_read": (("offset", "size", "mapping"), ("offset", "size")),
-    "guest_write": (("offset", "data", "repeat", "as"), ("offset", "data")),
-    "guest_read": (("offset", "size", "as"), ("offset", "size")),
-    "convert": (
-        ("offset", "size", "to", "policy", "flags", "attributes", "reserved", "error_offset_in"),
-        ("offset", "size"),
-    ),
-    "punch_hole": (("offset", "size"), ("offset", "size")),
-    "pin": (("offset", "size"), ("offset", "size")),
-    "unpin": (("offset", "size"), ("offset", "size")),
-    "launch": ((), ()),
-    "delete_memslot": ((), ()),
-    "guest_request": (("offset", "size", "to"), ("offset", "size", "to")),
+    name: (cls.FIELDS, cls.REQUIRED) for name, cls in OPERATIONS.items()
 }
 TOP_LEVEL = ("name", "about", "platforms", "abi", "pages", "init", "step")
 #: Limits checked before anything runs (docs/scenarios.md, *Limits*), with ``MAX_PAGES``
@@ -57,22 +45,10 @@ class Step:
     """One action. ``expect`` maps a platform name (or ``"*"``) to the acceptable results."""
 
     index: int
-    op: str
+    operation: Operation
     expect: Mapping[str, tuple[Expect, ...]]
     #: ``expect_abi``: per revision, a table like ``expect`` that replaces it under that revision.
     expect_abi: Mapping[str, Mapping[str, tuple[Expect, ...]]] = field(default_factory=dict)
-    offset: int = 0
-    size: int = 0
-    data: bytes = b""
-    access: str | None = None
-    to: Direction | None = None
-    policy: Policy | None = None
-    flags: int | None = None
-    attributes: int | None = None
-    reserved: tuple[int, ...] = ()
-    error_offset_in: int = 0
-    #: Which host mapping a host access goes through: 0, the VMM's; 1, a second process's.
-    mapping: int = 0
     #: The step as written (for fixtures and reports).
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -82,32 +58,18 @@ class Step:
         return table.get(platform) or table["*"]
 
     @property
+    def op(self) -> str:
+        """The operation's scenario name."""
+        return self.operation.name
+
+    @property
     def side(self) -> str:
         """Who acts: ``host``, ``guest`` or ``vmm``."""
-        return self.op.split("_")[0] if self.op.startswith(("host_", "guest_")) else "vmm"
+        return self.operation.side
 
     def label(self) -> str:
         """``convert 0x0+0x1000 to private (preserve)`` and the like."""
-        parts = [self.op]
-        if self.op not in ("launch", "delete_memslot"):
-            parts.append(f"{self.offset:#x}+{(self.size or len(self.data)):#x}")
-        if self.access:
-            parts.append(f"as {self.access}")
-        if self.mapping:
-            parts.append(f"through mapping {self.mapping}")
-        if self.to is not None:
-            parts.append(f"to {self.to.value.removeprefix('to_')}")
-        if self.flags is not None:
-            parts.append(f"flags={self.flags:#x}")
-        elif self.policy is not None:
-            parts.append(f"({self.policy.value})")
-        if self.attributes is not None:
-            parts.append(f"attributes={self.attributes:#x}")
-        if any(self.reserved):
-            parts.append("reserved!=0")
-        if self.error_offset_in:
-            parts.append(f"error_offset_in={self.error_offset_in:#x}")
-        return " ".join(parts)
+        return self.operation.label()
 
 
 @dataclass(frozen=True)
@@ -307,7 +269,8 @@ def _step(raw: Any, n: int, where: str, applies: Sequence[str], pages: int, plat
         e.kind == "errno" for t in tables for alts in t.values() for e in alts
     ):
         raise bad("error_offset", "only meaningful with an errno expectation")
-    return Step(index=n, op=op, expect=expect, expect_abi=by_abi, raw=dict(raw), **fields)
+    operation = OPERATIONS[op].from_fields(fields)
+    return Step(index=n, operation=operation, expect=expect, expect_abi=by_abi, raw=dict(raw))
 
 
 def _convert_fields(raw: Mapping[str, Any], fields: dict[str, Any], bad: Any, number: Any) -> None:

@@ -22,12 +22,9 @@ from guestmem.backend.base import MAX_PAGES, Backend, Machine, Outcome, Unavaila
 from guestmem.errors import IoctlError
 from guestmem.scenario.expect import Expect, matches
 from guestmem.scenario.format import Scenario, ScenarioError, Step
-from guestmem.spec import revisions
-from guestmem.spec.terms import Direction
 from guestmem.uapi.kvm import (
     GUEST_MEMFD_FLAG_INIT_SHARED,
     GUEST_MEMFD_FLAG_MMAP,
-    KVM_MEMORY_ATTRIBUTE_PRIVATE,
     PAGE_SHIFT,
     PAGE_SIZE,
 )
@@ -184,56 +181,6 @@ def gmem_flags(scenario: Scenario) -> int:
     return GUEST_MEMFD_FLAG_MMAP | (GUEST_MEMFD_FLAG_INIT_SHARED if scenario.init == "shared" else 0)
 
 
-def perform(machine: Machine, step: Step, abi: str) -> Outcome:
-    """Do one step on ``machine``. The policy's flags come from the revision; raw
-    ``flags``/``attributes`` override."""
-    op = step.op
-    if op == "host_write":
-        if step.mapping:
-            return machine.host_write(step.offset, step.data, mapping=step.mapping)
-        return machine.host_write(step.offset, step.data)
-    if op == "host_read":
-        if step.mapping:
-            return machine.host_read(step.offset, step.size, mapping=step.mapping)
-        return machine.host_read(step.offset, step.size)
-    if op == "guest_write":
-        return machine.guest_write(step.offset, step.data, step.access)
-    if op == "guest_read":
-        return machine.guest_read(step.offset, step.size, step.access)
-    if op == "convert":
-        if step.flags is not None:
-            flags = step.flags
-        else:
-            assert step.policy is not None
-            flags = revisions.get(abi).encode(step.policy)
-        if step.attributes is not None:
-            attributes = step.attributes
-        else:
-            attributes = KVM_MEMORY_ATTRIBUTE_PRIVATE if step.to is Direction.TO_PRIVATE else 0
-        return machine.convert(
-            step.offset,
-            step.size,
-            attributes,
-            flags,
-            reserved=step.reserved,
-            error_offset_in=step.error_offset_in,
-        )
-    if op == "punch_hole":
-        return machine.punch_hole(step.offset, step.size)
-    if op == "pin":
-        return machine.pin(step.offset, step.size)
-    if op == "unpin":
-        return machine.unpin(step.offset, step.size)
-    if op == "delete_memslot":
-        return machine.delete_memslot()
-    if op == "launch":
-        return machine.launch()
-    if op == "guest_request":
-        assert step.to is not None
-        return machine.guest_request(step.offset, step.size, step.to)
-    raise AssertionError(f"unknown op {op!r}")
-
-
 def snapshot(machine: Machine) -> PageViews | None:
     """Per-page attribute and provenance, where the backend exposes the model.
 
@@ -319,7 +266,7 @@ def run(
                 result.steps.append(StepResult(step, expect, None, None))
                 continue
             try:
-                outcome = perform(machine, step, abi)
+                outcome = step.operation.apply(machine)
             except Exception as err:  # a backend bug: report it as this run's failure, go on
                 result.error = f"step {step.index} ({step.op}): {type(err).__name__}: {err}"
                 result.steps.append(StepResult(step, expect, None, False))

@@ -19,6 +19,11 @@ class Direction(enum.Enum):
     def arrow(self) -> str:
         return "P→S" if self is Direction.TO_SHARED else "S→P"
 
+    @property
+    def side(self) -> str:
+        """The side the pages go to: ``shared`` or ``private`` (a scenario's ``to``)."""
+        return self.value.removeprefix("to_")
+
 
 class Policy(enum.Enum):
     """A content policy as the VMM asks for it (``default`` = ``flags`` 0)."""

@@ -7,10 +7,10 @@ access type, then re-enter so the access runs again), or explicitly with
 TDX MapGPA, SNP Page State Change and pKVM ``MEM_SHARE``/``MEM_UNSHARE`` reach the VMM the
 same way (docs/semantics.md §2).
 
-:class:`ConversionHandler` does the VMM's part over any backend, using only the
-:class:`~guestmem.backend.base.Machine` operations: it picks the content policy from a
-:class:`VmmPolicy`, issues the ioctl with that revision's ``flags``, and handles the two
-errors a VMM can fix itself:
+:class:`ConversionHandler` does the VMM's part over any backend, applying the operations
+of :mod:`guestmem.ops` to a :class:`~guestmem.backend.base.Machine`: it picks the content
+policy from a :class:`VmmPolicy`, issues the ioctl with that revision's ``flags``, and
+handles the two errors a VMM can fix itself:
 
 - ``EAGAIN`` (docs/semantics.md §3 *Pins*; api.rst: "drop them and retry"): drop the pins the
   VMM itself holds in the range, then retry. Pins it does not know about are not its to
@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guestmem.backend.base import Machine, Outcome
+from guestmem.ops import Convert, Pin, Unpin
 from guestmem.spec import platforms, revisions
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions import Revision
@@ -182,14 +183,14 @@ class ConversionHandler:
     # --- the VMM's own pins ----------------------------------------------------------------------
     def pin(self, offset: int, size: int) -> Outcome:
         """Pin ``[offset, offset+size)`` through the machine and remember it."""
-        outcome = self.machine.pin(offset, size)
+        outcome = Pin(offset, size).apply(self.machine)
         if outcome.ok:
             self.pins.append((offset, size))
         return outcome
 
     def unpin(self, offset: int, size: int) -> Outcome:
         """Release the VMM's pin on exactly ``[offset, offset+size)``."""
-        outcome = self.machine.unpin(offset, size)
+        outcome = Unpin(offset, size).apply(self.machine)
         if (offset, size) in self.pins:
             self.pins.remove((offset, size))
         return outcome
@@ -238,11 +239,11 @@ class ConversionHandler:
         if size <= 0 or lo < 0 or hi > machine.size:
             res.refused = f"[{gpa:#x}, +{size:#x}) is not inside the guest_memfd"
             return res
-        attributes = KVM_MEMORY_ATTRIBUTE_PRIVATE if direction is Direction.TO_PRIVATE else 0
         for policy in self.policy.attempts(direction):
             flags = self.revision.encode(policy)
+            conversion = Convert(lo, hi - lo, to=direction, flags=flags)
             while True:
-                outcome = machine.convert(lo, hi - lo, attributes, flags)
+                outcome = conversion.apply(machine)
                 res.attempts.append(Attempt(policy, flags, outcome))
                 if outcome.errno != "EAGAIN":
                     break

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from guestmem.cli import main
-from guestmem.scenario import load, suite_files
+from guestmem.scenario import suite
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def cases(platform: str) -> list[str]:
-    return [s.name for s in map(load, suite_files()) if platform in s.platforms]
+    return [s.name for s in suite() if platform in s.platforms]
 
 
 def test_text_lines_and_summary(capsys: pytest.CaptureFixture[str]) -> None:

@@ -103,6 +103,30 @@ step_fields = {
     ),
     "mapping": st.one_of(st.integers(-1, 3), text),
     "bogus": st.integers(),
+    # parametrised files (docs/scenarios.md, *Parameters*)
+    "when": st.one_of(
+        st.sampled_from(["p == 0", "i != p", "1 +", "__import__('os')", "q"]), text, st.integers()
+    ),
+    "for": st.one_of(
+        st.dictionaries(
+            st.sampled_from(["i", "p", "pages"]),
+            st.one_of(
+                st.sampled_from(["range(3)", "range(100)", "(p, 1)", "range(0, 9, 0)"]), st.lists(numbers)
+            ),
+            max_size=2,
+        ),
+        text,
+    ),
+    "do": st.lists(
+        st.fixed_dictionaries(
+            {"op": st.sampled_from(["launch", "host_read", "pin"])},
+            optional={
+                "offset": st.sampled_from(["page:{i}", "{i * 4096}", "{p:02x}", "{1 // 0}", 0]),
+                "size": st.sampled_from([1, "{i + 1}", "{z}"]),
+            },
+        ),
+        max_size=3,
+    ),
 }
 # every field an op takes is generated (a field added to the format joins in as a number)
 for _operation in OPERATIONS.values():
@@ -114,7 +138,11 @@ steps = st.fixed_dictionaries(
 )
 scenario_docs = st.fixed_dictionaries(
     {
-        "name": st.one_of(st.sampled_from(["fz", "../../up", "a/b", "x" * 300]), text, st.integers()),
+        "name": st.one_of(
+            st.sampled_from(["fz", "../../up", "a/b", "x" * 300, "fz{p}", "fz{p:q}", "{1 // 0}"]),
+            text,
+            st.integers(),
+        ),
         "pages": st.one_of(
             st.integers(1, 4),
             st.sampled_from([0, -1, 1 << 31, (1 << 40) - 1, 1 << 40, 1 << 64]),
@@ -135,6 +163,14 @@ scenario_docs = st.fixed_dictionaries(
         ),
         "about": st.one_of(text, st.integers()),
         "color": text,
+        "params": st.one_of(
+            st.dictionaries(
+                st.sampled_from(["p", "i", "pages", "1x"]),
+                st.one_of(st.lists(st.integers(-1, 3), max_size=3), st.integers(), text),
+                max_size=2,
+            ),
+            text,
+        ),
     },
 )
 

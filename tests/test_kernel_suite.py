@@ -23,7 +23,7 @@ import pytest
 
 from guestmem.backend.kernel import KernelBackend
 from guestmem.backend.model import ModelBackend
-from guestmem.scenario import load, suite_files
+from guestmem.scenario import suite
 from guestmem.scenario.format import Scenario
 from guestmem.scenario.runner import RunResult, run
 from kvm_support import SERIES, requires_conversions
@@ -34,7 +34,7 @@ PLATFORMS = ("sw_protected", "default")
 #: The skips the kernel backend may give on these VM types (see its docstring).
 ALLOWED_SKIPS = ("KVM takes the side from the page's attribute", "VM has no private memory on this kernel")
 
-SCENARIOS = [load(path) for path in suite_files()]
+SCENARIOS = suite()
 
 
 def _cases() -> list[Any]:

@@ -126,7 +126,7 @@ def small_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     files = [
         str(where / "evil.toml"),
         str(where / "failing.toml"),
-        str(suite_dir() / "selftest_unallocated_folios_page1.toml"),
+        str(suite_dir() / "selftest_unallocated_folios.toml"),  # one map per test_page
         str(suite_dir() / "review_payload_injection.toml"),
     ]
     assert main(["report", "--out", str(out), *files]) == 1  # failing_pinned fails

@@ -15,22 +15,30 @@ import pytest
 
 import guestmem
 from guestmem import backend as backends
-from guestmem.scenario import Scenario, load, run, suite_dir, suite_files
+from guestmem.ops import Convert
+from guestmem.scenario import Scenario, load_all, run, suite_dir, suite_files
 from guestmem.spec import platforms, revisions
 from guestmem.spec.terms import Policy
 
 FILES = suite_files()
-#: Every file on each of its platforms under each revision it states.
-CASES = [(path, name, abi) for path in FILES for abi in load(path).revisions for name in load(path).platforms]
+#: Every scenario of the suite (a parametrised file gives one per run).
+SCENARIOS = [scenario for path in FILES for scenario in load_all(path)]
+#: Every scenario on each of its platforms under each revision it states.
+CASES = [(case, name, abi) for case in SCENARIOS for abi in case.revisions for name in case.platforms]
 
 
 def test_suite_is_packaged() -> None:
     assert FILES, "no scenario files under guestmem/suite"
     assert suite_dir() == Path(guestmem.__file__).parent / "suite"
     assert all(p.suffix == ".toml" for p in FILES)
-    names = [load(p).name for p in FILES]
-    assert len(set(names)) == len(names), "two suite files share a scenario name"
-    assert all(load(p).name == p.stem for p in FILES), "a suite file is named after its scenario"
+    names = [s.name for s in SCENARIOS]
+    assert len(set(names)) == len(names), "two suite runs share a scenario name"
+    for scenario in SCENARIOS:
+        stem = Path(scenario.file).stem
+        if scenario.params:  # a parametrised file: every run's name starts with the file's
+            assert scenario.name.startswith(stem) and scenario.name != stem, scenario.name
+        else:
+            assert scenario.name == stem, "a suite file is named after its scenario"
 
 
 def test_every_file_states_the_revisions_it_holds_for() -> None:
@@ -44,13 +52,13 @@ def test_every_revision_has_cases_on_every_platform(abi: str) -> None:
     """The kernel backend needs cases to run under v8 and rfc-v5 on sw_protected and the
     default VM; every revision has some on every platform."""
     for platform in platforms.PLATFORMS:
-        applicable = [p for p in FILES if load(p).applies_to(abi) and platform in load(p).platforms]
+        applicable = [s for s in SCENARIOS if s.applies_to(abi) and platform in s.platforms]
         assert len(applicable) >= 3, (abi, platform, applicable)
 
 
-@pytest.mark.parametrize(("path", "platform", "abi"), CASES, ids=[f"{p.stem}[{n}-{a}]" for p, n, a in CASES])
-def test_suite_case_passes_on_model(path: Path, platform: str, abi: str) -> None:
-    result = run(load(path), platform, backends.get("model"), abi)
+@pytest.mark.parametrize(("case", "platform", "abi"), CASES, ids=[f"{c.name}[{n}-{a}]" for c, n, a in CASES])
+def test_suite_case_passes_on_model(case: Scenario, platform: str, abi: str) -> None:
+    result = run(case, platform, backends.get("model"), abi)
     failures = [
         f"step {s.step.index} {s.step.label()}: expected {' or '.join(map(str, s.expect))}, saw {s.outcome}"
         for s in result.failures
@@ -59,7 +67,7 @@ def test_suite_case_passes_on_model(path: Path, platform: str, abi: str) -> None
 
 
 def _covering(prefix: str) -> list[Scenario]:
-    return [load(p) for p in FILES if p.stem.startswith(prefix)]
+    return [s for s in SCENARIOS if s.name.startswith(prefix)]
 
 
 def test_every_matrix_cell_has_a_case_on_every_platform() -> None:
@@ -98,8 +106,11 @@ def test_selftest_cases_are_all_there() -> None:
     assert {s.name.removeprefix("selftest_") for s in selftests} == expected
     for case in selftests:
         assert case.revisions == ("v8",) and case.platforms[0] == "sw_protected"
-        converts = [s for s in case.steps if s.op == "convert"]
-        assert all(s.flags is None and s.policy is Policy.DEFAULT for s in converts)
+        converts = [s for s in case.steps if isinstance(s.operation, Convert)]
+        assert all(
+            isinstance(c, Convert) and c.flags is None and c.policy is Policy.DEFAULT
+            for c in (s.operation for s in converts)
+        )
         if not converts:  # private_mem_kvm_exits needs none: the page starts private
             assert case.name.endswith("kvm_exits") and case.init == "private"
             continue
@@ -109,22 +120,22 @@ def test_selftest_cases_are_all_there() -> None:
 
 def test_forked_accesses_uses_a_second_mapping() -> None:
     (case,) = _covering("selftest_forked_accesses")
-    child = [s for s in case.steps if s.mapping == 1]
+    child = [s for s in case.steps if getattr(s.operation, "mapping", 0) == 1]
     assert [s.op for s in child] == ["host_read", "host_write", "host_read", "host_write"]
     assert [str(s.expect_for("sw_protected")[0]) for s in child[2:]] == ["SIGBUS", "SIGBUS"]
 
 
-KVM_FILES = [p for p in FILES if p.stem.startswith("gmem_")]
+KVM_CASES = [s for s in SCENARIOS if s.name.startswith("gmem_")]
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("path", KVM_FILES, ids=[p.stem for p in KVM_FILES])
-def test_gmem_cases_on_the_kernel(path: Path) -> None:
+@pytest.mark.parametrize("case", KVM_CASES, ids=[s.name for s in KVM_CASES])
+def test_gmem_cases_on_the_kernel(case: Scenario) -> None:
     """The guest_memfd_test cases need no conversion ioctl, so they run on today's kernel
     (a default VM, kvm-here.md §3); other platforms skip with the backend's reason."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         pytest.skip("/dev/kvm is not usable here")
-    result = run(load(path), "default", backends.get("kvm"))
+    result = run(case, "default", backends.get("kvm"))
     if result.skipped:
         pytest.skip(result.skipped)
     failures = [f"step {s.step.index} {s.step.label()}: saw {s.outcome}" for s in result.failures]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from guestmem import progress
 from guestmem.cli import UsageError, chosen_revisions
-from guestmem.scenario import Scenario, ScenarioError, load
+from guestmem.scenario import Scenario, ScenarioError, format
 from guestmem.scenario import output as show
 from guestmem.scenario.runner import TIMEOUT, RunResult, run_all
 from guestmem.spec import platforms, revisions
@@ -110,7 +110,7 @@ def selected_revisions(args: argparse.Namespace) -> list[str | None]:
 def load_all(files: Sequence[str]) -> list[Scenario]:
     """Parse every file before running any (bad input changes nothing)."""
     try:
-        return [load(f) for f in files]
+        return [scenario for f in files for scenario in format.load_all(f)]
     except ScenarioError as err:
         raise UsageError(str(err)) from None
 

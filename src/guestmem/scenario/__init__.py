@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from guestmem.scenario.format import Scenario, ScenarioError, Step, load
+from guestmem.scenario.format import Scenario, ScenarioError, Step, load, load_all
 from guestmem.scenario.runner import RunResult, StepResult, run, run_all
 
 
@@ -26,8 +26,8 @@ def suite_files() -> list[Path]:
 
 
 def suite() -> list[Scenario]:
-    """The built-in suite, parsed."""
-    return [load(path) for path in suite_files()]
+    """The built-in suite, parsed (a parametrised file gives one scenario per run)."""
+    return [scenario for path in suite_files() for scenario in load_all(path)]
 
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "Step",
     "StepResult",
     "load",
+    "load_all",
     "run",
     "run_all",
     "suite",

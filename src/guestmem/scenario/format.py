@@ -7,6 +7,7 @@ fields) through :class:`ScenarioError`, before anything runs.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 from guestmem import inputs
 from guestmem.backend.base import GUEST_WINDOW, MAX_PAGES
 from guestmem.ops import OPERATIONS, Operation
+from guestmem.scenario import params
 from guestmem.scenario.expect import NOT_WRITTEN, Expect, parse
 from guestmem.spec import platforms, revisions
 from guestmem.spec.terms import Direction, Policy
@@ -27,7 +29,7 @@ _U64 = 1 << 64
 OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     name: (cls.FIELDS, cls.REQUIRED) for name, cls in OPERATIONS.items()
 }
-TOP_LEVEL = ("name", "about", "platforms", "abi", "pages", "init", "step")
+TOP_LEVEL = ("name", "about", "platforms", "abi", "pages", "init", "params", "step")
 #: Limits checked before anything runs (docs/scenarios.md, *Limits*), with ``MAX_PAGES``
 #: (each backend may accept fewer pages: its ``max_pages()``).
 MAX_STEPS = 10_000
@@ -89,6 +91,8 @@ class Scenario:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     #: The revisions the expectations hold for (``abi``); without ``abi``, every revision.
     revisions: tuple[str, ...] = tuple(revisions.REVISIONS)
+    #: The parameter values this run was expanded with (empty: the file has no ``params``).
+    params: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -100,19 +104,62 @@ class Scenario:
 
 
 def load(path: str | Path) -> Scenario:
-    """Read and validate one TOML scenario file."""
+    """Read and validate a TOML scenario file that gives one run (no ``params``)."""
+    found = load_all(path)
+    if len(found) != 1:
+        raise ScenarioError(
+            f"{path}: field 'params': the file gives {len(found)} scenarios; read it with load_all"
+        )
+    return found[0]
+
+
+def load_all(path: str | Path) -> list[Scenario]:
+    """Read and validate a TOML scenario file: one scenario, or one per combination of
+    its ``params`` (docs/scenarios.md, *Parameters*)."""
     path = Path(path)
     try:
         doc = inputs.load_toml(path, inputs.MAX_SCENARIO_BYTES)
     except inputs.InputError as err:
         raise ScenarioError(str(err)) from None
-    return from_dict(doc, str(path))
+    return expand(doc, str(path))
+
+
+def expand(doc: Mapping[str, Any], where: str) -> list[Scenario]:
+    """Validate a scenario document, expanding a parametrised one into its runs."""
+    if not isinstance(doc, Mapping) or "params" not in doc:
+        return [from_dict(doc, where)]
+    try:
+        combos = params.parameters(doc)
+    except params.TemplateError as err:
+        raise ScenarioError(f"{where}: {err}") from None
+    name = doc.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ScenarioError(f"{where}: field 'name': required, a non-empty string")
+    pages = doc.get("pages")
+    out = []
+    for values in combos:
+        names = dict(values)
+        if isinstance(pages, int) and not isinstance(pages, bool):
+            names["pages"] = pages
+        try:
+            run_name = params.run_name(name, values)
+            steps = params.expand_steps(doc.get("step"), names, MAX_STEPS)
+        except params.TemplateError as err:
+            shown = ", ".join(f"{k}={v}" for k, v in values.items())
+            raise ScenarioError(f"{where}: [{shown}] {err}") from None
+        plain = {k: v for k, v in doc.items() if k != "params"} | {"name": run_name, "step": steps}
+        scenario = from_dict(plain, where)
+        out.append(dataclasses.replace(scenario, params=dict(values)))
+    return out
 
 
 def from_dict(doc: Mapping[str, Any], where: str) -> Scenario:
-    """Validate a scenario given as a dict (parsed TOML, or a fixture's ``scenario``)."""
+    """Validate a scenario given as a dict (parsed TOML, or a fixture's ``scenario``)
+    that gives one run; a parametrised one goes through :func:`expand`."""
     if not isinstance(doc, Mapping):
         raise ScenarioError(f"{where}: a scenario is a table of fields")
+    if "params" in doc:
+        raise ScenarioError(f"{where}: field 'params': a parametrised scenario gives several runs here")
     for key in doc:
         if key not in TOP_LEVEL:
             raise ScenarioError(f"{where}: field {key!r}: unknown field (known: {', '.join(TOP_LEVEL)})")

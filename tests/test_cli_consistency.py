@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from guestmem.backend.base import Machine, Unavailable
+from guestmem.backend.base import MAX_PAGES, Machine, Unavailable
 from guestmem.cli import COMMANDS, build_parser, main
 from guestmem.scenario import load, output, suite_dir
 from guestmem.scenario.runner import RunResult, run, run_all
@@ -27,6 +27,9 @@ class Nowhere:
     """A backend that can open no machine: every run is skipped with its reason."""
 
     name = "nowhere"
+
+    def max_pages(self) -> tuple[int, str]:
+        return MAX_PAGES, "it opens nothing"
 
     def open(self, platform: str, abi: str, size: int, flags: int) -> Machine:
         raise Unavailable("no machine here")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from guestmem.backend.base import Machine, Outcome, Unavailable
+from guestmem.backend.base import MAX_PAGES, Machine, Outcome, Unavailable
 from guestmem.backend.model import ModelBackend
 from guestmem.scenario import load, run
 from guestmem.spec import revisions
@@ -53,6 +53,9 @@ class FakeBackend:
         self.unavailable = unavailable
         self.opened: list[tuple[str, str, int, int]] = []
         self.machine: Recorder | None = None
+
+    def max_pages(self) -> tuple[int, str]:
+        return MAX_PAGES, "a fake accepts what any backend does"
 
     def open(self, platform: str, abi: str, size: int, flags: int) -> Machine:
         if self.unavailable:

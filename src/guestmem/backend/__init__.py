@@ -3,8 +3,9 @@
 A :class:`~guestmem.backend.base.Backend` opens a
 :class:`~guestmem.backend.base.Machine`: one VM, one guest_memfd bound at
 :data:`~guestmem.model.vm.GPA_BASE`, one host mapping and one vCPU. Every operation
-returns an :class:`~guestmem.backend.base.Outcome`, so scenarios, the VMM conversion
-handler and the checker run unchanged on either backend.
+returns an :class:`~guestmem.backend.base.Outcome`, so scenarios and the VMM conversion
+handler run unchanged on either backend. The checker runs on the model only: it restores
+and reads the model's state between operations, which a kernel cannot offer.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from guestmem.errors import GuestExit, HostFault, IoctlError
 from guestmem.spec.terms import Direction
@@ -67,6 +68,54 @@ class Outcome:
             "data": None if self.data is None else self.data.hex(),
             "exit": self.exit,
         }
+
+
+@dataclass(frozen=True)
+class PageView:
+    """One page as :meth:`Machine.observe` sees it: its attribute, whether it is allocated,
+    the provenance of what a reader sees, how many pins hold it and how many host mappings
+    have it mapped (docs/semantics.md §3)."""
+
+    private: bool
+    allocated: bool
+    origins: tuple[str, ...]
+    pins: int = 0
+    mapped: int = 0
+
+
+class PageViews(Sequence[PageView]):
+    """Every page's :class:`PageView`, stored as runs of equal views: it costs what the
+    touched pages and attribute runs cost, never what the file's size does."""
+
+    def __init__(self, npages: int, starts: list[int], views: list[PageView]) -> None:
+        self.npages = npages
+        self.starts = starts
+        self.views = views
+
+    def __len__(self) -> int:
+        return self.npages
+
+    @overload
+    def __getitem__(self, index: int) -> PageView: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PageView]: ...
+    def __getitem__(self, index: int | slice) -> PageView | list[PageView]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.npages))]
+        if index < 0:
+            index += self.npages
+        if not 0 <= index < self.npages:
+            raise IndexError(index)
+        return self.views[bisect_right(self.starts, index) - 1]
+
+    def __iter__(self) -> Iterator[PageView]:
+        for i in range(self.npages):
+            yield self[i]
+
+    def runs(self) -> list[tuple[int, int, PageView]]:
+        """``(first page, end page, view)`` per run, ascending."""
+        ends = [*self.starts[1:], self.npages]
+        return list(zip(self.starts, ends, self.views, strict=True))
 
 
 def outcome_of(action: Callable[[], bytes | None]) -> Outcome:
@@ -142,6 +191,11 @@ class Machine(Protocol):
         ...
 
     def guest_request(self, offset: int, size: int, to: Direction) -> Outcome: ...
+    def observe(self) -> PageViews | None:
+        """Every page as it is now (:class:`PageView`), where the backend can see inside
+        (the model); None where it cannot (a real kernel)."""
+        ...
+
     def check_extension(self, cap: int) -> int: ...
     def close(self) -> None: ...
 
@@ -149,13 +203,13 @@ class Machine(Protocol):
 class Backend(Protocol):
     """Opens machines. ``open`` raises :class:`Unavailable` when it cannot run the
     platform at all, and :class:`~guestmem.errors.IoctlError` when guest_memfd creation
-    itself fails (bad ``size`` or ``flags``).
-
-    A backend may also offer ``max_pages() -> (pages, reason)``: the largest guest_memfd it
-    accepts and why (see :func:`guestmem.scenario.runner.check_limits`); without it,
-    :data:`MAX_PAGES` applies.
-    """
+    itself fails (bad ``size`` or ``flags``)."""
 
     name: str
+
+    def max_pages(self) -> tuple[int, str]:
+        """The largest guest_memfd (pages) the backend accepts here, at most
+        :data:`MAX_PAGES`, and why (see :func:`guestmem.scenario.runner.check_limits`)."""
+        ...
 
     def open(self, platform: str, abi: str, size: int, flags: int) -> Machine: ...

@@ -24,6 +24,7 @@ import time
 from guestmem.backend.base import (
     GUEST_WINDOW,
     Outcome,
+    PageViews,
     Unavailable,
     attributes2,
     check_guest_range,
@@ -126,6 +127,10 @@ class KernelMachine:
         if self.gmem is not None:
             self.gmem.close()
         self.kvm.close()
+
+    def observe(self) -> PageViews | None:
+        """A real guest_memfd's pages cannot be seen from outside: None."""
+        return None
 
     def check_extension(self, cap: int) -> int:
         """``KVM_CHECK_EXTENSION`` on this VM's fd (the model answers the same call)."""

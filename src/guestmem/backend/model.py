@@ -5,16 +5,27 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from guestmem.backend.base import MAX_PAGES, Outcome, attributes2, check_guest_range, outcome_of
+from guestmem.backend.base import (
+    MAX_PAGES,
+    Outcome,
+    PageView,
+    PageViews,
+    attributes2,
+    check_guest_range,
+    outcome_of,
+)
 from guestmem.errors import IoctlError
 from guestmem.model import GuestMemfd, Vm
 from guestmem.model.gmem import HostMapping
+from guestmem.spec.platforms.base import Platform
+from guestmem.spec.revisions import Revision
 from guestmem.spec.terms import Direction
 from guestmem.uapi.kvm import (
     GUEST_MEMFD_FLAG_MMAP,
     KVM_HC_MAP_GPA_RANGE,
     KVM_MAP_GPA_RANGE_DECRYPTED,
     KVM_MAP_GPA_RANGE_ENCRYPTED,
+    PAGE_SHIFT,
     PAGE_SIZE,
 )
 
@@ -32,11 +43,15 @@ def hypercall_exit(gpa: int, size: int, to: Direction) -> dict[str, Any]:
 
 
 class ModelMachine:
-    """One model VM, guest_memfd, host mapping (when ``MMAP``) and vCPU."""
+    """One model VM, guest_memfd, host mapping (when ``MMAP``) and vCPU. ``platform`` and
+    ``abi`` may be given as spec objects (a variant, such as an ablation the checker
+    searches, keeps the name and so the key of the platform it varies)."""
 
     backend = "model"
 
-    def __init__(self, platform: str, abi: str, size: int, flags: int, seed: int = 0) -> None:
+    def __init__(
+        self, platform: str | Platform, abi: str | Revision, size: int, flags: int, seed: int = 0
+    ) -> None:
         self.vm = Vm(platform, abi, seed=seed)
         self.gmem: GuestMemfd = self.vm.create_guest_memfd(size, flags)
         self.mapping = self.gmem.mmap() if flags & GUEST_MEMFD_FLAG_MMAP else None
@@ -113,6 +128,31 @@ class ModelMachine:
         if outcome.errno is None:
             outcome.exit = hypercall_exit(self.gpa_base + offset, size, to)
         return outcome
+
+    def observe(self) -> PageViews:
+        """Every page's :class:`~guestmem.backend.base.PageView`.
+
+        Only pages where something changes are visited: attribute-run boundaries and allocated
+        pages (an unallocated page's view depends on its attribute alone)."""
+        gmem = self.gmem
+        npages = self.size >> PAGE_SHIFT
+        # a view changes only where an attribute run starts or around an allocated, pinned or
+        # host-mapped page
+        marked = {*gmem.pages, *gmem.pins, *gmem.stale_pins, *(p for m in gmem.mappings for p in m.ptes)}
+        edges = {0, *(a for a, _b, _v in gmem.attributes.runs()), *marked, *(p + 1 for p in marked)}
+        starts: list[int] = []
+        views: list[PageView] = []
+        for index in sorted(p for p in edges if p < npages):
+            runs = gmem.origins(index << PAGE_SHIFT, PAGE_SIZE)
+            labels = tuple(dict.fromkeys(o.label for _a, _b, o in runs))
+            pins = gmem.pins.get(index, 0) + gmem.stale_pins.get(index, 0)
+            mapped = sum(index in m.ptes for m in gmem.mappings)
+            view = PageView(gmem.is_private(index << PAGE_SHIFT), index in gmem.pages, labels, pins, mapped)
+            if views and views[-1] == view:
+                continue
+            starts.append(index)
+            views.append(view)
+        return PageViews(npages, starts, views)
 
     def check_extension(self, cap: int) -> int:
         """``KVM_CHECK_EXTENSION`` on the VM (docs/semantics.md §7)."""

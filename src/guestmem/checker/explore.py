@@ -83,12 +83,12 @@ from guestmem.checker.properties import (
     restore,
 )
 from guestmem.model.gmem import UNALLOCATED, PageRow
-from guestmem.model.provenance import FILL_PAGE, ZEROED_PAGE, Origin, keyed_bytes
+from guestmem.model.provenance import FILL_PAGE, KEYED, KEYED_ORIGINS, ZEROED_PAGE, keyed_bytes, keyed_domain
 from guestmem.ops import Convert, GuestRead, HostRead, Launch, Operation, expectation
 from guestmem.spec import platforms, revisions
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions import Revision
-from guestmem.spec.terms import Direction, Effect, Phase, Policy
+from guestmem.spec.terms import Direction, Phase, Policy
 from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SHIFT, PAGE_SIZE
 
 INITS = ("shared", "private")
@@ -97,12 +97,6 @@ DEFAULT_DEPTH = 6
 
 #: A state of the search: whether the VM runs, and one row per page (the visited-set key).
 Key = tuple[bool, tuple[PageRow, ...]]
-#: Effects whose bytes depend on the page's offset (keyed by the VM key and the offset).
-KEYED = frozenset({Effect.CIPHERTEXT, Effect.GARBAGE, Effect.RANDOM})
-#: The provenance of the bytes those effects make.
-KEYED_ORIGINS = frozenset({Origin.CIPHERTEXT, Origin.GARBAGE, Origin.RANDOM})
-#: The domain each keyed origin's bytes are derived in (``rfc-v5``'s scramble adds the direction).
-KEYED_DOMAINS = {Origin.CIPHERTEXT: b"ciphertext", Origin.GARBAGE: b"garbage", Origin.RANDOM: b"random"}
 #: What a local step gives: running after, the page's row after, violations, and
 #: whether it was a successful conversion (then pinned private pages are checked).
 Learned = tuple[bool, PageRow, tuple[Violation, ...], bool]
@@ -405,7 +399,6 @@ class Explorer:
         key = self.machine.vm.key
         op = self.ops[index]
         assert isinstance(op, Convert), "only conversions of a range have recipes"
-        direction = op.direction.value
         pages: list[Any] = []
         for i, (old, now) in enumerate(zip(state[1], new[1], strict=True)):
             was: Any = old[2]
@@ -418,7 +411,7 @@ class Explorer:
                 pages.append(("relabelled", page[1], now))
             elif keyed_page(page):
                 origin = page[1][0][2]
-                domain = KEYED_DOMAINS[origin] + (direction.encode() if origin is Origin.RANDOM else b"")
+                domain = keyed_domain(origin, op.direction)
                 if page[0] != keyed_bytes(key, domain, i << PAGE_SHIFT, was[0]):
                     return None
                 pages.append(("keyed", domain, now))

@@ -43,6 +43,7 @@ from guestmem.checker.ops import WORD
 from guestmem.model.gmem import REQUEST_FOR, RangeKey
 from guestmem.model.provenance import FILL_PAGE, ZERO_BYTES, Page
 from guestmem.ops import Convert, Operation
+from guestmem.spec import platforms
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions import Revision
 from guestmem.spec.terms import Direction, Effect, Phase, Policy
@@ -66,14 +67,11 @@ class Property(enum.Enum):
     REPORTING = "reporting"
 
 
-#: Platforms that claim confidentiality and integrity (docs/semantics.md §5).
-CONFIDENTIAL = frozenset({"pkvm", "tdx", "snp", "cca"})
-
-
-def claimed(prop: Property, platform: str) -> bool:
-    """Whether ``platform`` promises ``prop`` (every platform claims the others)."""
+def claimed(prop: Property, platform: str | Platform) -> bool:
+    """Whether ``platform`` promises ``prop`` (every platform claims the others;
+    confidentiality and integrity only a :attr:`~Platform.confidential` one)."""
     if prop in (Property.CONFIDENTIALITY, Property.INTEGRITY):
-        return platform in CONFIDENTIAL
+        return (platforms.get(platform) if isinstance(platform, str) else platform).confidential
     return True
 
 
@@ -378,13 +376,7 @@ def open_machine(platform: str | Platform, abi: str | Revision, pages: int, init
     consent rule); the VM keeps the variant's name, so its key and ciphertext match.
     """
     flags = GUEST_MEMFD_FLAG_MMAP | (GUEST_MEMFD_FLAG_INIT_SHARED if init == "shared" else 0)
-    name = platform if isinstance(platform, str) else platform.name
-    machine = ModelMachine(name, abi if isinstance(abi, str) else abi.name, pages * PAGE_SIZE, flags)
-    if not isinstance(platform, str):
-        machine.vm.platform = platform
-    if not isinstance(abi, str):
-        machine.vm.revision = abi
-    return machine
+    return ModelMachine(platform, abi, pages * PAGE_SIZE, flags)
 
 
 def record_trace(
@@ -415,7 +407,6 @@ def check_trace(trace: Sequence[Record], platform: Platform, revision: Revision)
 
 
 __all__ = [
-    "CONFIDENTIAL",
     "Monitor",
     "Property",
     "Record",

@@ -21,12 +21,14 @@ from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit, errno_
 from guestmem.model.provenance import (
     FILL_PAGE,
     INIT_PAGE,
+    KEYED,
     ZEROED_PAGE,
     Origin,
     Page,
     Runs,
     clip,
     keyed_bytes,
+    keyed_domain,
     paint,
     relabel,
 )
@@ -609,14 +611,9 @@ class GuestMemfd:
         elif effect is Effect.PRESERVED:
             self._carry(direction, indices, consented)
         else:
-            domain, origin = {
-                Effect.CIPHERTEXT: (b"ciphertext", Origin.CIPHERTEXT),
-                Effect.GARBAGE: (b"garbage", Origin.GARBAGE),
-                Effect.RANDOM: (b"random", Origin.RANDOM),
-            }[effect]
+            origin = KEYED[effect]
+            domain = keyed_domain(origin, direction)
             key = self.vm.key
-            if effect is Effect.RANDOM:  # a round trip of the same bytes scrambles differently
-                domain += direction.value.encode()
             for index in indices:
                 data = keyed_bytes(key, domain, index << PAGE_SHIFT, pages[index][0])
                 pages[index] = (data, ((0, PAGE_SIZE, origin),))

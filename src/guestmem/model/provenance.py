@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 
+from guestmem.spec.terms import Direction, Effect
 from guestmem.uapi.kvm import PAGE_SIZE
 
 
@@ -32,6 +33,25 @@ class Origin(enum.IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower()
+
+
+#: Effects whose bytes are derived from the VM's key, the page's offset and the old bytes
+#: (docs/semantics.md §8: never the plaintext, never all zeros), and the origin they get.
+KEYED: dict[Effect, Origin] = {
+    Effect.CIPHERTEXT: Origin.CIPHERTEXT,
+    Effect.GARBAGE: Origin.GARBAGE,
+    Effect.RANDOM: Origin.RANDOM,
+}
+KEYED_ORIGINS = frozenset(KEYED.values())
+#: The labels of :data:`KEYED_ORIGINS` (what an outcome's ``origins`` carry).
+KEYED_LABELS = frozenset(origin.label for origin in KEYED_ORIGINS)
+
+
+def keyed_domain(origin: Origin, direction: Direction) -> bytes:
+    """The domain :func:`keyed_bytes` derives ``origin``'s bytes in: its label, plus the
+    direction for ``rfc-v5``'s scramble (a round trip of the same bytes scrambles anew)."""
+    domain = origin.label.encode()
+    return domain + direction.value.encode() if origin is Origin.RANDOM else domain
 
 
 Runs = tuple[tuple[int, int, Origin], ...]

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from guestmem import __version__
+from guestmem.backend.base import PageView
 from guestmem.report.matrix import KINDS, NOTES, PHASES, POLICIES, general_notes
 from guestmem.scenario.expect import describe
 from guestmem.scenario.format import Step
-from guestmem.scenario.runner import PageView, RunResult, StepResult
+from guestmem.scenario.runner import RunResult, StepResult
 from guestmem.spec import platforms as known_platforms
 from guestmem.spec.terms import Direction
 from guestmem.uapi.kvm import PAGE_SIZE

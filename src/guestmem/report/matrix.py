@@ -30,17 +30,18 @@ from dataclasses import dataclass
 
 from guestmem.backend.base import Outcome
 from guestmem.backend.model import ModelMachine
+from guestmem.model.provenance import KEYED_LABELS
 from guestmem.spec import platforms, revisions
 from guestmem.spec.terms import Direction, Phase, Policy
 from guestmem.uapi.kvm import (
     GUEST_MEMFD_FLAG_INIT_SHARED,
     GUEST_MEMFD_FLAG_MMAP,
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
+    PAGE_SIZE,
 )
 
-PAGE = 4096
 #: The known pattern: printable, never zero, never 0xab.
-PATTERN = bytes(0x21 + i % 0x5E for i in range(PAGE))
+PATTERN = bytes(0x21 + i % 0x5E for i in range(PAGE_SIZE))
 POLICIES = (Policy.ZERO, Policy.PRESERVE, Policy.NONE, Policy.DEFAULT)
 PHASES = (Phase.PRE_LAUNCH, Phase.RUNNING)
 KEYS = ("platform", "direction", "policy", "phase", "result", "guest_request", "notes", "kind")
@@ -127,7 +128,6 @@ REVISION_NOTES: dict[str, str] = {
 }
 
 _PRESERVED_ORIGINS = frozenset({"host", "guest_private", "guest_shared", "disclosed", "payload", "accepted"})
-_KEYED = {"ciphertext": "ciphertext", "garbage": "garbage", "random": "random"}
 
 
 class MatrixError(RuntimeError):
@@ -154,10 +154,10 @@ def classify(outcome: Outcome, pattern: bytes = PATTERN) -> str:
         return "zeros"
     if kinds == {"fill"} and data == b"\xab" * len(data):
         return "fill:ab"
-    if len(kinds) == 1 and (kind := next(iter(kinds))) in _KEYED:
+    if len(kinds) == 1 and (kind := next(iter(kinds))) in KEYED_LABELS:
         if data == pattern or not any(data):
             raise MatrixError(f"{kind} bytes equal the plaintext or are all zero")
-        return _KEYED[kind]
+        return kind
     if kinds <= _PRESERVED_ORIGINS and data == pattern:
         return "preserved"
     raise MatrixError(f"unclassifiable read: origins {sorted(kinds)}, {data[:16].hex()}…")
@@ -174,7 +174,7 @@ class _Cell:
 
     def _open(self, shared: bool) -> ModelMachine:
         flags = GUEST_MEMFD_FLAG_MMAP | (GUEST_MEMFD_FLAG_INIT_SHARED if shared else 0)
-        return ModelMachine(self.platform, self.abi, PAGE, flags)
+        return ModelMachine(self.platform, self.abi, PAGE_SIZE, flags)
 
     def run(self, request: bool) -> str:
         if self.direction is Direction.TO_SHARED:
@@ -183,10 +183,10 @@ class _Cell:
 
     def _convert(self, m: ModelMachine, request: bool) -> Outcome:
         if request:
-            asked = m.guest_request(0, PAGE, self.direction)
+            asked = m.guest_request(0, PAGE_SIZE, self.direction)
             if asked.errno is not None:  # success carries the HYPERCALL exit the VMM sees
                 raise MatrixError(f"guest request failed: {asked.to_json()}")
-        return m.convert(0, PAGE, _attributes(self.direction), self.flags)
+        return m.convert(0, PAGE_SIZE, _attributes(self.direction), self.flags)
 
     def _to_private(self, request: bool) -> str:
         m = self._open(shared=True)
@@ -196,10 +196,10 @@ class _Cell:
         done = self._convert(m, request)
         if not done.ok:
             return done.errno or "unexpected"
-        read = m.guest_read(0, PAGE, "private")
+        read = m.guest_read(0, PAGE_SIZE, "private")
         if self.phase is Phase.PRE_LAUNCH and read.errno == "EINVAL":
             _require(m.launch(), "launch")
-            read = m.guest_read(0, PAGE, "private")
+            read = m.guest_read(0, PAGE_SIZE, "private")
             self.notes.append("after-launch")
         return classify(read)
 
@@ -217,7 +217,10 @@ class _Cell:
             flags_tried.add(flags)
             m = self._open(shared=True)
             _require(m.host_write(0, PATTERN), "host write")
-            if m.convert(0, PAGE, KVM_MEMORY_ATTRIBUTE_PRIVATE, flags).ok and m.gmem.peek(0, PAGE) == PATTERN:
+            if (
+                m.convert(0, PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE, flags).ok
+                and m.gmem.peek(0, PAGE_SIZE) == PATTERN
+            ):
                 self.notes.append("payload")
                 return m
         self.notes.append("unwritten")
@@ -235,7 +238,7 @@ class _Cell:
         if not done.ok:
             return done.errno or "unexpected"
         _require(written, "guest write")
-        return classify(m.host_read(0, PAGE))
+        return classify(m.host_read(0, PAGE_SIZE))
 
 
 def cell(platform: str, abi: str, direction: Direction, policy: Policy, phase: Phase) -> dict[str, str]:

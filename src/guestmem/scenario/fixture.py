@@ -21,6 +21,7 @@ from typing import Any
 
 from guestmem import inputs, schemas
 from guestmem.backend.base import Outcome
+from guestmem.model.provenance import KEYED_LABELS
 from guestmem.ops import expectation
 from guestmem.scenario.expect import NOT_WRITTEN, Expect, matches
 from guestmem.scenario.format import Scenario, ScenarioError, from_dict
@@ -33,15 +34,13 @@ FIELDS = ("schema", "fixture", "scenario", "file", "platform", "revision", "docu
 #: well under the 255 bytes a file name may have.
 NAME_CHARS = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
-#: Provenance labels whose bytes depend on the model's per-VM key.
-KEYED = frozenset({"ciphertext", "garbage", "random"})
 
 
 def allowed(step: StepResult) -> list[str]:
     """The outcomes a replay may show for this step (see the module docstring)."""
     outcome = step.outcome
     assert outcome is not None
-    keyed = any(label in KEYED for _a, _b, label in outcome.origins or ())
+    keyed = any(label in KEYED_LABELS for _a, _b, label in outcome.origins or ())
     if all(e.kind in ("ok", "any") for e in step.expect) and not keyed:
         return [expectation(outcome)]
     return [str(_tighten(e, outcome)) for e in step.expect]

@@ -12,72 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import time
-from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 from guestmem import backend as backends
-from guestmem.backend.base import MAX_PAGES, Backend, Machine, Outcome, Unavailable
+from guestmem.backend.base import MAX_PAGES, Backend, Machine, Outcome, PageViews, Unavailable
 from guestmem.errors import IoctlError
 from guestmem.scenario.expect import Expect, matches
 from guestmem.scenario.format import Scenario, ScenarioError, Step
 from guestmem.uapi.kvm import (
     GUEST_MEMFD_FLAG_INIT_SHARED,
     GUEST_MEMFD_FLAG_MMAP,
-    PAGE_SHIFT,
-    PAGE_SIZE,
 )
 
 #: Default ``--timeout``: seconds one scenario run may take on one platform.
 TIMEOUT = 60.0
-
-
-@dataclass(frozen=True)
-class PageView:
-    """One page after a step (model backend only): its attribute, what a reader sees,
-    how many pins hold it and how many host mappings have it mapped."""
-
-    private: bool
-    allocated: bool
-    origins: tuple[str, ...]
-    pins: int = 0
-    mapped: int = 0
-
-
-class PageViews(Sequence[PageView]):
-    """Every page's :class:`PageView`, stored as runs of equal views: it costs what the
-    touched pages and attribute runs cost, never what the file's size does."""
-
-    def __init__(self, npages: int, starts: list[int], views: list[PageView]) -> None:
-        self.npages = npages
-        self.starts = starts
-        self.views = views
-
-    def __len__(self) -> int:
-        return self.npages
-
-    @overload
-    def __getitem__(self, index: int) -> PageView: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[PageView]: ...
-    def __getitem__(self, index: int | slice) -> PageView | list[PageView]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self.npages))]
-        if index < 0:
-            index += self.npages
-        if not 0 <= index < self.npages:
-            raise IndexError(index)
-        return self.views[bisect_right(self.starts, index) - 1]
-
-    def __iter__(self) -> Iterator[PageView]:
-        for i in range(self.npages):
-            yield self[i]
-
-    def runs(self) -> list[tuple[int, int, PageView]]:
-        """``(first page, end page, view)`` per run, ascending."""
-        ends = [*self.starts[1:], self.npages]
-        return list(zip(self.starts, ends, self.views, strict=True))
 
 
 @dataclass
@@ -181,42 +131,13 @@ def gmem_flags(scenario: Scenario) -> int:
     return GUEST_MEMFD_FLAG_MMAP | (GUEST_MEMFD_FLAG_INIT_SHARED if scenario.init == "shared" else 0)
 
 
-def snapshot(machine: Machine) -> PageViews | None:
-    """Per-page attribute and provenance, where the backend exposes the model.
-
-    Only pages where something changes are visited: attribute-run boundaries and allocated
-    pages (an unallocated page's view depends on its attribute alone)."""
-    gmem = getattr(machine, "gmem", None)
-    if gmem is None or not hasattr(gmem, "origins"):
-        return None
-    npages = machine.size >> PAGE_SHIFT
-    # a view changes only where an attribute run starts or around an allocated, pinned or
-    # host-mapped page
-    marked = {*gmem.pages, *gmem.pins, *gmem.stale_pins, *(p for m in gmem.mappings for p in m.ptes)}
-    edges = {0, *(a for a, _b, _v in gmem.attributes.runs()), *marked, *(p + 1 for p in marked)}
-    starts: list[int] = []
-    views: list[PageView] = []
-    for index in sorted(p for p in edges if p < npages):
-        runs = gmem.origins(index << PAGE_SHIFT, PAGE_SIZE)
-        labels = tuple(dict.fromkeys(o.label for _a, _b, o in runs))
-        pins = gmem.pins.get(index, 0) + gmem.stale_pins.get(index, 0)
-        mapped = sum(index in m.ptes for m in gmem.mappings)
-        view = PageView(gmem.is_private(index << PAGE_SHIFT), index in gmem.pages, labels, pins, mapped)
-        if views and views[-1] == view:
-            continue
-        starts.append(index)
-        views.append(view)
-    return PageViews(npages, starts, views)
-
-
 def check_limits(scenarios: Iterable[Scenario], backend: Backend) -> None:
     """Refuse, before anything runs, a scenario larger than ``backend`` accepts
     (:class:`ScenarioError` naming the file, the field, the value and the reason)."""
     limit: tuple[int, str] | None = None
     for scenario in scenarios:
         if limit is None:
-            max_pages = getattr(backend, "max_pages", None)
-            limit = max_pages() if max_pages is not None else (MAX_PAGES, "the limit of every backend")
+            limit = backend.max_pages()
         if scenario.pages > limit[0]:
             raise ScenarioError(
                 f"{scenario.file}: field 'pages': {scenario.pages} pages is more than the {backend.name} "
@@ -259,7 +180,7 @@ def run(
     machine.deadline = deadline
     try:
         if observe:
-            result.initial = snapshot(machine)
+            result.initial = machine.observe()
         for step in scenario.steps:
             expect = step.expect_for(platform, abi)
             if result.skipped is not None or result.error is not None:
@@ -276,7 +197,7 @@ def run(
                 result.steps.append(StepResult(step, expect, outcome, None))
                 continue
             passed = any(matches(e, outcome) for e in expect)
-            pages = snapshot(machine) if observe else None
+            pages = machine.observe() if observe else None
             result.steps.append(StepResult(step, expect, outcome, passed, pages))
             if deadline is not None and time.monotonic() > deadline:
                 result.timed_out = True
@@ -323,6 +244,9 @@ class _Missing:
     def __init__(self, name: str, reason: str) -> None:
         self.name = name
         self.reason = reason
+
+    def max_pages(self) -> tuple[int, str]:
+        return MAX_PAGES, "the limit of every backend"
 
     def open(self, platform: str, abi: str, size: int, flags: int) -> Machine:
         raise Unavailable(self.reason)

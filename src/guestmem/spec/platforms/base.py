@@ -36,6 +36,13 @@ class Platform:
     #: The first vCPU run launches the VM (pKVM has no finalize step; docs/semantics.md §3
     #: *Launch*); elsewhere a guest cannot run before ``launch``.
     first_run_launches: bool = False
+    #: The platform claims confidentiality and integrity (docs/semantics.md §5); one that
+    #: does not (the test vehicle, the default VM) claims isolation and policy only.
+    confidential: bool = False
+    #: The software test vehicle: KVM itself does a conversion's content work, so the
+    #: proposals' optional behaviours (``rfc-v5``'s PRESERVE and scramble, ``iteration2``'s
+    #: S→P ZERO) are offered here first (docs/semantics.md §1).
+    test_vehicle: bool = False
 
     def support(self, direction: Direction, policy: Policy) -> Support:
         return self.policies[(direction, policy)]

@@ -36,4 +36,5 @@ PLATFORM = Platform(
     payload="the VMM writes host-owned memory; the first guest fault donates it intact",
     host_access="SIGBUS if guest_memfd-backed (an EL2 abort, SIGSEGV, for anonymous memory)",
     first_run_launches=True,
+    confidential=True,
 )

@@ -33,4 +33,5 @@ PLATFORM = Platform(
     },
     payload="no launch phase: the host writes while shared, then converts to private",
     host_access="SIGBUS on a private offset",
+    test_vehicle=True,
 )

@@ -7,7 +7,6 @@ host-provided zeroing"; docs/semantics.md §1).
 
 from __future__ import annotations
 
-from guestmem.spec.platforms import sw_protected
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions.seed import Seed
 from guestmem.spec.terms import Decoded, Direction, Effect, Phase
@@ -20,10 +19,6 @@ class Iteration2(Seed):
     def effect(
         self, platform: Platform, direction: Direction, policy: Decoded, phase: Phase
     ) -> Effect | None:
-        if (
-            direction is Direction.TO_PRIVATE
-            and policy is Decoded.ZERO
-            and platform is not sw_protected.PLATFORM
-        ):
+        if direction is Direction.TO_PRIVATE and policy is Decoded.ZERO and not platform.test_vehicle:
             return None
         return super().effect(platform, direction, policy, phase)

@@ -69,12 +69,12 @@ class RfcV5(Seed):
         self, platform: Platform, direction: Direction, policy: Decoded, phase: Phase
     ) -> Effect | None:
         if policy is Decoded.UNSPECIFIED:
-            return Effect.RANDOM if platform.name == "sw_protected" else platform.native[direction]
+            return Effect.RANDOM if platform.test_vehicle else platform.native[direction]
         if policy not in _MODES.get(platform.name, frozenset()):
             return None
         if policy is Decoded.ZERO:
             return Effect.ZEROS if direction is Direction.TO_SHARED else None
-        if platform.name == "sw_protected":
+        if platform.test_vehicle:
             return Effect.PRESERVED
         pre_launch_to_private = direction is Direction.TO_PRIVATE and phase is Phase.PRE_LAUNCH
         return Effect.PRESERVED if pre_launch_to_private else None
@@ -85,7 +85,7 @@ class RfcV5(Seed):
     def applied_by_kvm(self, platform: Platform, direction: Direction, policy: Decoded) -> bool:
         # the unspecified mode is KVM's only on sw_protected (the scramble); elsewhere the
         # arch hook does nothing and the platform's native effect remains
-        return policy is not Decoded.UNSPECIFIED or platform.name == "sw_protected"
+        return policy is not Decoded.UNSPECIFIED or platform.test_vehicle
 
     def capabilities(self, platform: Platform, in_place_conversion: bool) -> dict[int, int]:
         caps = super().capabilities(platform, in_place_conversion)

@@ -162,10 +162,10 @@ def _permuted_op(op: Operation, perm: tuple[int, ...]) -> Operation:
 
 
 def _permuted(state: Key, perm: tuple[int, ...]) -> Key:
-    rows = [state[1][0]] * len(perm)
-    for page, row in enumerate(state[1]):
+    rows = [state.rows[0]] * len(perm)
+    for page, row in enumerate(state.rows):
         rows[perm[page]] = row
-    return state[0], tuple(rows)
+    return Key(state.running, tuple(rows))
 
 
 @pytest.mark.parametrize(("pages", "perm", "depth"), [(2, (1, 0), 2), (3, (1, 2, 0), 1)])

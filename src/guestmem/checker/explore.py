@@ -8,8 +8,8 @@ applied through the backend API, and read back after (restore-apply-capture; no 
 are re-created). Each step is checked by the property
 :class:`~guestmem.checker.properties.Monitor`.
 
-A state is a small tuple, ``(running, rows)``: whether the VM runs, and one
-:data:`~guestmem.model.gmem.PageRow` per page (attribute, guest request, contents and
+A state is a small named tuple, :class:`Key` ``(running, rows)``: whether the VM runs,
+and one :class:`~guestmem.model.gmem.PageRow` per page (attribute, guest request, contents and
 provenance, pins, stale pins, host mappings). Page contents are the model's own
 immutable objects, shared between states. The state is its own visited-set key.
 
@@ -66,7 +66,7 @@ import signal
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from guestmem.backend.base import Outcome
 from guestmem.checker.ops import WORD, alphabet
@@ -95,8 +95,16 @@ INITS = ("shared", "private")
 DEFAULT_PAGES = 2
 DEFAULT_DEPTH = 6
 
-#: A state of the search: whether the VM runs, and one row per page (the visited-set key).
-Key = tuple[bool, tuple[PageRow, ...]]
+
+class Key(NamedTuple):
+    """A state of the search, and its own visited-set key."""
+
+    #: The VM runs (it left its launch phase).
+    running: bool
+    #: One row per page.
+    rows: tuple[PageRow, ...]
+
+
 #: What a local step gives: running after, the page's row after, violations, and
 #: whether it was a successful conversion (then pinned private pages are checked).
 Learned = tuple[bool, PageRow, tuple[Violation, ...], bool]
@@ -244,13 +252,13 @@ def keyed_page(page: Any) -> bool:
 
 def shape(row: PageRow) -> tuple[Any, ...]:
     """``row`` with its page's bytes left out (the provenance of a keyed page kept)."""
-    page: Any = row[2]
-    return row[0], row[1], page[1], row[3], row[4], row[5]
+    page: Any = row.page
+    return row.attributes, row.request, page[1], row.pins, row.stale_pins, row.mapped
 
 
 def canonical(state: Key) -> Key:
     """The representative of ``state``'s class under page permutations: sorted rows."""
-    return state[0], tuple(sorted(state[1]))
+    return Key(state.running, tuple(sorted(state.rows)))
 
 
 class Explorer:
@@ -307,7 +315,7 @@ class Explorer:
     @staticmethod
     def state(machine: Any) -> Key:
         """The search state of a model machine."""
-        return machine.vm.phase is Phase.RUNNING, machine.gmem.rows()
+        return Key(machine.vm.phase is Phase.RUNNING, machine.gmem.rows())
 
     def key(self, state: Key) -> Key:
         """The visited-set key of ``state``: itself, or its class under page symmetry."""
@@ -316,8 +324,12 @@ class Explorer:
         if not self.keyed:
             return canonical(state)
         terms = self.terms
-        rows = [(*r[:2], terms.get(r[2]) or (0, r[2]), *r[3:]) for r in state[1]]
-        return state[0], tuple(sorted(rows))  # type: ignore[arg-type]
+        # rows whose page is named by how it was made (a row-shaped tuple: only compared)
+        rows = [
+            (r.attributes, r.request, terms.get(r.page) or (0, r.page), r.pins, r.stale_pins, r.mapped)
+            for r in state.rows
+        ]
+        return Key(state.running, tuple(sorted(rows)))  # type: ignore[arg-type]
 
     def term(self, index: int, before: tuple[PageRow, ...], after: tuple[PageRow, ...]) -> None:
         """Name each page that operation ``index`` made with a keyed effect by how it was
@@ -327,12 +339,12 @@ class Explorer:
         to = getattr(self.ops[index], "to", None)
         direction = "" if to is None else to.side
         for old, new in zip(before, after, strict=True):
-            page = new[2]
-            if page is old[2] or not page or page in self.terms:
+            page = new.page
+            if page is old.page or not page or page in self.terms:
                 continue
             runs = page[1]
             if len(runs) == 1 and runs[0][2] in KEYED_ORIGINS:
-                source = old[2]
+                source = old.page
                 made = (runs[0][2], direction, self.terms.get(source) or (0, source[:1]))
                 self.terms[page] = (1, made)  # (0, page) for every other page
 
@@ -340,8 +352,8 @@ class Explorer:
         """Put ``state`` into the machine; its :class:`State` (what the monitor reads)."""
         if self._loaded is not state or self._before is None:
             machine = self.machine
-            machine.vm.phase = Phase.RUNNING if state[0] else Phase.PRE_LAUNCH
-            machine.gmem.restore_rows(state[1])
+            machine.vm.phase = Phase.RUNNING if state.running else Phase.PRE_LAUNCH
+            machine.gmem.restore_rows(state.rows)
             if self._captured is not state or self._before is None:  # the parent again: same capture
                 self._captured, self._before = state, capture(machine)
             self._loaded = state
@@ -359,7 +371,7 @@ class Explorer:
         if new == state:
             return state, violations, outcome  # the machine still holds ``state``
         if self.keyed:
-            self.term(index, state[1], new[1])
+            self.term(index, state.rows, new.rows)
         self._loaded = None
         return new, violations, outcome
 
@@ -367,25 +379,25 @@ class Explorer:
         """Run a local step on the model and remember what it gives for its page's row."""
         running, rows = state
         new, violations, outcome = self.step(state, index, pins=False)
-        new_rows = new[1]
+        new_rows = new.rows
         for q, (a, b) in enumerate(zip(rows, new_rows, strict=True)):
             if q != page and a != b:
                 raise NotLocal(f"{self.ops[index]} changed page {q}, outside its range")
         row = rows[page] if new_rows[page] == rows[page] else new_rows[page]
         ok_convert = isinstance(self.ops[index], Convert) and outcome.errno is None
-        learned = (new[0], row, tuple(violations), ok_convert)
+        learned = (new.running, row, tuple(violations), ok_convert)
         old = rows[page]
         self.memo[index, running, old] = learned
-        if not violations and row[2] is old[2] and keyed_page(old[2]):
-            self.kept[index, running, shape(old)] = (new[0], row, ok_convert)
+        if not violations and row.page is old.page and keyed_page(old.page):
+            self.kept[index, running, shape(old)] = (new.running, row, ok_convert)
         return learned
 
     def shape_of(self, index: int, state: Key) -> tuple[int, bool, tuple[Any, ...]] | None:
         """The :attr:`recipes` key of a step: None if no page holds keyed bytes."""
-        rows = state[1]
-        if not any(keyed_page(r[2]) for r in rows):
+        rows = state.rows
+        if not any(keyed_page(r.page) for r in rows):
             return None
-        return index, state[0], tuple(shape(r) if keyed_page(r[2]) else r for r in rows)
+        return index, state.running, tuple(shape(r) if keyed_page(r.page) else r for r in rows)
 
     def recipe(self, index: int, state: Key, new: Key, violations: Sequence[Violation]) -> Recipe | None:
         """How conversion ``index`` took ``state`` to ``new``, for any bytes of the same
@@ -400,9 +412,9 @@ class Explorer:
         op = self.ops[index]
         assert isinstance(op, Convert), "only conversions of a range have recipes"
         pages: list[Any] = []
-        for i, (old, now) in enumerate(zip(state[1], new[1], strict=True)):
-            was: Any = old[2]
-            page: Any = now[2]
+        for i, (old, now) in enumerate(zip(state.rows, new.rows, strict=True)):
+            was: Any = old.page
+            page: Any = now.page
             if not keyed_page(was) or page is UNALLOCATED or page is ZEROED_PAGE or page is FILL_PAGE:
                 pages.append(now)
             elif page is was:
@@ -417,30 +429,30 @@ class Explorer:
                 pages.append(("keyed", domain, now))
             else:
                 return None
-        return new[0], tuple(pages)
+        return new.running, tuple(pages)
 
     def remake(self, recipe: Recipe, index: int, state: Key) -> Key:
         """The state conversion ``index`` gives from ``state`` by ``recipe``."""
         key = self.machine.vm.key
         rows: list[PageRow] = []
-        for i, (old, how) in enumerate(zip(state[1], recipe[1], strict=True)):
+        for i, (old, how) in enumerate(zip(state.rows, recipe[1], strict=True)):
             if len(how) != 3:
                 rows.append(how)
                 continue
             kind, what, now = how
-            was: Any = old[2]
+            was: Any = old.page
             if kind == "same":
                 page = was
             elif kind == "relabelled":
                 page = (was[0], what)
             else:
-                page = (keyed_bytes(key, what, i << PAGE_SHIFT, was[0]), now[2][1])
-            rows.append((now[0], now[1], page, now[3], now[4], now[5]))
-        new = (recipe[0], tuple(rows))
+                page = (keyed_bytes(key, what, i << PAGE_SHIFT, was[0]), now.page[1])
+            rows.append(PageRow(now.attributes, now.request, page, now.pins, now.stale_pins, now.mapped))
+        new = Key(recipe[0], tuple(rows))
         if new == state:
             return state
         if self.keyed:
-            self.term(index, state[1], new[1])
+            self.term(index, state.rows, new.rows)
         return new
 
     def recall(self, index: int, running: bool, row: PageRow) -> Learned | None:
@@ -449,14 +461,14 @@ class Explorer:
         to copy them (into a new keyed page, a read's data, or a violation's message), so
         a step that kept its page and saw no violation does the same for any bytes of the
         same provenance: the row after is the remembered one with these bytes in it."""
-        page = row[2]
+        page = row.page
         if not keyed_page(page):
             return None
         kept = self.kept.get((index, running, shape(row)))
         if kept is None:
             return None
         now_running, now, ok_convert = kept
-        now_row: PageRow = (now[0], now[1], page, now[3], now[4], now[5])
+        now_row = PageRow(now.attributes, now.request, page, now.pins, now.stale_pins, now.mapped)
         return now_running, row if now_row == row else now_row, (), ok_convert
 
     # --- the search ------------------------------------------------------------------------------
@@ -507,10 +519,12 @@ class Explorer:
                     if now_row is row and now_running is running:
                         after = state
                     else:
-                        after = (now_running, (*rows[:page], now_row, *rows[page + 1 :]))
+                        after = Key(now_running, (*rows[:page], now_row, *rows[page + 1 :]))
                     if ok_convert:
                         pinned = [
-                            i for i, r in enumerate(after[1]) if r[3] and r[0] & KVM_MEMORY_ATTRIBUTE_PRIVATE
+                            i
+                            for i, r in enumerate(after.rows)
+                            if r.pins and r.attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE
                         ]
                         if pinned:
                             violations = [*violations, *pinned_private(pinned)]

@@ -83,9 +83,24 @@ GmemSnapshot = tuple[
     tuple[tuple[int, int], ...],
     tuple[tuple[int, ...], ...],
 ]
+
+
 #: :meth:`GuestMemfd.rows`: one page's attribute, guest request, contents (``UNALLOCATED``
 #: when not allocated), pins, stale pins and host mappings (bit ``m``: mapping ``m`` maps it).
-PageRow = tuple[int, int, "Page | tuple[()]", int, int, int]
+class PageRow(NamedTuple):
+    """One page of a few-page file, as :meth:`GuestMemfd.rows` gives it (the checker's
+    states compare, sort and permute these)."""
+
+    attributes: int
+    request: int
+    #: The page's bytes and provenance, or ``UNALLOCATED``.
+    page: Page | tuple[()]
+    pins: int
+    stale_pins: int
+    #: Bit ``m`` set: host mapping ``m`` has the page mapped.
+    mapped: int
+
+
 UNALLOCATED: tuple[()] = ()
 #: The runs of a page the host wrote whole (shared, immutable).
 _HOST_PAGE_RUNS: Runs = ((0, PAGE_SIZE, Origin.HOST),)
@@ -298,13 +313,13 @@ class GuestMemfd:
                 if i in mapped_pages:
                     mapped |= 1 << m
             page = pages.get(i, UNALLOCATED)
-            rows.append((attributes[i], requests[i], page, pins.get(i, 0), stale.get(i, 0), mapped))
+            rows.append(PageRow(attributes[i], requests[i], page, pins.get(i, 0), stale.get(i, 0), mapped))
         return tuple(rows)
 
     def restore_rows(self, rows: tuple[PageRow, ...]) -> None:
         """Put back a :meth:`rows` of this file (same mappings, in the same order)."""
-        self.attributes.assign([row[0] for row in rows])
-        self.requests.assign([row[1] for row in rows])
+        self.attributes.assign([row.attributes for row in rows])
+        self.requests.assign([row.request for row in rows])
         pages, pins, stale = self.pages, self.pins, self.stale_pins
         pages.clear()
         pins.clear()
@@ -317,7 +332,7 @@ class GuestMemfd:
             if stale_pinned:
                 stale[i] = stale_pinned
         for m, mapping in enumerate(self.mappings):
-            mapping.ptes = {i for i, row in enumerate(rows) if row[5] >> m & 1}
+            mapping.ptes = {i for i, row in enumerate(rows) if row.mapped >> m & 1}
 
     def _spans(self, offset: int, size: int) -> Iterator[tuple[int, int, int]]:
         end = offset + size

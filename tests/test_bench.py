@@ -23,7 +23,7 @@ from guestmem.bench.figure import Figure
 from guestmem.bench.timing import Side, interleaved, time_batch
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-#: The figures the issue asks for: name → (kind, target, at least).
+#: The figures docs/bench.md lists: name → (kind, target, at least).
 EXPECTED: dict[str, tuple[str, float, bool]] = {
     "convert_1tib_vs_4k": ("ratio", 3, False),
     "zero_vs_punch_hole": ("ratio", 1.5, False),

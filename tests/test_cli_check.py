@@ -73,7 +73,7 @@ def test_a_case_that_does_not_apply_is_neither_pass_nor_failure(capsys: pytest.C
 
 @pytest.mark.parametrize("abi", ["seed", "iteration2", "rfc-v5", "v8"])
 def test_check_passes_under_every_revision(abi: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """issue: `guestmem check --abi X` exits 0 on the model for every revision; a case that
+    """`guestmem check --abi X` exits 0 on the model for every revision; a case that
     does not apply is N/A, and every revision runs cases on every platform."""
     assert main(["check", "--abi", abi, "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)

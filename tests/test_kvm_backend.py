@@ -4,7 +4,7 @@ skip reasons and resource hygiene.
 The differential test runs random shared-memory scenarios on both backends and requires
 identical outcomes: bytes, errno and signal. Guest accesses are drawn only for a
 guest_memfd created ``MMAP | INIT_SHARED`` (the only one the emulated guest reaches here,
-kvm-here.md §1); host accesses, hole punches and creation arguments cover every flag.
+docs/kernel.md §1); host accesses, hole punches and creation arguments cover every flag.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def test_failing_ioctl_raises_errno_and_name(vm: Vm) -> None:
     arg = KvmMemoryAttributes(address=0, size=PAGE_SIZE, attributes=KVM_MEMORY_ATTRIBUTE_PRIVATE)
     with pytest.raises(IoctlError) as info:
         ioctl(vm.fd, KVM_SET_MEMORY_ATTRIBUTES, arg)
-    assert info.value.code == errno.ENOTTY  # not compiled in here (kvm-here.md §4)
+    assert info.value.code == errno.ENOTTY  # not compiled in here (docs/kernel.md §4)
     assert info.value.name == "ENOTTY"
     assert info.value.call == "KVM_SET_MEMORY_ATTRIBUTES"
     assert try_ioctl(vm.fd, KVM_SET_MEMORY_ATTRIBUTES, arg) == errno.ENOTTY

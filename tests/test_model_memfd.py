@@ -33,7 +33,7 @@ def shared(pages: int = 4, platform: str = "sw_protected") -> GuestMemfd:
     return Vm(platform).create_guest_memfd(pages * PAGE_SIZE, MMAP | INIT_SHARED)
 
 
-# --- creation (kvm_gmem_create; kvm-here.md §3) ------------------------------------------------
+# --- creation (kvm_gmem_create; docs/kernel.md §3) ------------------------------------------------
 
 
 @pytest.mark.parametrize("size", [0, 100, PAGE_SIZE + 1, (1 << 64) - PAGE_SIZE, 1 << 63])

@@ -20,7 +20,7 @@ ZERO_PAGE = bytes(PAGE)
 
 def ciphertext(pages: list[bytes], seed: int = 0) -> list[bytes]:
     """The guest writes ``pages`` privately; P→S NONE; what the host reads per page."""
-    vm = Vm("snp", seed=seed)
+    vm = Vm("snp", key_seed=seed)
     gmem = vm.create_guest_memfd(len(pages) * PAGE, GUEST_MEMFD_FLAG_MMAP)
     vm.launch()
     gmem.guest_write(0, b"".join(pages), "private")
@@ -32,7 +32,7 @@ def ciphertext(pages: list[bytes], seed: int = 0) -> list[bytes]:
 
 def garbage(pages: list[bytes], seed: int = 0) -> list[bytes]:
     """The host writes ``pages`` while shared; S→P NONE; what the guest reads per page."""
-    vm = Vm("snp", seed=seed)
+    vm = Vm("snp", key_seed=seed)
     gmem = vm.create_guest_memfd(len(pages) * PAGE, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
     gmem.mmap().write(0, b"".join(pages))
     vm.launch()

@@ -42,7 +42,7 @@ def test_suite_is_packaged() -> None:
 
 
 def test_every_file_states_the_revisions_it_holds_for() -> None:
-    """issue: each suite file says which revisions its expectations hold for."""
+    """Each suite file says which revisions its expectations hold for."""
     for path in FILES:
         assert "abi" in tomllib.loads(path.read_text()), f"{path.name} does not state 'abi'"
 
@@ -132,7 +132,7 @@ KVM_CASES = [s for s in SCENARIOS if s.name.startswith("gmem_")]
 @pytest.mark.parametrize("case", KVM_CASES, ids=[s.name for s in KVM_CASES])
 def test_gmem_cases_on_the_kernel(case: Scenario) -> None:
     """The guest_memfd_test cases need no conversion ioctl, so they run on today's kernel
-    (a default VM, kvm-here.md §3); other platforms skip with the backend's reason."""
+    (a default VM, docs/kernel.md §3); other platforms skip with the backend's reason."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         pytest.skip("/dev/kvm is not usable here")
     result = run(case, "default", backends.get("kvm"))

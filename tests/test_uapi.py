@@ -1,5 +1,5 @@
 """Every UAPI size, offset and ioctl number against the kernel's headers (uapi.md §2-§5,
-kvm-here.md §6-§7)."""
+docs/kernel.md §6-§7)."""
 
 from __future__ import annotations
 

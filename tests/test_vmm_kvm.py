@@ -1,7 +1,7 @@
-"""The conversion handler over the real-kernel backend (kvm-here.md): the same code path as on
+"""The conversion handler over the real-kernel backend (docs/kernel.md): the same code path as on
 the model, and whatever this kernel cannot do comes back skipped with its reason, never as
 a conversion that happened. Only the default VM type exists here and
-``KVM_SET_MEMORY_ATTRIBUTES2`` is ``ENOTTY`` (kvm-here.md §2, §4)."""
+``KVM_SET_MEMORY_ATTRIBUTES2`` is ``ENOTTY`` (docs/kernel.md §2, §4)."""
 
 from __future__ import annotations
 

@@ -50,9 +50,9 @@ class ModelMachine:
     backend = "model"
 
     def __init__(
-        self, platform: str | Platform, abi: str | Revision, size: int, flags: int, seed: int = 0
+        self, platform: str | Platform, abi: str | Revision, size: int, flags: int, key_seed: int = 0
     ) -> None:
-        self.vm = Vm(platform, abi, seed=seed)
+        self.vm = Vm(platform, abi, key_seed=key_seed)
         self.gmem: GuestMemfd = self.vm.create_guest_memfd(size, flags)
         self.mapping = self.gmem.mmap() if flags & GUEST_MEMFD_FLAG_MMAP else None
         #: Mappings of other host processes (``mapping=1``), made at first use.
@@ -170,12 +170,12 @@ class ModelBackend:
 
     name = "model"
 
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
+    def __init__(self, key_seed: int = 0) -> None:
+        self.key_seed = key_seed
 
     def max_pages(self) -> tuple[int, str]:
         """The model stores only what was touched: the limit of every backend."""
         return MAX_PAGES, "the model stores only touched pages"
 
     def open(self, platform: str, abi: str, size: int, flags: int) -> ModelMachine:
-        return ModelMachine(platform, abi, size, flags, seed=self.seed)
+        return ModelMachine(platform, abi, size, flags, key_seed=self.key_seed)

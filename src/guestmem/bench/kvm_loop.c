@@ -5,14 +5,14 @@
  *
  * Creates a default VM (type 0) with one vCPU in real mode, loads the guest code given
  * as hex at LOAD_ADDR (default 0x1000) in a 2 MiB memslot backed by a guest_memfd
- * created with MMAP|INIT_SHARED and mapped MAP_SHARED (kvm-here.md section 5; falls back
+ * created with MMAP|INIT_SHARED and mapped MAP_SHARED (docs/kernel.md §5; falls back
  * to anonymous memory when the kernel has no guest_memfd), then times ROUNDS calls of
  * KVM_RUN, each of which must exit with KVM_EXIT_IO on PORT (the guest's `out` loop).
  * Prints one JSON line: {"rounds": N, "ns": total, "memory": "guest_memfd"|"anonymous"}.
  *
  * Self-contained: the installed UAPI headers may predate guest_memfd, so the few
  * structures and ioctl numbers used are spelled out here (docs/semantics.md
- * section 9, kvm-here.md section 6).
+ * section 9, docs/kernel.md §6).
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -2,7 +2,7 @@
 
 Both sides run the same real-mode guest, ``out 0x10, al; inc al; jmp`` at 0x1000, in a
 default VM whose 2 MiB memslot is a guest_memfd (``MMAP | INIT_SHARED``) mapped at its
-``userspace_addr`` (kvm-here.md §5, §9). The Python side is :mod:`guestmem.kvm`
+``userspace_addr`` (docs/kernel.md §5, §9). The Python side is :mod:`guestmem.kvm`
 (``Vcpu.run`` with its default time limit, as every guest access runs, decoding every
 exit); the C side is ``kvm_loop.c``, compiled here with the
 system ``cc`` and handed the same code bytes. Each round trip is one ``KVM_RUN`` that

@@ -55,7 +55,7 @@ def _map(fd: int, size: int, kind: str) -> SharedFile:
     mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
     anchor = ctypes.c_char.from_buffer(mapping)
     address = ctypes.addressof(anchor)
-    del anchor  # kvm-here.md §10 pitfall 4: no exported buffer may outlive close()
+    del anchor  # docs/kernel.md §10 item 4: no exported buffer may outlive close()
     return SharedFile(fd, size, kind, mapping, address)
 
 
@@ -75,7 +75,7 @@ def guest_memfd_file(size: int) -> tuple[SharedFile | None, str]:
         fd = os.dup(gmem.fd)
     finally:
         kvm.close()
-    gmem.close()  # the dup keeps the file, and the file keeps the VM (kvm-here.md §10 item 7)
+    gmem.close()  # the dup keeps the file, and the file keeps the VM (docs/kernel.md §10 item 7)
     vm.close()
     return _map(fd, size, "guest_memfd"), ""
 

@@ -38,7 +38,7 @@ def peak_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def convert_randomly(conversions: int, seed: int = 0) -> tuple[int, int]:
+def convert_randomly(conversions: int, random_seed: int = 0) -> tuple[int, int]:
     """The child's work; returns the attribute runs and the allocated pages left."""
     from guestmem.model import Vm
     from guestmem.spec.terms import Direction
@@ -46,7 +46,7 @@ def convert_randomly(conversions: int, seed: int = 0) -> tuple[int, int]:
 
     gmem = Vm("sw_protected").create_guest_memfd(TiB, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
     host = gmem.mmap()
-    rng = random.Random(seed)
+    rng = random.Random(random_seed)
     npages = TiB >> PAGE_SHIFT
     for _ in range(conversions):
         page = rng.randrange(npages)

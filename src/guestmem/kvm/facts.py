@@ -4,7 +4,7 @@ Everything comes from ioctls on a live ``/dev/kvm``: capabilities (docs/semantic
 guest_memfd flags, whether ``KVM_SET_MEMORY_ATTRIBUTES2`` exists (issued on a guest_memfd
 and on a VM fd: ``ENOTTY`` means absent, docs/semantics.md §4 step 0), how guest code runs (the
 vCPU's ``insn_emulation`` counter across a known number of guest instructions,
-kvm-here.md §1), whether a guest hypercall reaches userspace, and ``CONFIG_GUP_TEST``.
+docs/kernel.md §1), whether a guest hypercall reaches userspace, and ``CONFIG_GUP_TEST``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from guestmem.kvm.vcpu import GuestTimeout
 from guestmem.kvm.vm import Vm
 from guestmem.uapi import kvm as uapi
 
-#: The capabilities reported, by name (all upstream; docs/semantics.md §7, kvm-here.md §2).
+#: The capabilities reported, by name (all upstream; docs/semantics.md §7, docs/kernel.md §2).
 CAPABILITIES = (
     "KVM_CAP_USER_MEMORY2",
     "KVM_CAP_MEMORY_FAULT_INFO",

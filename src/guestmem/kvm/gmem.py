@@ -1,6 +1,6 @@
 """A guest_memfd fd: mapping, hole punching and the proposed conversion ioctl.
 
-Facts from kvm-here.md §3 (6.18): the fd is a regular anonymous-inode file whose size is
+Facts from docs/kernel.md §3 (6.18): the fd is a regular anonymous-inode file whose size is
 fixed; it maps ``MAP_SHARED`` only (``MAP_PRIVATE`` → ``EINVAL``, no ``MMAP`` flag →
 ``ENODEV``); ``fallocate(PUNCH_HOLE|KEEP_SIZE)`` frees pages, which read zero afterwards.
 ``KVM_SET_MEMORY_ATTRIBUTES2`` is issued on this fd (docs/semantics.md §9, v8 17/46); a kernel
@@ -34,7 +34,7 @@ ERROR_OFFSET_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.EPERM, errno.EAGAIN, er
 class Mapping(syscalls.Handle):
     """A ``MAP_SHARED`` mapping of a guest_memfd at ``address``, ``length`` bytes long.
 
-    ``length`` may exceed the file size (kvm-here.md §3): touching a page past the end
+    ``length`` may exceed the file size (docs/kernel.md §3): touching a page past the end
     raises ``SIGBUS``, as does touching a private page. Never touch it from this process
     unless the page is known to be mappable; :mod:`guestmem.kvm.hostaccess` does it
     safely in a child process.
@@ -55,7 +55,7 @@ class GuestMemfd(syscalls.Handle):
     """A guest_memfd of ``size`` bytes created with ``flags``; close it (or use ``with``)."""
 
     def __init__(self, vm: Vm, fd: int, size: int, flags: int) -> None:
-        os.set_inheritable(fd, False)  # the kernel does not set O_CLOEXEC (kvm-here.md §3)
+        os.set_inheritable(fd, False)  # the kernel does not set O_CLOEXEC (docs/kernel.md §3)
         self.vm = vm
         self.fd = fd
         self.size = size

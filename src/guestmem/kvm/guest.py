@@ -11,7 +11,7 @@ guest performs it and reports back with ``out`` to :data:`PORT_DONE`:
   the result ``rax`` is stored back into the mailbox (docs/semantics.md §9).
 * ``SPIN``: loop forever, to exercise the time limit. Any other value: ``hlt``.
 
-Layout (guest physical = guest virtual, long mode with 2 MiB pages, kvm-here.md §5):
+Layout (guest physical = guest virtual, long mode with 2 MiB pages, docs/kernel.md §5):
 code at 0x1000, mailbox at 0x3000, PML4/PDPT/PDs at 0x10000.., bounce page at 1 MiB,
 all inside a 2 MiB anonymous slot at GPA 0; the window (guest_memfd, at 4 GiB) is mapped
 by 2 MiB pages through up to :data:`MAX_WINDOW_GIB` page directories.

@@ -1,7 +1,7 @@
 """Host accesses to a guest_memfd mapping that may fault, without risking the caller.
 
 The kernel answers a host touch of a private page, or of a page past the end of the
-file, with ``SIGBUS`` (docs/semantics.md §3 *Host access*, kvm-here.md §8), which Python
+file, with ``SIGBUS`` (docs/semantics.md §3 *Host access*, docs/kernel.md §8), which Python
 cannot survive. So every access is made by a forked helper process that shares the mapping (``MAP_SHARED``
 survives ``fork``): it copies page by page in ascending order and reports each page as
 it completes. If it dies, the access stopped at the first unreported page, earlier pages

@@ -41,7 +41,7 @@ class Pin:
         self.fd = os.open(GUP_TEST, os.O_RDWR | os.O_CLOEXEC)
         arg = PinLongtermTest(addr=address, size=size, flags=PIN_LONGTERM_TEST_FLAG_USE_WRITE)
         try:
-            fcntl_ioctl(self.fd, PIN_LONGTERM_TEST_START, arg, "PIN_LONGTERM_TEST_START")
+            named_ioctl(self.fd, PIN_LONGTERM_TEST_START, arg, "PIN_LONGTERM_TEST_START")
         except BaseException:
             os.close(self.fd)
             raise
@@ -55,13 +55,13 @@ class Pin:
     def release(self) -> None:
         if self.fd >= 0:
             try:
-                fcntl_ioctl(self.fd, PIN_LONGTERM_TEST_STOP, 0, "PIN_LONGTERM_TEST_STOP")
+                named_ioctl(self.fd, PIN_LONGTERM_TEST_STOP, 0, "PIN_LONGTERM_TEST_STOP")
             finally:
                 os.close(self.fd)
                 self.fd = -1
 
 
-def fcntl_ioctl(fd: int, request: int, arg: syscalls.Arg, name: str) -> int:
+def named_ioctl(fd: int, request: int, arg: syscalls.Arg, name: str) -> int:
     """:func:`guestmem.kvm.syscalls.ioctl` with the name of a non-KVM request."""
     try:
         return syscalls.ioctl(fd, request, arg)

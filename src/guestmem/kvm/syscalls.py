@@ -7,7 +7,7 @@ the manner of the kernel selftests' ``__vm_ioctl()``; the one hot path that call
 :data:`raw_ioctl` itself (``Vcpu.run``) turns its ``OSError`` into that same error with
 :func:`failure`. ``mmap``/``munmap``/``fallocate`` go through ``ctypes`` because Python's
 ``mmap`` module refuses a mapping longer than the file and has no ``fallocate``
-(kvm-here.md §3, §10); so do the POSIX timers (``timer_create(2)``) that bound
+(docs/kernel.md §3, §10); so do the POSIX timers (``timer_create(2)``) that bound
 ``KVM_RUN``, which Python's ``signal`` module does not offer.
 """
 

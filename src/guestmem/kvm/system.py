@@ -1,7 +1,7 @@
 """``/dev/kvm``: the system handle, capability probing and VM creation (api.rst §4.1-§4.4).
 
 Nothing is assumed: every capability is asked with ``KVM_CHECK_EXTENSION`` and VM types
-come from ``KVM_CAP_VM_TYPES`` (docs/semantics.md §7, kvm-here.md §2).
+come from ``KVM_CAP_VM_TYPES`` (docs/semantics.md §7, docs/kernel.md §2).
 """
 
 from __future__ import annotations

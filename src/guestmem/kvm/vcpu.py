@@ -5,7 +5,7 @@ reasons; ``KVM_EXIT_MEMORY_FAULT`` arrives on ``KVM_RUN``'s ``EFAULT`` error pat
 ``exit_reason`` 39 and is raised as :class:`~guestmem.errors.MemoryFault` (docs/semantics.md §9).
 A guest that does not exit within the limit is stopped by the :mod:`~guestmem.kvm.watchdog`
 (a signal makes ``KVM_RUN`` fail with ``EINTR``; ``immediate_exit`` covers a signal that
-lands before entry, kvm-here.md §10 item 9) and reported as :class:`GuestTimeout`.
+lands before entry, docs/kernel.md §10 item 9) and reported as :class:`GuestTimeout`.
 
 ``run`` is the per-exit hot path of every guest access (docs/bench.md ``kvm_run_vs_c``):
 it calls ``fcntl.ioctl`` itself (failures still become :class:`IoctlError` through
@@ -111,7 +111,7 @@ _raw_ioctl = syscalls.raw_ioctl
 def decode_exit(run: memoryview) -> Exit:
     """Decode ``kvm_run`` (a byte view of the mapping) after a successful ``KVM_RUN``.
 
-    Layouts: kvm-here.md §7, docs/semantics.md §9. ``struct`` reads straight from the shared
+    Layouts: docs/kernel.md §7, docs/semantics.md §9. ``struct`` reads straight from the shared
     mapping; this is the per-exit hot path of every guest access.
     """
     # exit_reason and the IO member in one read: IO is the exit guest programs make most

@@ -1,8 +1,8 @@
 """A VM fd: guest_memfd creation, memslots, capabilities and vCPUs (api.rst §4.5, §4.141).
 
-``create_guest_memfd`` follows ``KVM_CREATE_GUEST_MEMFD`` (docs/semantics.md §6, §9, kvm-here.md §3);
+``create_guest_memfd`` follows ``KVM_CREATE_GUEST_MEMFD`` (docs/semantics.md §6, §9, docs/kernel.md §3);
 ``set_user_memory_region2`` binds a guest_memfd with ``KVM_MEM_GUEST_MEMFD``
-(kvm-here.md §5). Each operation also has a ``try_`` form returning 0 or the errno.
+(docs/kernel.md §5). Each operation also has a ``try_`` form returning 0 or the errno.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Vm(syscalls.Handle):
 
         Here ``userspace_addr`` must be the guest_memfd's own ``MAP_SHARED`` mapping for
         the guest to see guest_memfd: guest instructions are emulated and reach memory
-        through it (kvm-here.md §1). ``memory_size = 0`` deletes the slot.
+        through it (docs/kernel.md §1). ``memory_size = 0`` deletes the slot.
         """
         arg = KvmUserspaceMemoryRegion2(
             slot=slot,

@@ -1,7 +1,7 @@
 """The time limit of ``KVM_RUN``: a watchdog timer that stops a vCPU past its deadline.
 
 A signal makes ``KVM_RUN`` fail with ``EINTR``, and ``kvm_run.immediate_exit`` = 1 makes
-the next entry fail with ``EINTR`` at once (api.rst §5 ``immediate_exit``; kvm-here.md §10
+the next entry fail with ``EINTR`` at once (api.rst §5 ``immediate_exit``; docs/kernel.md §10
 item 9). Arming ``SIGALRM`` with ``setitimer`` around every run costs four syscalls plus
 saving and restoring the previous handler and timer (about 10 µs a run on the measured
 machine, more than the round trip itself; docs/bench.md ``kvm_run_vs_c``). Instead:

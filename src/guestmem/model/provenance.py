@@ -1,4 +1,5 @@
-"""Where every byte came from, kept per page as runs (issue: the checker's provenance).
+"""Where every byte came from, kept per page as runs: what the checker judges the
+properties of docs/semantics.md §5 by.
 
 A page is ``(data, runs)``: 4096 bytes and a tuple of ``(start, end, Origin)`` runs that
 cover it. Pages produced by a policy (zeroed, filled) share one immutable object, so a

@@ -31,20 +31,21 @@ GPA_BASE = 1 << 32
 
 
 class Vm:
-    """One VM of ``platform`` under ABI ``revision``; ``seed`` keys its ciphertext."""
+    """One VM of ``platform`` under ABI ``revision``; ``key_seed`` makes its
+    key (ciphertext, garbage and scrambles differ between VMs of different seeds)."""
 
     def __init__(
         self,
         platform: str | Platform = "sw_protected",
         abi: str | Revision = revisions.DEFAULT,
         *,
-        seed: int = 0,
+        key_seed: int = 0,
         in_place_conversion: bool = True,
     ) -> None:
         self.platform = platforms.get(platform) if isinstance(platform, str) else platform
         self.revision = revisions.get(abi) if isinstance(abi, str) else abi
         self.phase = Phase.PRE_LAUNCH
-        self.key = hashlib.sha256(f"guestmem-vm:{self.platform.name}:{seed}".encode()).digest()
+        self.key = hashlib.sha256(f"guestmem-vm:{self.platform.name}:{key_seed}".encode()).digest()
         self.gmems: list[GuestMemfd] = []
         #: Whether guest_memfd tracks PRIVATE itself (``kvm.gmem_in_place_conversion`` in
         #: v8, ``!vm_memory_attributes`` in RFC v5). Without it the conversion ioctl is

@@ -3,8 +3,9 @@
 Upstream values come from Linux 6.18 ``include/uapi/linux/kvm.h`` and
 ``arch/x86/include/uapi/asm/kvm.h``; the conversion ioctl and its struct follow the
 in-place conversion series (docs/semantics.md §9). Proposed capability numbers moved with every
-rebase of that series, so they are deliberately *not* defined here: probe the upstream
-ones and treat 245-250 as unknown (docs/semantics.md §7).
+rebase of that series: the two defined here are the numbers of the project's test kernels,
+used only where an ioctl confirms them, and the whole range the series has used is
+:data:`PROPOSED_CAP_RANGE` (docs/semantics.md §7).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The default x86 VM (type 0): no private memory.
 
 Every conversion is ``EINVAL`` (docs/semantics.md §2, last row; check 4 of §4). guest_memfd
-still works as shared memory with ``MMAP | INIT_SHARED``; this is the VM type the kernel
-a kernel without the conversion series offers (docs/semantics.md §2, last row).
+still works as shared memory with ``MMAP | INIT_SHARED``; this is the only VM type a kernel
+without the conversion series offers.
 """
 
 from __future__ import annotations

@@ -26,7 +26,11 @@ from __future__ import annotations
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions.seed import Seed
 from guestmem.spec.terms import Decoded, Direction, Effect, Phase, Policy
-from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE
+from guestmem.uapi.kvm import (
+    KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES,
+    KVM_CAP_MEMORY_ATTRIBUTES2_FLAGS,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE,
+)
 
 MODE_UNSPECIFIED = 0
 MODE_ZERO = 1 << 0
@@ -44,9 +48,9 @@ class RfcV5(Seed):
     name = "rfc-v5"
     title = "content modes as coded in RFC v3-v5 (2026-04-28)"
     rejects_error_offset_input = False
-    cap_gmem_attributes = 250
+    cap_gmem_attributes = KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES
     #: ``KVM_CAP_MEMORY_ATTRIBUTES2_FLAGS``: the content modes a VM type supports.
-    cap_flags = 251
+    cap_flags = KVM_CAP_MEMORY_ATTRIBUTES2_FLAGS
 
     def encode(self, policy: Policy) -> int:
         return {Policy.ZERO: MODE_ZERO, Policy.PRESERVE: MODE_PRESERVE}.get(policy, MODE_UNSPECIFIED)

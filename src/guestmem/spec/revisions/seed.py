@@ -22,6 +22,7 @@ from guestmem.uapi.kvm import (
     GUEST_MEMFD_FLAG_MMAP,
     KVM_CAP_GUEST_MEMFD,
     KVM_CAP_GUEST_MEMFD_FLAGS,
+    KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES,
     KVM_CAP_MEMORY_ATTRIBUTES,
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
 )
@@ -42,7 +43,7 @@ class Seed:
     early_return = False
     #: ``KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES`` (proposed; the number moved with every
     #: posting, docs/semantics.md §7).
-    cap_gmem_attributes = 250
+    cap_gmem_attributes = KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES
 
     def encode(self, policy: Policy) -> int:
         """The ``flags`` a VMM passes to ask for ``policy``."""

@@ -9,6 +9,8 @@
   content policy, a page already in the target state keeps its contents also in a mixed
   range: only pages that convert meet the native effect (§3 *Whole range*).
 - ``error_offset`` on input is ignored.
+- Policies encode as under ``seed``: a VMM written for ``seed`` passes ``seed``'s flag
+  values, which v8 refuses.
 - ``KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES`` is 250 (§7).
 - Model assumption: a pre-launch to-private conversion on a platform with an in-place
   populate keeps its contents, because the populate reads the guest_memfd page itself
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from guestmem.spec.platforms.base import Platform
 from guestmem.spec.revisions.seed import Seed
-from guestmem.spec.terms import Decoded, Direction, Effect, Phase, Policy
+from guestmem.spec.terms import Decoded, Direction, Effect, Phase
 
 
 class V8(Seed):
@@ -27,10 +29,6 @@ class V8(Seed):
     title = "in-place conversion v8: flags must be 0 (2026-06-18)"
     rejects_error_offset_input = False
     early_return = True
-
-    def encode(self, policy: Policy) -> int:
-        # v8 has no flag values; a VMM written for seed passes seed's, which v8 refuses.
-        return super().encode(policy)
 
     def decode(self, flags: int) -> Decoded | None:
         return Decoded.UNSPECIFIED if flags == 0 else None

@@ -16,6 +16,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -226,3 +228,39 @@ def test_bench_lists_what_it_cannot_measure_as_skipped(
         assert f"memslot on {memory}" in loop["note"]
     else:
         assert "cc" in loop["skipped"]  # the only reason left: no C compiler
+
+
+def test_collecting_the_tests_never_reaches_the_kernel(tmp_path: Path) -> None:
+    """Collection with both entry points to the kernel refusing: any test module that
+    probed ``/dev/kvm`` at import would fail to collect."""
+    (tmp_path / "refuse_kernel.py").write_text(
+        "from guestmem.kvm import syscalls\n"
+        "def _refuse(*args, **kwargs):\n"
+        "    raise AssertionError('the kernel was reached during collection')\n"
+        "syscalls.open_device = _refuse\n"
+        "syscalls.ioctl = _refuse\n"
+    )
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "refuse_kernel",
+            "-p",
+            "no:cacheprovider",
+            "--collect-only",
+            "-q",
+        ],
+        cwd=tests.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "error" not in proc.stdout.splitlines()[-1], proc.stdout[-3000:]
+    assert " tests collected" in proc.stdout

@@ -364,15 +364,15 @@ class KernelBackend:
         creation fails otherwise."""
         spec = platforms.get(platform)
         facts = kernel_facts.cached(self.device)
-        lacking = [("kvm", "/dev/kvm is unusable"), ("guest_memfd", "no guest_memfd")]
+        lacking = [("kvm", "no usable KVM"), ("guest_memfd", "no guest_memfd on this kernel")]
         if flags & GUEST_MEMFD_FLAG_MMAP:
-            lacking.append(("guest_memfd_mmap", "no GUEST_MEMFD_FLAG_MMAP"))
+            lacking.append(("guest_memfd_mmap", "no GUEST_MEMFD_FLAG_MMAP on this kernel"))
         if flags & GUEST_MEMFD_FLAG_INIT_SHARED:
-            lacking.append(("guest_memfd_init_shared", "no GUEST_MEMFD_FLAG_INIT_SHARED"))
+            lacking.append(("guest_memfd_init_shared", "no GUEST_MEMFD_FLAG_INIT_SHARED on this kernel"))
         for feature, what in lacking:
             why = facts.lacks(feature)
             if why is not None:
-                raise Unavailable(f"{what} on this kernel: {why}")
+                raise Unavailable(f"{what}: {why}")
         try:
             kvm = Kvm(self.device)
         except KvmUnavailable as err:

@@ -252,8 +252,8 @@ def test_output_through_the_channel_reaches_the_caller(tmp_path: Path) -> None:
 
 
 def test_output_that_never_arrives_is_not_a_success(tmp_path: Path) -> None:
-    """The command ran and said 0, but nothing came through the channel: virtme-ng's console
-    fallback without udev, as the runner once met it."""
+    """The command ran and said 0, but nothing came through the channel (as when virtme-ng's
+    init, finding no udev, runs the command on the serial console)."""
     done = fake_vm(tmp_path, "console", "--", "sh", "-c", "echo hi")
     assert done.returncode == vmrun.EXIT_OUTPUT_LOST, done.stderr
     assert (

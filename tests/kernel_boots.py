@@ -95,6 +95,7 @@ def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> I
             scratch=str(scratch),
             cwd=str(ROOT),
             out=out,
+            err=out,
             cancel=cancel,
             progress=lambda _msg: None,
         ).execute()

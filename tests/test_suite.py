@@ -7,7 +7,6 @@ to the model's output.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from guestmem.ops import Convert
 from guestmem.scenario import Scenario, load_all, run, suite_dir, suite_files
 from guestmem.spec import platforms, revisions
 from guestmem.spec.terms import Policy
+from kvm_support import needs
 
 FILES = suite_files()
 #: Every scenario of the suite (a parametrised file gives one per run).
@@ -129,12 +129,11 @@ KVM_CASES = [s for s in SCENARIOS if s.name.startswith("gmem_")]
 
 
 @pytest.mark.kvm
+@needs("kvm", "guest_memfd", "guest_memfd_mmap", "guest_memfd_init_shared")
 @pytest.mark.parametrize("case", KVM_CASES, ids=[s.name for s in KVM_CASES])
 def test_gmem_cases_on_the_kernel(case: Scenario) -> None:
     """The guest_memfd_test cases need no conversion ioctl, so they run on today's kernel
     (a default VM, docs/kernel.md §3); other platforms skip with the backend's reason."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        pytest.skip("/dev/kvm is not usable here")
     result = run(case, "default", backends.get("kvm"))
     if result.skipped:
         pytest.skip(result.skipped)

@@ -14,6 +14,7 @@ machine slows them less than wall time would):
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from guestmem.bench.figure import Figure
@@ -103,3 +104,88 @@ def explore_3_pages_cpu_s(reps: int, quick: bool) -> Figure:
         + f" CPU-s; {verdicts}",
         extra={"per_platform": per, "verdicts_differ": changed},
     )
+
+
+#: ``explore_ray_efficiency``: the search both engines run (snp, seed, 3 pages).
+RAY_DEPTH = 7
+RAY_QUICK_DEPTH = 5
+RAY_WORKERS = 2
+
+
+def explore_ray_efficiency(reps: int, quick: bool) -> Figure:
+    """States per CPU-second on Ray ÷ the same on the local engine, both with 2 workers,
+    one after the other in this run. Ray's side counts the CPU of every process of the
+    Ray instance it starts here (the actors, raylet, the GCS and the other daemons) and
+    of this process; its start-up is not counted (the note gives it)."""
+    del reps
+    from guestmem.checker.distributed import EngineUnavailable, RayEngine
+    from guestmem.checker.explore import explore
+    from guestmem.checker.schedule import Search
+    from guestmem.spec import platforms, revisions
+
+    depth = RAY_QUICK_DEPTH if quick else RAY_DEPTH
+    name = "explore_ray_efficiency"
+    local = explore("snp", revisions.DEFAULT, pages=3, depth=depth, workers=RAY_WORKERS)
+    search = Search(platforms.get("snp"), revisions.DEFAULT, 3, depth)
+    try:
+        started = time.process_time() + descendants_cpu()
+        with RayEngine(workers=RAY_WORKERS) as engine:
+            if not engine.started:
+                return Figure(name, skipped="Ray was already running in this process: its CPU cannot be counted")
+            before = time.process_time() + descendants_cpu()
+            result = engine.explore(search)
+            spent = time.process_time() + descendants_cpu() - before
+    except EngineUnavailable as err:
+        return Figure(name, skipped=str(err))
+    same = result.to_json(timing=False) == local.to_json(timing=False)
+    ray_rate = result.generated / spent if spent > 0 else 0.0
+    extra: dict[str, Any] = {
+        "depth": depth,
+        "pages": 3,
+        "workers": RAY_WORKERS,
+        "generated": result.generated,
+        "distinct": result.distinct,
+        "ray_cpu_seconds": round(spent, 3),
+        "ray_actor_cpu_seconds": round(result.cpu_seconds, 3),
+        "ray_start_cpu_seconds": round(before - started, 3),
+        "local_cpu_seconds": round(local.cpu_seconds, 3),
+        "same_result": same,
+    }
+    return Figure(
+        name,
+        value=round(ray_rate / local.rate, 3) if same and local.rate > 0 and ray_rate > 0 else None,
+        note=f"snp, {revisions.DEFAULT}, 3 pages, depth {depth}, {RAY_WORKERS} workers each: "
+        f"{result.generated} states generated ({result.distinct} distinct); Ray {spent:.1f} CPU-s "
+        f"({result.cpu_seconds:.1f} in this process and the actors, the rest Ray's daemons; start-up "
+        f"{before - started:.1f} more), local {local.cpu_seconds:.1f} CPU-s; "
+        + ("same result" if same else "RESULTS DIFFER"),
+        extra=extra,
+    )
+
+
+def descendants_cpu() -> float:
+    """CPU seconds (user + system) of every live process descended from this one, from
+    ``/proc`` (0 where there is none): a Ray instance started here runs in them."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    spent: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                text = stat.read()
+        except OSError:  # gone meanwhile
+            continue
+        fields = text[text.rindex(b")") + 2 :].split()
+        parent[int(entry)] = int(fields[1])
+        spent[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, list(children.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        total += spent[pid]
+        todo += children.get(pid, [])
+    return total

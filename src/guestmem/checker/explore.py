@@ -54,7 +54,11 @@ on the way (a shorter-or-less prefix to a permuted state would give a lesser pat
 the permuted operations lead to the permuted states), so the first violation the search
 meets is the one the unreduced search meets. ``workers`` > 1 splits each level into
 contiguous shards expanded by forked processes and merged in shard order, which gives
-results identical to one worker.
+results identical to one worker. (:mod:`guestmem.checker.distributed` shares the same
+search over the processes of a Ray cluster.)
+
+``max_states`` bounds the visited set: a search whose distinct states exceed it stops
+with :class:`TooManyStates` at the depth where they did, and reports nothing.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guestmem.backend.base import Outcome
+from guestmem.errors import GuestmemError
 from guestmem.checker.ops import WORD, Op, alphabet, bind
 from guestmem.checker.properties import (
     Monitor,
@@ -177,6 +182,14 @@ class Exploration:
     #: Whether local steps were looked up (False with ``memo=False``, or when the model
     #: turned out not to be local and the search ran again computing every step).
     local_lookups: bool = False
+    #: What ran the search: ``local`` (this process and its forked workers) or ``ray``.
+    engine: str = "local"
+    #: Distinct states held by each process that held part of the visited set (one for
+    #: ``local``; one per actor for ``ray``).
+    shards: list[int] = field(default_factory=list)
+    #: Growth of the resident memory of those processes over the search, per distinct
+    #: state held (None where it cannot be read, or did not grow).
+    bytes_per_state: float | None = None
 
     @property
     def label(self) -> str:
@@ -209,6 +222,12 @@ class Exploration:
                 "cpu_seconds": round(self.cpu_seconds, 3),
                 "states_per_cpu_second": round(self.rate),
                 "local_lookups": self.local_lookups,
+                "engine": self.engine,
+                "memory": {
+                    "states_per_shard": self.shards,
+                    "largest_shard": max(self.shards, default=0),
+                    "bytes_per_state": None if self.bytes_per_state is None else round(self.bytes_per_state),
+                },
             }
         out["violations"] = [c.to_json() for c in self.counterexamples.values()]
         return out
@@ -538,25 +557,36 @@ class Explorer:
         terms = {page: term for page, term in self.terms.items() if page not in known}
         return _Shard(generated, keys, states, parents, op_indices, found, terms)
 
-    def run(self, workers: int = 1, progress: Progress | None = None) -> Exploration:
+    def run(
+        self, workers: int = 1, progress: Progress | None = None, max_states: int | None = None
+    ) -> Exploration:
         """Search to ``depth``; the result does not depend on ``workers``.
 
         If the model turns out not to be local (an operation on one page changed another,
         as a deliberately broken model may), the search starts again running the model
         for every step."""
         try:
-            return self._run(workers, progress)
+            return self._run(workers, progress, max_states)
         except NotLocal:
-            self.local = [None] * len(self.ops)
-            self.memo.clear()
-            self.kept.clear()
-            self.recipes.clear()
-            self.ranged = frozenset()
-            self._loaded = None
-            return self._run(workers, progress)
+            self.without_lookups()
+            return self._run(workers, progress, max_states)
 
-    def _run(self, workers: int, progress: Progress | None) -> Exploration:
-        start, cpu_start = time.perf_counter(), cpu_time()
+    def without_lookups(self) -> None:
+        """From now on run the model for every step (the model is not local)."""
+        self.local = [None] * len(self.ops)
+        self.memo.clear()
+        self.kept.clear()
+        self.recipes.clear()
+        self.ranged = frozenset()
+        self._loaded = None
+
+    def title(self) -> str:
+        """The search as messages name it: ``snp under seed``."""
+        variant = f" ({self.variant})" if self.variant else ""
+        return f"{self.platform.name}{variant} under {self.revision.name}"
+
+    def _run(self, workers: int, progress: Progress | None, max_states: int | None) -> Exploration:
+        start, cpu_start, rss_start = time.perf_counter(), cpu_time(), resident_bytes()
         result = Exploration(
             self.platform.name,
             self.revision.name,
@@ -597,6 +627,8 @@ class Explorer:
                         seen.add(key)
                         next_frontier.append(state)
                         links.append((parent, op_index))
+            if max_states is not None and len(seen) > max_states:
+                raise TooManyStates(self.title(), max_states, level + 1)
             levels.append(links)
             result.per_level.append(len(next_frontier))
             frontier = next_frontier
@@ -610,6 +642,8 @@ class Explorer:
                 result.counterexamples[prop] = self._counterexample(origin, [*path, op_index], violation)
         result.seconds = time.perf_counter() - start
         result.cpu_seconds = cpu_time() - cpu_start
+        result.shards = [result.distinct]
+        result.bytes_per_state = per_state(resident_bytes(), rss_start, result.distinct)
         return result
 
     def _expand_level(
@@ -746,6 +780,39 @@ class NotLocal(Exception):
     """An operation on one page changed another page (the model is not local)."""
 
 
+class Incomplete(GuestmemError):
+    """A search stopped before its end: no result, no verdict (``guestmem`` exits 3)."""
+
+
+class TooManyStates(Incomplete):
+    """The visited set outgrew ``max_states``."""
+
+    def __init__(self, label: str, max_states: int, depth: int) -> None:
+        super().__init__(
+            f"{label}: more than {max_states} distinct states by depth {depth} (--max-states "
+            f"{max_states}); the search stopped there and reports no result"
+        )
+        self.max_states = max_states
+        self.depth = depth
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux ``/proc/self/statm``), or None."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def per_state(after: int | None, before: int | None, states: int) -> float | None:
+    """Resident memory grown from ``before`` to ``after``, per state (None if unknown or
+    not grown)."""
+    if after is None or before is None or states <= 0 or after <= before:
+        return None
+    return (after - before) / states
+
+
 def ignore_interrupts() -> None:
     """In a worker: leave Ctrl-C to the parent, which stops the pool and reports."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # also drops one that came while blocked
@@ -789,9 +856,10 @@ def explore(
     symmetry: bool = True,
     memo: bool = True,
     progress: Progress | None = None,
+    max_states: int | None = None,
 ) -> Exploration:
     """Search ``platform`` under ``abi``; see :class:`Explorer`."""
     explorer = Explorer(
         platform, abi, pages=pages, depth=depth, variant=variant, symmetry=symmetry, memo=memo
     )
-    return explorer.run(workers, progress)
+    return explorer.run(workers, progress, max_states)

@@ -2,8 +2,9 @@
 
 :func:`run_searches` runs a list of :class:`Search` es: with one worker one after the
 other in this process (a single search may still shard its levels), with more as tasks
-of one process pool, the largest first. Results come back in the order asked for and
-do not depend on the number of workers.
+of one process pool, the largest first; given an :class:`Engine` (``--engine ray``), one
+after the other, each shared over the engine's workers. Results come back in the order
+asked for and do not depend on the number of workers or the engine.
 
 :func:`relation` is the table of every answer the model and the property monitor get
 from an ABI revision, over every input they can ask it with (docs/semantics.md §1-§4: flags
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from guestmem.checker.explore import (
     Exploration,
@@ -98,6 +100,8 @@ class Search:
     depth: int
     variant: str = ""
     symmetry: bool = True
+    #: Stop (:class:`~guestmem.checker.explore.TooManyStates`) past this many distinct states.
+    max_states: int | None = None
 
     @property
     def label(self) -> str:
@@ -114,10 +118,23 @@ class Search:
         return (4.0**self.pages) * (3.0**self.depth) / reduction
 
 
+class Engine(Protocol):
+    """Something other than this process and its forked workers that runs a search
+    (:class:`guestmem.checker.distributed.RayEngine`)."""
+
+    def explore(self, search: Search, progress: Progress | None = None) -> Exploration: ...
+
+
 def _run(job: tuple[int, Search]) -> tuple[int, Exploration]:
     index, s = job
     return index, explore(
-        s.platform, s.abi, pages=s.pages, depth=s.depth, variant=s.variant, symmetry=s.symmetry
+        s.platform,
+        s.abi,
+        pages=s.pages,
+        depth=s.depth,
+        variant=s.variant,
+        symmetry=s.symmetry,
+        max_states=s.max_states,
     )
 
 
@@ -127,11 +144,18 @@ def run_searches(
     *,
     progress: Progress | None = None,
     done: Callable[[Search, Exploration], None] | None = None,
+    engine: Engine | None = None,
 ) -> list[Exploration]:
     """Run every search; ``done`` is told of each as it finishes (in any order),
-    ``progress`` follows the states of a search running in this process."""
+    ``progress`` follows the states of a search running in this process (or on
+    ``engine``)."""
     results: list[Exploration | None] = [None] * len(searches)
-    if workers <= 1 or len(searches) == 1:
+    if engine is not None:
+        for i, s in enumerate(searches):
+            results[i] = engine.explore(s, progress)
+            if done is not None:
+                done(s, results[i])  # type: ignore[arg-type]
+    elif workers <= 1 or len(searches) == 1:
         for i, s in enumerate(searches):
             results[i] = explore(
                 s.platform,
@@ -142,6 +166,7 @@ def run_searches(
                 variant=s.variant,
                 symmetry=s.symmetry,
                 progress=progress,
+                max_states=s.max_states,
             )
             if done is not None:
                 done(s, results[i])  # type: ignore[arg-type]
@@ -156,4 +181,4 @@ def run_searches(
     return [r for r in results if r is not None]
 
 
-__all__ = ["COVERED", "Search", "cpu_time", "relabel", "relation", "run_searches"]
+__all__ = ["COVERED", "Engine", "Search", "cpu_time", "relabel", "relation", "run_searches"]

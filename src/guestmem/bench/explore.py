@@ -131,7 +131,8 @@ def explore_ray_efficiency(reps: int, quick: bool) -> Figure:
         started = time.process_time() + descendants_cpu()
         with RayEngine(workers=RAY_WORKERS) as engine:
             if not engine.started:
-                return Figure(name, skipped="Ray was already running in this process: its CPU cannot be counted")
+                why = "Ray was already running in this process: its CPU cannot be counted"
+                return Figure(name, skipped=why)
             before = time.process_time() + descendants_cpu()
             result = engine.explore(search)
             spent = time.process_time() + descendants_cpu() - before

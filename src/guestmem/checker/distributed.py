@@ -44,6 +44,7 @@ Ray is imported only here, and only when the engine is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -376,10 +377,8 @@ class RayEngine:
         if ray is None:
             return
         for actor in self.actors:
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 ray.kill(actor, no_restart=True)
-            except Exception:  # already gone
-                pass
         self.actors = []
         if self.started:
             global _SEEDED

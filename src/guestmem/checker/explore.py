@@ -73,7 +73,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guestmem.backend.base import Outcome
-from guestmem.errors import GuestmemError
 from guestmem.checker.ops import WORD, Op, alphabet, bind
 from guestmem.checker.properties import (
     Monitor,
@@ -87,6 +86,7 @@ from guestmem.checker.properties import (
     record_trace,
     restore,
 )
+from guestmem.errors import GuestmemError
 from guestmem.model.gmem import UNALLOCATED, PageRow
 from guestmem.model.provenance import FILL_PAGE, ZEROED_PAGE, Origin, keyed_bytes
 from guestmem.spec import platforms, revisions

@@ -5,14 +5,14 @@ platform, direction and phase, the EOPNOTSUPP map, and the property violations t
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 from guestmem import progress, schemas
 from guestmem.checker import analyze
 from guestmem.checker.explore import Exploration
 from guestmem.checker.schedule import Search
-from guestmem.cli import UsageError, chosen_revisions
+from guestmem.cli import chosen_revisions
+from guestmem.cli.explore import add_engine_options, check_engine, engine
 from guestmem.terminal import table
 
 DESCRIPTION = """\
@@ -24,9 +24,10 @@ EPILOG = """\
 examples:
   guestmem analyze --abi seed
   guestmem analyze --abi all --format markdown > docs/analyze.md
+  guestmem analyze --abi all --engine ray --address auto
 
 Exit status: 0 when no platform violates a property it claims, 1 when one does, 2 for
-bad input."""
+bad input, 3 when an exploration could not finish (a Ray worker died)."""
 
 
 def register(sub: Any) -> None:
@@ -42,8 +43,9 @@ def register(sub: Any) -> None:
         "--workers",
         type=int,
         default=None,
-        help="processes sharing the explorations (default: the CPU count)",
+        help="processes sharing the explorations (default: the CPU count; with --engine ray, the cluster's)",
     )
+    add_engine_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -54,10 +56,8 @@ def document(results: list[analyze.RevisionAnalysis]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     abis = chosen_revisions(args.abi)
-    workers = (os.cpu_count() or 1) if args.workers is None else args.workers
-    if workers < 1:
-        raise UsageError(f"--workers: {workers} must be >= 1")
-    with progress.Status("analyze", enabled=args.format != "json") as status:
+    workers = check_engine(args)
+    with progress.Status("analyze", enabled=args.format != "json") as status, engine(args, workers) as on:
         count = [0]
 
         def done(search: Search, result: Exploration) -> None:
@@ -65,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
             status.finish(f"{search.label}")
             status.update(f"explored {count[0]}: {search.label} ({result.distinct} states)", force=True)
 
-        status.update(f"exploring with {workers} worker(s)", force=True)
-        results = analyze.analyze(abis, workers=workers, done=done)
+        shown = workers if on is None else getattr(on, "workers", workers)
+        status.update(f"exploring with {shown} worker(s)", force=True)
+        results = analyze.analyze(abis, workers=workers or 1, done=done, engine=on)
     if args.format == "json":
         schemas.write(document(results))
     elif args.format == "markdown":

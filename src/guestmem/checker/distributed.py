@@ -44,10 +44,12 @@ Ray is imported only here, and only when the engine is asked for.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -139,6 +141,11 @@ def start_ray(ray: Any, address: str | None = None, cpus: int | None = None) -> 
         else:
             os.environ["PYTHONHASHSEED"] = saved
     _SEEDED = address is None
+    # Ray's copy of colorama, set up while Ray starts, would write a colour reset
+    # (ESC [0m) to the terminal when this process exits, after guestmem's last line.
+    colorama = sys.modules.get("colorama.initialise")
+    if colorama is not None:
+        atexit.unregister(colorama.reset_all)
 
 
 class Shard:

@@ -6,13 +6,16 @@ semantics.md §1 and §4, uapi.md §4 (flags), §7 (validation order), §8 (``er
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import struct
 
 import pytest
 
 from guestmem.errors import IoctlError
 from guestmem.model import GuestMemfd, Vm
-from guestmem.spec.terms import Direction
+from guestmem.spec import platforms, revisions
+from guestmem.spec.terms import Direction, Phase, Policy
 from guestmem.uapi.kvm import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP
 
 PAGE = 4096
@@ -217,3 +220,20 @@ def test_rfc_v5_preserve_only_to_private_before_launch(platform: str) -> None:
     arg = raw(PAGE, 2 * PAGE, PRIVATE, 2)
     assert errno_of(gmem, arg) == "EOPNOTSUPP"
     assert struct.unpack_from("<Q", arg, 32)[0] == PAGE
+
+
+def test_a_copy_of_a_platform_is_the_same_platform_to_every_revision() -> None:
+    """Revisions tell platforms apart by what they are, not by object identity: an
+    unpickled copy (a Ray worker's) or an unchanged ``dataclasses.replace`` gets every
+    answer the registered platform gets."""
+    for revision in revisions.REVISIONS.values():
+        for platform in platforms.PLATFORMS.values():
+            for copy in (pickle.loads(pickle.dumps(platform)), dataclasses.replace(platform)):
+                assert copy is not platform
+                decodable = {revision.decode(revision.encode(policy)) for policy in Policy}
+                for direction in Direction:
+                    for decoded in [d for d in decodable if d is not None]:
+                        for phase in Phase:
+                            want = revision.effect(platform, direction, decoded, phase)
+                            got = revision.effect(copy, direction, decoded, phase)
+                            assert got == want, (revision.name, platform.name, direction, decoded, phase)

@@ -70,6 +70,7 @@ from guestmem.checker.explore import (
 from guestmem.checker.properties import Property, Violation
 from guestmem.checker.schedule import Engine, Search
 from guestmem.errors import GuestmemError
+from guestmem.spec import platforms
 
 ENGINES = ("local", "ray")
 #: The optional dependency that provides the engine.
@@ -80,6 +81,8 @@ HASH_SEED = "0"
 PROBE = (True, ((8, 0, (b"guestmem", ((0, 4096, 3),)), 0, 0, 1), (1, ("private", (0, ())))))
 #: Seconds between looks at the actors' progress while a level runs.
 POLL = 0.2
+#: Seconds to wait for the CPUs of actors being stopped to become free.
+FREEING = 10.0
 
 #: Successors sent to one owner: (key, state, tag) each, and the names of keyed pages
 #: among them (:attr:`Explorer.terms`).
@@ -133,8 +136,10 @@ def start_ray(ray: Any, address: str | None = None, cpus: int | None = None) -> 
     os.environ["PYTHONHASHSEED"] = HASH_SEED  # inherited by the processes Ray starts here
     try:
         ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise EngineUnavailable(f"--address {address}: cannot join the Ray cluster: {err}") from None
+    except Exception as err:  # Ray raises bare Exception when its node does not come up
+        where = "start on this machine" if address is None else f"be joined at {address}"
+        reason = " ".join(str(err).split())
+        raise EngineUnavailable(f"--engine ray: Ray could not {where}: {reason}") from None
     finally:
         if saved is None:
             del os.environ["PYTHONHASHSEED"]
@@ -185,8 +190,11 @@ class Shard:
         gc.disable()
         self.rss_start = resident_bytes()
         self.cpu_start = time.process_time()
+        platform = search.platform  # a copy, unpickled: the registered one if it is that
+        if platforms.PLATFORMS.get(platform.name) == platform:
+            platform = platforms.PLATFORMS[platform.name]
         explorer = Explorer(
-            search.platform,
+            platform,
             search.abi,
             pages=search.pages,
             depth=search.depth,
@@ -357,9 +365,15 @@ class RayEngine:
         ray = self.ray
         cpus = int(ray.cluster_resources().get("CPU", 0))
         count = self.asked or cpus
-        if count < 1 or count > cpus:
+        free = int(ray.available_resources().get("CPU", 0))
+        deadline = time.monotonic() + FREEING
+        while count > free and count <= cpus and time.monotonic() < deadline:
+            time.sleep(0.1)  # actors stopped just before (an earlier engine's) free their CPUs
+            free = int(ray.available_resources().get("CPU", 0))
+        if count < 1 or count > free:
             raise EngineUnavailable(
-                f"--workers: {count} Ray workers need {count} CPUs; the cluster has {cpus}"
+                f"--workers: {count} Ray workers need {count} free CPUs; the cluster has {cpus}, "
+                f"{free} of them free"
             )
         remote = ray.remote(num_cpus=1, max_restarts=0, concurrency_groups={"progress": 1})(Shard)
         # Workers of a Ray started by start_ray() have the seed already (and start sooner).

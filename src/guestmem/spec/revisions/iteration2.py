@@ -23,7 +23,7 @@ class Iteration2(Seed):
         if (
             direction is Direction.TO_PRIVATE
             and policy is Decoded.ZERO
-            and platform is not sw_protected.PLATFORM
+            and platform.name != sw_protected.PLATFORM.name  # a copy or variant is the same platform
         ):
             return None
         return super().effect(platform, direction, policy, phase)

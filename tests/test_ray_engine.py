@@ -143,11 +143,12 @@ def test_max_states_counts_every_worker(ray_address: str, capsys: pytest.Capture
         explore("pkvm", "seed", depth=5, max_states=300)
     with RayEngine(workers=2) as engine, pytest.raises(TooManyStates) as distributed:
         engine.explore(Search(platforms.get("pkvm"), "seed", 2, 5, max_states=300))
+    # the same depth as the local search: the bound is on every actor's states together
+    # (each holds about half, so a bound per actor would stop later, or never)
     assert str(distributed.value) == str(local.value)
     assert str(local.value).startswith("pkvm under seed: more than 300 distinct states by depth ")
     full = explore("pkvm", "seed", depth=5)
     assert local.value.depth == next(d for d in range(6) if sum(full.per_level[: d + 1]) > 300)
-    # no worker holds more than 300, yet together they pass it: the bound is the cluster's
     assert main(["explore", "--platform", "pkvm", "--depth", "5", "--max-states", str(full.distinct)]) == 0
     capsys.readouterr()
     for engine_name in ("local", "ray"):
@@ -207,7 +208,7 @@ def test_ctrl_c_on_a_cluster_ends_with_130_and_one_line(ray_address: str) -> Non
     assert ray.available_resources().get("CPU") == 2
 
 
-def test_analyze_takes_the_engine(ray_address: str) -> None:
+def test_more_workers_than_free_cpus_is_bad_input(ray_address: str) -> None:
     done = subprocess.run(
         [*COMMAND, "analyze", "--abi", "seed", "--engine", "ray", "--workers", "3", "--address", ray_address],
         capture_output=True,

@@ -32,7 +32,7 @@ examples:
   guestmem explore --platform pkvm --ablate consent --format json
   guestmem explore --platform tdx --abi all --depth 4
   guestmem explore --platform snp --pages 3 --depth 8 --engine ray
-  guestmem explore --platform snp --pages 4 --engine ray --address auto --max-states 50000000
+  guestmem explore --platform all --pages 4 --engine ray --address auto
 
 Exit status: 0 when no platform violates a property it claims, 1 when one does,
 2 for bad input, 3 when a search could not finish (more states than --max-states, or

@@ -132,8 +132,11 @@ def start_ray(ray: Any, address: str | None = None, cpus: int | None = None) -> 
         import guestmem
 
         options["runtime_env"] = {"py_modules": [guestmem]}
-    saved = os.environ.get("PYTHONHASHSEED")
-    os.environ["PYTHONHASHSEED"] = HASH_SEED  # inherited by the processes Ray starts here
+    # Inherited by the processes Ray starts here: one hash seed, and workers at the
+    # caller's priority (Ray's default, niceness 15, starves a search on a busy machine).
+    settings = {"PYTHONHASHSEED": HASH_SEED, "RAY_worker_niceness": "0"} if address is None else {}
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         ray.init(address=address, **options)
     except Exception as err:  # Ray raises bare Exception when its node does not come up
@@ -141,10 +144,11 @@ def start_ray(ray: Any, address: str | None = None, cpus: int | None = None) -> 
         reason = " ".join(str(err).split())
         raise EngineUnavailable(f"--engine ray: Ray could not {where}: {reason}") from None
     finally:
-        if saved is None:
-            del os.environ["PYTHONHASHSEED"]
-        else:
-            os.environ["PYTHONHASHSEED"] = saved
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
     _SEEDED = address is None
     # Ray's copy of colorama, set up while Ray starts, would write a colour reset
     # (ESC [0m) to the terminal when this process exits, after guestmem's last line.

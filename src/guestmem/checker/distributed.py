@@ -81,6 +81,8 @@ HASH_SEED = "0"
 PROBE = (True, ((8, 0, (b"guestmem", ((0, 4096, 3),)), 0, 0, 1), (1, ("private", (0, ())))))
 #: Seconds between looks at the actors' progress while a level runs.
 POLL = 0.2
+#: Attempts to start Ray on this machine.
+STARTS = 3
 #: Seconds to wait for the CPUs of actors being stopped to become free.
 FREEING = 10.0
 
@@ -138,11 +140,17 @@ def start_ray(ray: Any, address: str | None = None, cpus: int | None = None) -> 
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:
-        ray.init(address=address, **options)
-    except Exception as err:  # Ray raises bare Exception when its node does not come up
-        where = "start on this machine" if address is None else f"be joined at {address}"
-        reason = " ".join(str(err).split())
-        raise EngineUnavailable(f"--engine ray: Ray could not {where}: {reason}") from None
+        for attempt in range(STARTS):
+            try:
+                ray.init(address=address, **options)
+                break
+            except Exception as err:  # Ray raises bare Exception when its node does not come up
+                ray.shutdown()
+                if attempt + 1 < STARTS and address is None:
+                    continue  # its processes get 30 s to start, which a busy machine can miss
+                where = "start on this machine" if address is None else f"be joined at {address}"
+                reason = " ".join(str(err).split())
+                raise EngineUnavailable(f"--engine ray: Ray could not {where}: {reason}") from None
     finally:
         for name, value in saved.items():
             if value is None:

@@ -28,6 +28,8 @@ from guestmem.checker.properties import Property
 from guestmem.checker.schedule import Search
 from guestmem.cli import main
 from guestmem.spec import platforms, revisions
+from test_explore_exact import pin_the_next_page_too
+from test_mutants import off_by_one_error_offset
 from test_progress import COMMAND, _interrupt
 from test_schemas import valid
 
@@ -70,8 +72,8 @@ def test_engines_agree_on_every_platform_and_revision(ray_address: str) -> None:
 def mutate() -> None:
     """Run in each actor's process: the model with two deliberate bugs."""
     mp = pytest.MonkeyPatch()
-    test_mutants.off_by_one_error_offset(mp)
-    test_explore_exact.pin_the_next_page_too(mp)
+    off_by_one_error_offset(mp)
+    pin_the_next_page_too(mp)
 
 
 def test_engines_agree_on_a_mutant_model(ray_address: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,8 +84,8 @@ def test_engines_agree_on_a_mutant_model(ray_address: str, monkeypatch: pytest.M
         ray.cloudpickle.register_pickle_by_value(module)
     try:
         with RayEngine(workers=2, prepare=mutate) as engine:
-            test_mutants.off_by_one_error_offset(monkeypatch)
-            test_explore_exact.pin_the_next_page_too(monkeypatch)
+            off_by_one_error_offset(monkeypatch)
+            pin_the_next_page_too(monkeypatch)
             snp = Search(platforms.get("snp"), "seed", 2, 4)
             local = explore("snp", "seed", pages=2, depth=4, workers=1)
             distributed = engine.explore(snp)
@@ -97,6 +99,7 @@ def test_engines_agree_on_a_mutant_model(ray_address: str, monkeypatch: pytest.M
     finally:
         for module in (sys.modules[__name__], test_mutants, test_explore_exact):
             ray.cloudpickle.unregister_pickle_by_value(module)
+    monkeypatch.undo()  # the catch was the bug's doing
     assert Property.REPORTING not in explore("snp", "seed", pages=2, depth=4).counterexamples
 
 

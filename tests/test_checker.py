@@ -402,7 +402,9 @@ def test_flags_zero_cells_follow_semantics_section_1() -> None:
 def test_docs_analyze_md_is_the_current_output(monkeypatch: pytest.MonkeyPatch) -> None:
     from guestmem.checker.schedule import Search
 
-    def searches(found: list[Search], workers: int, done: object = None) -> list[Exploration]:
+    def searches(
+        found: list[Search], workers: int, done: object = None, engine: object = None
+    ) -> list[Exploration]:
         return [explored(s.platform.name, s.abi) for s in found]
 
     monkeypatch.setattr(analyze, "run_searches", searches)

@@ -201,7 +201,7 @@ def test_ctrl_c_on_a_cluster_ends_with_130_and_one_line(ray_address: str) -> Non
     """Through ``--address``: the command joins the running Ray instance, and Ctrl-C stops
     its search (and its actors) with one line."""
     argv = ["explore", "--platform", "snp", "--pages", "3", "--depth", "12", "--engine", "ray"]
-    code, before, after = _interrupt([*COMMAND, *argv, "--address", ray_address], b"depth 3/")
+    code, before, after = _interrupt([*COMMAND, *argv, "--address", ray_address], b"depth 7/")
     assert code == progress.INTERRUPTED
     assert "Traceback" not in before + after
     lines = [line for line in after.replace("\r", "\n").splitlines() if line.strip() and line.strip() != "^C"]

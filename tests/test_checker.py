@@ -33,6 +33,7 @@ from guestmem.checker.properties import (
 )
 from guestmem.cli import main
 from guestmem.model.provenance import ZEROED_PAGE
+from guestmem.outfile import Directory
 from guestmem.spec import platforms, revisions
 from guestmem.uapi.kvm import PAGE_SIZE
 
@@ -297,7 +298,7 @@ def test_counterexamples_replay_and_fail_exactly_where_explore_said(tmp_path: Pa
     for abi in ("seed", "v8"):
         result = explore("sw_protected", abi, depth=4, workers=1)
         for cx in result.counterexamples.values():
-            path = counterexample.write(result, cx, tmp_path)
+            path = Path(counterexample.write(result, cx, Directory(tmp_path)))
             tomllib.loads(path.read_text())
             assert _replay(path) == [cx.fails_at + 1]
             written += 1
@@ -325,7 +326,7 @@ def test_witnessed_counterexamples_replay(tmp_path: Path, monkeypatch: pytest.Mo
     result = explore("snp", "seed", depth=3, workers=1)
     cx = result.counterexamples[Property.ATOMICITY]
     assert cx.witness and cx.fails_at == cx.detected + 1
-    path = counterexample.write(result, cx, tmp_path)
+    path = Path(counterexample.write(result, cx, Directory(tmp_path)))
     assert _replay(path) == [cx.fails_at + 1]
     monkeypatch.undo()
     assert _replay(path) == []

@@ -151,7 +151,7 @@ def test_explore_out_it_cannot_create_is_bad_input(
     explore = ["explore", "--platform", "pkvm", "--depth", "1", "--out"]
     _bad([*explore, f"{taken}/cx"], capsys, "--out", f"{taken}/cx", "Not a directory")
     _bad([*explore, "/proc/none/cx"], capsys, "--out", "/proc/none/cx", "No such file")
-    _bad([*explore, "c\0x"], capsys, "--out", "null")
+    _bad([*explore, "c\0x"], capsys, "--out", "NUL")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from guestmem import outfile
+
 QEMU = "qemu-system-x86_64"
 VNG = "vng"
 #: Exit statuses of the runner's own failures (the command's status passes through). They sit
@@ -294,14 +296,14 @@ class VmRun:
         accel = self.accel or ("kvm" if host_can_nest() else "tcg")
         with contextlib.ExitStack() as stack:
             scratch = self.scratch or stack.enter_context(tempfile.TemporaryDirectory(prefix="guestmem-vm-"))
-            os.makedirs(scratch, exist_ok=True)
+            directory = stack.enter_context(outfile.Directory(scratch, create=True, what="--scratch"))
             for name in (STATUS_FILE, STATUS_FILE + ".check", CHECK_FILE):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(scratch, name))
             script = inside_script(
                 self.command, scratch, self.cwd, require_ioctl=self.require_ioctl, emulated=accel == "tcg"
             )
-            Path(scratch, "run.sh").write_text(script)
+            directory.write("run.sh", script)
             self.progress(f"booting {self.kernel} ({version}) with {accel.upper()}")
             return self._boot(self.argv(vng, scratch, accel), env, scratch)
         raise AssertionError("unreachable")

@@ -8,14 +8,14 @@ import dataclasses
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from guestmem import progress, schemas
+from guestmem import outfile, progress, schemas
 from guestmem.checker import counterexample
 from guestmem.checker.explore import DEFAULT_DEPTH, DEFAULT_PAGES, Exploration
 from guestmem.checker.schedule import Search, run_searches
 from guestmem.cli import UsageError, chosen_revisions
+from guestmem.printable import printable
 from guestmem.spec import platforms, revisions
 from guestmem.terminal import table
 
@@ -62,7 +62,9 @@ def register(sub: Any) -> None:
         action="store_false",
         help="count states that differ only by a permutation of pages separately",
     )
-    parser.add_argument("--out", type=Path, help="write each counterexample as a scenario file here")
+    parser.add_argument(
+        "--out", metavar="DIR", help="write each counterexample as a scenario file here (created if missing)"
+    )
     parser.add_argument(
         "--ablate",
         choices=ABLATIONS,
@@ -102,15 +104,8 @@ def _check(args: argparse.Namespace) -> int:
     workers = (os.cpu_count() or 1) if args.workers is None else args.workers
     if workers < 1:
         raise UsageError(f"--workers: {workers} must be >= 1")
-    if args.out is not None:  # before exploring: a directory it cannot make is bad input
-        try:
-            args.out.mkdir(parents=True, exist_ok=True)
-        except ValueError as err:  # a NUL in the name
-            raise UsageError(f"--out: bad directory name {str(args.out)!r}: {err}") from None
-        except OSError as err:
-            raise UsageError(
-                f"--out: cannot create directory {str(args.out)!r}: {err.strerror or err}"
-            ) from None
+    if args.out is not None:  # before exploring: a directory it cannot use is bad input
+        outfile.check_directory(args.out, "--out")
     return workers
 
 
@@ -144,17 +139,20 @@ def run(args: argparse.Namespace) -> int:
             for search in searches:
                 running[0] = search.platform.name + (f" ({search.variant})" if search.variant else "")
                 results += run_searches([search], workers, progress=level, done=done)
-    written: dict[tuple[str, str, str], Path] = {}
+    written: dict[tuple[str, str, str], str] = {}
     if args.out is not None:
-        for result in results:
-            for prop, cx in result.counterexamples.items():
-                written[result.abi, result.label, prop.value] = counterexample.write(result, cx, args.out)
+        with outfile.Directory(args.out, create=True, what="--out") as directory:
+            found = [(r, cx) for r in results for cx in r.counterexamples.values()]
+            for result, cx in found:  # every name first: a target it refuses leaves the others unwritten
+                directory.check(counterexample.file_name(result, cx))
+            for result, cx in found:
+                written[result.abi, result.label, cx.prop.value] = counterexample.write(result, cx, directory)
     if args.format == "json":
         payload = [r.to_json() for r in results]
         for entry, result in zip(payload, results, strict=True):
             for violation in entry["violations"]:
                 path = written.get((result.abi, result.label, violation["property"]))
-                violation["file"] = None if path is None else str(path)
+                violation["file"] = path
         schemas.dump(
             "explore", {"abi": args.abi, "pages": args.pages, "depth": args.depth, "results": payload}
         )
@@ -167,7 +165,7 @@ def _print_text(
     args: argparse.Namespace,
     results: list[Exploration],
     workers: int,
-    written: dict[tuple[str, str, str], Path],
+    written: dict[tuple[str, str, str], str],
 ) -> None:
     print(f"explore: abi {args.abi}, {args.pages} pages, depth {args.depth}, {workers} worker(s)")
     rows = []
@@ -201,4 +199,4 @@ def _print_text(
                 print(f"  {number}. {op}  expect {shown}{mark}")
             path = written.get((r.abi, r.label, prop.value))
             if path is not None:
-                print(f"  scenario: {path}")
+                print(f"  scenario: {printable(path)}")

@@ -374,8 +374,11 @@ def test_explore_cli_fails_when_a_claimed_property_breaks(capsys: pytest.Capture
         (["--platform", "sgx"], "--platform: unknown platform 'sgx'"),
         (["--abi", "v9"], "--abi: unknown revision 'v9'"),
         (["--pages", "0"], "--pages: 0 is out of range"),
-        (["--depth", "-1"], "--depth: -1 must be >= 0"),
-        (["--workers", "0"], "--workers: 0 must be >= 1"),
+        (["--pages", "9"], "--pages: 9 is out of range (1 to 8)"),
+        (["--depth", "-1"], "--depth: -1 is out of range (0 to 1000)"),
+        (["--depth", "1000000000"], "--depth: 1000000000 is out of range (0 to 1000)"),
+        (["--workers", "0"], "--workers: 0 is out of range (1 to 64)"),
+        (["--workers", "100000"], "--workers: 100000 is out of range (1 to 64)"),
     ],
 )
 def test_explore_cli_bad_input(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -37,18 +37,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from guestmem import outfile
+from guestmem import outfile, progress
 
 QEMU = "qemu-system-x86_64"
 VNG = "vng"
 #: Exit statuses of the runner's own failures (the command's status passes through). They sit
-#: in 120-125, beside timeout(1)'s 124, so that none is also a status of ``guestmem`` itself
-#: (0, 1, 2, 4 = KSFT_SKIP, 130) or of a kselftest run inside.
+#: in 120-125, with timeout(1)'s 124 meaning "did not finish in time" as it does for
+#: ``guestmem explore`` and ``analyze``, apart from guestmem's other statuses (0, 1, 2,
+#: 4 = KSFT_SKIP, 130) and those of a kselftest run inside.
 EXIT_BAD_KERNEL = 120
 EXIT_NO_QEMU = 121
 EXIT_NO_VIRTME = 122
 EXIT_NO_IOCTL = 123
-EXIT_TIMEOUT = 124
+EXIT_TIMEOUT = progress.TIMED_OUT
 EXIT_BOOT = 125
 EXIT_STATUS = {
     "bad kernel file": EXIT_BAD_KERNEL,

@@ -17,6 +17,7 @@ same exploration: ``analyze`` runs it once and relabels it (:func:`relabel`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -98,26 +99,33 @@ class Search:
     depth: int
     variant: str = ""
     symmetry: bool = True
+    #: ``time.monotonic()`` past which the search stops (None: no limit).
+    deadline: float | None = None
 
     @property
     def label(self) -> str:
         return f"{self.platform.name}{f' ({self.variant})' if self.variant else ''} under {self.abi}"
 
     @property
-    def weight(self) -> float:
+    def weight(self) -> int:
         """A rough cost estimate, for scheduling the largest first: page symmetry
-        divides the states by about the number of page orders."""
-        reduction = 1.0
+        divides the states by about the number of page orders (integers: exact at any depth)."""
+        reduction = 1
         if self.symmetry and symmetric(self.platform, revisions.get(self.abi)):
-            for n in range(2, self.pages + 1):
-                reduction *= n
-        return (4.0**self.pages) * (3.0**self.depth) / reduction
+            reduction = math.factorial(self.pages)
+        return int(4**self.pages * 3**self.depth) // reduction
 
 
 def _run(job: tuple[int, Search]) -> tuple[int, Exploration]:
     index, s = job
     return index, explore(
-        s.platform, s.abi, pages=s.pages, depth=s.depth, variant=s.variant, symmetry=s.symmetry
+        s.platform,
+        s.abi,
+        pages=s.pages,
+        depth=s.depth,
+        variant=s.variant,
+        symmetry=s.symmetry,
+        deadline=s.deadline,
     )
 
 
@@ -142,6 +150,7 @@ def run_searches(
                 variant=s.variant,
                 symmetry=s.symmetry,
                 progress=progress,
+                deadline=s.deadline,
             )
             if done is not None:
                 done(s, results[i])  # type: ignore[arg-type]

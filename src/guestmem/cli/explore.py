@@ -12,16 +12,25 @@ from typing import Any
 
 from guestmem import outfile, progress, schemas
 from guestmem.checker import counterexample
-from guestmem.checker.explore import DEFAULT_DEPTH, DEFAULT_PAGES, Exploration
+from guestmem.checker.explore import (
+    DEFAULT_DEPTH,
+    DEFAULT_PAGES,
+    MAX_DEPTH,
+    MAX_PAGES,
+    TIMEOUT,
+    Exploration,
+)
 from guestmem.checker.schedule import Search, run_searches
 from guestmem.cli import UsageError, chosen_revisions
+from guestmem.cli.run import add_timeout, timeout_of
 from guestmem.printable import printable
 from guestmem.spec import platforms, revisions
 from guestmem.terminal import table
 
 #: Ablations: a platform variant with one rule switched off, to show the rule matters.
 ABLATIONS = ("consent",)
-MAX_PAGES = 8
+#: The most processes ``--workers`` may ask for.
+MAX_WORKERS = 64
 
 EPILOG = """\
 examples:
@@ -31,8 +40,10 @@ examples:
   guestmem explore --platform tdx --abi all --depth 4
 
 Exit status: 0 when no platform violates a property it claims, 1 when one does,
-2 for bad input. Violations of properties a platform does not claim (sw_protected:
-confidentiality, integrity) are reported but do not fail the run."""
+2 for bad input, 124 when --timeout stopped a search before its depth (what was
+explored whole is reported, and one line on stderr says how far each search got).
+Violations of properties a platform does not claim (sw_protected: confidentiality,
+integrity) are reported but do not fail the run."""
 
 
 def register(sub: Any) -> None:
@@ -47,14 +58,20 @@ def register(sub: Any) -> None:
     parser.add_argument("--platform", default="all", help="platform name or 'all' (default: all)")
     parser.add_argument("--abi", default=revisions.DEFAULT, help="ABI revision or 'all' (default: seed)")
     parser.add_argument(
-        "--pages", type=int, default=DEFAULT_PAGES, help="pages in the guest_memfd (default: 2)"
+        "--pages",
+        type=int,
+        default=DEFAULT_PAGES,
+        help=f"pages in the guest_memfd, 1 to {MAX_PAGES} (default: {DEFAULT_PAGES})",
     )
     parser.add_argument(
-        "--depth", type=int, default=DEFAULT_DEPTH, help="operations per sequence (default: 6)"
+        "--depth",
+        type=int,
+        default=DEFAULT_DEPTH,
+        help=f"operations per sequence, 0 to {MAX_DEPTH} (default: {DEFAULT_DEPTH}); a search "
+        "ends earlier when no new state is left",
     )
-    parser.add_argument(
-        "--workers", type=int, default=None, help="processes sharing the search (default: the CPU count)"
-    )
+    add_workers(parser, "the search")
+    add_timeout(parser, "the whole search", "report how far it got (exit status 124)", TIMEOUT)
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.add_argument(
         "--no-symmetry",
@@ -95,15 +112,52 @@ def _targets(args: argparse.Namespace) -> list[tuple[platforms.Platform, str]]:
     return out
 
 
+def add_workers(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"processes sharing {what}, 1 to {MAX_WORKERS} (default: the CPU count)",
+    )
+
+
+def workers_of(args: argparse.Namespace) -> int:
+    """``--workers``, checked: 1 to :data:`MAX_WORKERS` (default: the CPU count, so bounded)."""
+    if args.workers is None:
+        return min(os.cpu_count() or 1, MAX_WORKERS)
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise UsageError(f"--workers: {args.workers} is out of range (1 to {MAX_WORKERS})")
+    workers: int = args.workers
+    return workers
+
+
+def deadline_of(args: argparse.Namespace) -> float | None:
+    """``--timeout`` (or ``$GUESTMEM_TIMEOUT``) as a ``time.monotonic()`` deadline."""
+    limit = timeout_of(args, TIMEOUT)
+    return None if limit is None else time.monotonic() + limit
+
+
+def timed_out(what: str, results: list[Exploration], limit: float | None) -> int:
+    """If a search stopped at its deadline: one line saying how far each got, and 124."""
+    stopped = [r for r in results if r.timed_out]
+    if not stopped:
+        return 0
+    reached = "; ".join(
+        f"{r.label} under {r.abi} explored depth {r.reached} of {r.depth} whole ({r.distinct} states)"
+        for r in stopped
+    )
+    print(f"guestmem: {what} timed out after {limit:g} s (--timeout): {reached}", file=sys.stderr)
+    return progress.TIMED_OUT
+
+
 def _check(args: argparse.Namespace) -> int:
     chosen_revisions(args.abi)
     if not 1 <= args.pages <= MAX_PAGES:
         raise UsageError(f"--pages: {args.pages} is out of range (1 to {MAX_PAGES})")
-    if args.depth < 0:
-        raise UsageError(f"--depth: {args.depth} must be >= 0")
-    workers = (os.cpu_count() or 1) if args.workers is None else args.workers
-    if workers < 1:
-        raise UsageError(f"--workers: {workers} must be >= 1")
+    if not 0 <= args.depth <= MAX_DEPTH:
+        raise UsageError(f"--depth: {args.depth} is out of range (0 to {MAX_DEPTH})")
+    workers = workers_of(args)
+    timeout_of(args, TIMEOUT)  # a bad $GUESTMEM_TIMEOUT is bad input before anything runs
     if args.out is not None:  # before exploring: a directory it cannot use is bad input
         outfile.check_directory(args.out, "--out")
     return workers
@@ -112,8 +166,9 @@ def _check(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     workers = _check(args)
     targets = _targets(args)
+    deadline = deadline_of(args)
     searches = [
-        Search(platform, abi, args.pages, args.depth, variant, args.symmetry)
+        Search(platform, abi, args.pages, args.depth, variant, args.symmetry, deadline)
         for abi in chosen_revisions(args.abi)
         for platform, variant in targets
     ]
@@ -154,11 +209,19 @@ def run(args: argparse.Namespace) -> int:
                 path = written.get((result.abi, result.label, violation["property"]))
                 violation["file"] = path
         schemas.dump(
-            "explore", {"abi": args.abi, "pages": args.pages, "depth": args.depth, "results": payload}
+            "explore",
+            {
+                "abi": args.abi,
+                "pages": args.pages,
+                "depth": args.depth,
+                "timed_out": any(r.timed_out for r in results),
+                "results": payload,
+            },
         )
     else:
         _print_text(args, results, workers, written)
-    return 1 if any(r.violated(claimed_only=True) for r in results) else 0
+    stopped = timed_out("explore", results, timeout_of(args, TIMEOUT))
+    return stopped or (1 if any(r.violated(claimed_only=True) for r in results) else 0)
 
 
 def _print_text(

@@ -49,25 +49,30 @@ def positive_seconds(text: str) -> float:
 TIMEOUT_VARIABLE = "GUESTMEM_TIMEOUT"
 
 
-def add_timeout(parser: argparse.ArgumentParser) -> None:
+def add_timeout(
+    parser: argparse.ArgumentParser,
+    what: str = "a scenario run (one platform)",
+    then: str = "report it timed out",
+    default: float = TIMEOUT,
+) -> None:
     parser.add_argument(
         "--timeout",
         type=seconds,
         default=argparse.SUPPRESS,
         metavar="SECONDS",
-        help=f"stop a scenario run (one platform) after this long and report it timed out "
-        f"(default ${TIMEOUT_VARIABLE} if set, else {TIMEOUT:g}; 0: no limit)",
+        help=f"stop {what} after this long and {then} "
+        f"(default ${TIMEOUT_VARIABLE} if set, else {default:g}; 0: no limit)",
     )
 
 
-def timeout_of(args: argparse.Namespace) -> float | None:
-    """``--timeout`` as given, else ``$GUESTMEM_TIMEOUT``, else :data:`TIMEOUT` seconds."""
+def timeout_of(args: argparse.Namespace, default: float = TIMEOUT) -> float | None:
+    """``--timeout`` as given, else ``$GUESTMEM_TIMEOUT``, else ``default`` seconds."""
     if hasattr(args, "timeout"):
         given: float | None = args.timeout
         return given
     text = os.environ.get(TIMEOUT_VARIABLE)
     if text is None:
-        return TIMEOUT
+        return default
     try:
         return seconds(text)
     except argparse.ArgumentTypeError as err:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from guestmem import __version__
+from guestmem.printable import printable
 from guestmem.report.matrix import KINDS, NOTES, PHASES, POLICIES, general_notes
 from guestmem.scenario.expect import describe
 from guestmem.scenario.format import Step
@@ -145,8 +146,9 @@ details.run > summary { cursor: pointer; font-weight: 600; padding: 0.15em 0; }
 
 
 def e(value: object) -> str:
-    """Escape any value for HTML text or a quoted attribute."""
-    return html.escape(str(value), quote=True)
+    """Escape any value for HTML text or a quoted attribute (and bidirectional controls and
+    line separators, shown as ``\\uXXXX``: a name must not turn the page's text around)."""
+    return html.escape(printable(str(value), controls=False), quote=True)
 
 
 def seen(view: PageView) -> Seen:

@@ -216,7 +216,7 @@ def _clip(text: str, limit: int = 60) -> str:
 
 
 def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", str: "a string", list: "a list", float: "a number"}.get(
+    return {bool: "a boolean", int: "an integer", str: "a string", list: "a list", float: "a float"}.get(
         type(value), "a table" if isinstance(value, Mapping) else type(value).__name__
     )
 
@@ -269,7 +269,7 @@ def _step(raw: Any, n: int, where: str, applies: Sequence[str], pages: int, plat
     elif "repeat" in raw:
         raise bad("repeat", "needs 'data'")
     if "mapping" in raw:
-        if raw["mapping"] not in (0, 1) or isinstance(raw["mapping"], bool):
+        if type(raw["mapping"]) is not int or raw["mapping"] not in (0, 1):
             raise bad(
                 "mapping", f"must be 0 (the VMM's mapping) or 1 (a second process's), not {raw['mapping']!r}"
             )
@@ -404,12 +404,12 @@ def _expect(
 def parse_number(value: Any) -> int:
     """An offset or size: an integer, ``"0x1000"``, ``"4K"``/``"2M"``/``"1G"``, or
     ``"page:N"`` (N pages of 4096 bytes). Must fit in a u64."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, not {_kind(value)}")
-    if isinstance(value, int):
+    if type(value) is int:
         number = value
     elif isinstance(value, str):
         text = value.strip()
+        if not text.isascii():  # int() would also read other scripts' digits ("٣")
+            raise ValueError(f"bad number {value!r} (use ASCII digits: 4096, '0x1000', '4K' or 'page:1')")
         match = _SIZE.match(text)
         try:
             if text.startswith("page:"):
@@ -421,7 +421,8 @@ def parse_number(value: Any) -> int:
         except ValueError:
             raise ValueError(f"bad number {value!r} (use 4096, '0x1000', '4K' or 'page:1')") from None
     else:
-        raise ValueError(f"must be a number, not {_kind(value)}")
+        shown = f" ({value!r:.40})" if isinstance(value, float) else ""
+        raise ValueError(f"must be an integer or a string such as '4K', not {_kind(value)}{shown}")
     if not 0 <= number < _U64:
         raise ValueError(f"{value!r} does not fit in a u64")
     return number

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from guestmem import schemas, terminal
+from guestmem.printable import printable
 from guestmem.scenario.expect import describe
 from guestmem.scenario.runner import RunResult, StepResult
 from guestmem.spec import platforms
@@ -41,7 +42,8 @@ _COUNTS = {"pass": "passed", "fail": "failed", "skip": "skipped", "n/a": "not ap
 
 
 def title(result: RunResult) -> str:
-    return f"{result.scenario.name} [{result.platform}]"
+    """``name [platform]``, the name's line-changing characters escaped (:mod:`guestmem.printable`)."""
+    return f"{printable(result.scenario.name)} [{result.platform}]"
 
 
 def step_verdict(step: StepResult) -> str:
@@ -183,8 +185,8 @@ def junit(results: Sequence[RunResult]) -> ET.Element:
             suite,
             "testcase",
             classname=f"guestmem.{r.platform}",
-            name=f"{r.scenario.name} [{r.abi}]",
-            file=r.scenario.file,
+            name=f"{printable(r.scenario.name)} [{r.abi}]",
+            file=printable(r.scenario.file),
         )
         if r.error:
             ET.SubElement(case, "error", message=r.error, type="backend").text = r.error
@@ -195,7 +197,9 @@ def junit(results: Sequence[RunResult]) -> ET.Element:
             ET.SubElement(case, "skipped", message=r.skipped or "")
         elif r.status == "n/a":
             ET.SubElement(case, "skipped", message=f"not applicable to {r.abi}: {r.not_applicable}")
-        ET.SubElement(case, "system-out").text = f"backend={r.backend} abi={r.abi} file={r.scenario.file}"
+        ET.SubElement(
+            case, "system-out"
+        ).text = f"backend={r.backend} abi={r.abi} file={printable(r.scenario.file)}"
     for element in (root, *suites.values()):
         cases = element.iter("testcase")
         counted = list(cases)

@@ -349,19 +349,30 @@ def test_huge_sparse_file_costs_what_its_touched_pages_cost(
     assert _run(["consume", str(tmp_path / "fx"), "--backend", "model"], capsys)[0] == 0
 
 
+def _slow(path: Path, converts: int) -> str:
+    """A run whose every conversion takes seconds on the model (4096 written pages made
+    ciphertext or garbage, each page's bytes derived anew) within every cost limit."""
+    writes = "".join(
+        f'[[step]]\nop = "host_write"\noffset = "{m}M"\ndata = "41"\nrepeat = 1048576\n' for m in range(16)
+    )
+    turn = '[[step]]\nop = "convert"\noffset = 0\nsize = "16M"\nto = "{}"\npolicy = "none"\n'
+    converts_text = "".join(turn.format("private" if n % 2 == 0 else "shared") for n in range(converts))
+    head = 'name = "slow"\nplatforms = ["snp"]\npages = 4096\ninit = "shared"\n'
+    return _write(path, head + writes + converts_text)
+
+
 def test_timeout_ends_a_slow_run_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A run past its --timeout stops at the next step boundary: no further step runs,
-    the run fails as timed out (exit 1), the next run starts afresh."""
-    steps = '[[step]]\nop = "host_write"\noffset = 0\ndata = "41"\nrepeat = 1048576\n' * 400
-    path = _write(tmp_path / "slow.toml", HEAD.replace("pages = 1", "pages = 256") + steps)
+    """A run past its --timeout stops, within a long step if it is in one: no further step
+    runs, the run fails as timed out (exit 1), the next run starts afresh."""
+    path = _slow(tmp_path / "slow.toml", 400)
     code, out, _err = _run(["run", path, "--timeout", "0.05", "--format", "json"], capsys)
     assert code == 1
     (run,) = json.loads(out)["runs"]
     assert run["error"].startswith("timed out: the run took more than 0.05 s (--timeout), at step ")
     ran = [s for s in run["steps"] if s["outcome"] is not None]
     assert 1 <= len(ran) < 400
-    assert all(s["passed"] is None for s in run["steps"][len(ran) :])
-    assert _run(["run", path, "--timeout", "0"], capsys)[0] == 0  # 0: no limit
+    assert all(s["passed"] is None for s in run["steps"][len(ran) + 1 :])
+    assert _run(["run", _slow(tmp_path / "short.toml", 2), "--timeout", "0"], capsys)[0] == 0  # 0: no limit
 
 
 def test_timeout_default_comes_from_the_environment(
@@ -370,13 +381,12 @@ def test_timeout_default_comes_from_the_environment(
     """``$GUESTMEM_TIMEOUT`` sets ``--timeout``'s default (``guestmem vm`` sets it under
     emulation); ``--timeout`` still wins; a bad value is bad input that names the variable
     and runs nothing."""
-    steps = '[[step]]\nop = "host_write"\noffset = 0\ndata = "41"\nrepeat = 1048576\n' * 400
-    path = _write(tmp_path / "slow.toml", HEAD.replace("pages = 1", "pages = 256") + steps)
+    path = _slow(tmp_path / "slow.toml", 400)
     monkeypatch.setenv("GUESTMEM_TIMEOUT", "0.05")
     code, out, _err = _run(["run", path, "--format", "json"], capsys)
     assert code == 1
     assert json.loads(out)["runs"][0]["error"].startswith("timed out: the run took more than 0.05 s")
-    assert _run(["run", path, "--timeout", "0"], capsys)[0] == 0
+    assert _run(["run", _slow(tmp_path / "short.toml", 2), "--timeout", "0"], capsys)[0] == 0
     for value in ("-1", "nan", "soon"):
         monkeypatch.setenv("GUESTMEM_TIMEOUT", value)
         code, out, err = _run(["run", path], capsys)

@@ -52,6 +52,12 @@ class Outcome:
     skipped: str | None = None
     #: Provenance of ``data`` where the backend knows it (the model does).
     origins: list[tuple[int, int, str]] | None = field(default=None, compare=False)
+    #: A read summarised after its run was judged (``RunResult.compact`` in
+    #: :mod:`guestmem.scenario.runner`): ``data`` then holds the first bytes, these the
+    #: whole's length, its SHA-256 and, when every byte is the same, that byte.
+    data_size: int | None = None
+    data_sha256: str | None = None
+    data_fill: int | None = None
 
     @property
     def ok(self) -> bool:

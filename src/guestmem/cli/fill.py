@@ -8,11 +8,11 @@ import sys
 
 from guestmem import outfile, schemas
 from guestmem.cli import UsageError
-from guestmem.cli.run import add_timeout, check_selection, execute, load_all
+from guestmem.cli.run import add_timeout, check_selection, execute, load_all, planned
 from guestmem.printable import printable
-from guestmem.scenario import fixture, suite_files
+from guestmem.scenario import cost, fixture, suite_files
 from guestmem.scenario import output as show
-from guestmem.scenario.runner import RunResult
+from guestmem.scenario.runner import RunResult, select_platforms
 from guestmem.spec import platforms, revisions
 
 EXAMPLE = """\
@@ -56,32 +56,47 @@ def run(args: argparse.Namespace) -> int:
     check_selection(args)
     outfile.check_directory(args.dir)
     scenarios = load_all(args.files or [str(p) for p in suite_files()])
-    results = execute(scenarios, args, backend="model")
-    if not results:
+    if not any(select_platforms(s, args.platform) for s in scenarios):
         raise UsageError(f"no scenario runs on platform {args.platform!r}")
-    written: list[str] = []
-    not_frozen: list[dict[str, str]] = []
-    frozen: dict[str, RunResult] = {}
-    for result in results:
-        if result.status != "pass":
-            not_frozen.append(
-                {"scenario": result.scenario.name, "platform": result.platform, "abi": result.abi}
-                | {"status": result.status}
-            )
-            if args.format == "text":
-                print(f"not frozen: {show.title(result)}: {result.status} on the model", file=sys.stderr)
-            continue
-        name = fixture.file_name(result)
+    names: dict[tuple[int, str, str], str] = {}  # every run's file, before anything runs
+    for scenario, platform, abi in planned(scenarios, args):
+        try:
+            cost.check_fixture(scenario, platform, abi)
+        except cost.CostError as err:
+            raise UsageError(str(err)) from None
+        name = fixture.file_name_of(scenario.name, platform, abi)
         stem, count = name.removesuffix(".json"), 1
-        while name in frozen:
+        while name in names.values():
             count += 1
             name = f"{stem}-{count}.json"
-        frozen[name] = result
+        names[id(scenario), platform, abi] = name
+    written: list[str] = []
+    not_frozen: list[dict[str, str]] = []
     with outfile.Directory(args.dir, create=True) as out:
-        for name in frozen:  # every name first: a target it refuses leaves the others unwritten
+        for name in names.values():  # a target it refuses is refused before anything runs
             out.check(name)
-        for name, result in frozen.items():
-            written.append(out.write(name, json.dumps(fixture.freeze(result), indent=2) + "\n"))
+
+        def freeze(result: RunResult) -> None:
+            """Write the fixture of a passing run as soon as it ends (then the run is made compact)."""
+            if result.status != "pass":
+                not_frozen.append(
+                    {"scenario": result.scenario.name, "platform": result.platform, "abi": result.abi}
+                    | {"status": result.status}
+                )
+                if args.format == "text":
+                    print(f"not frozen: {show.title(result)}: {result.status} on the model", file=sys.stderr)
+                return
+            name = names[id(result.scenario), result.platform, result.abi]
+            text = json.dumps(fixture.freeze(result), indent=2) + "\n"
+            if len(text) > cost.MAX_FIXTURE:  # the estimate bounds it; never write what consume refuses
+                raise UsageError(
+                    f"{printable(result.scenario.file)}: the fixture of the run on {result.platform} "
+                    f"({result.abi}) is {len(text)} bytes, more than the {cost.MAX_FIXTURE >> 20} MiB "
+                    "a fixture may have"
+                )
+            written.append(out.write(name, text))
+
+        results = execute(scenarios, args, backend="model", each=freeze)
     code = show.exit_code(results)
     if args.format == "json":
         body = {"dir": args.dir, "written": written, "not_frozen": not_frozen, "exit_status": code}

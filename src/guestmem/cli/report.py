@@ -6,11 +6,12 @@ import argparse
 
 from guestmem import outfile, schemas
 from guestmem.cli import UsageError
-from guestmem.cli.run import add_timeout, check_selection, execute, load_all, selected_revisions
+from guestmem.cli.run import add_timeout, check_selection, execute, load_all, planned, selected_revisions
 from guestmem.printable import printable
 from guestmem.report import html, matrix
+from guestmem.scenario import cost, suite_files
 from guestmem.scenario import output as show
-from guestmem.scenario import suite_files
+from guestmem.scenario.runner import OBSERVED_PAGES, OBSERVED_STEPS
 from guestmem.spec import platforms, revisions
 
 EXAMPLE = """\
@@ -51,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
     check_selection(args)
     outfile.check_file(args.out, "--out")  # before running: a path it cannot write is bad input
     scenarios = load_all(args.files or [str(p) for p in suite_files()])
+    size = cost.report_bound(planned(scenarios, args), OBSERVED_STEPS, OBSERVED_PAGES)
+    if size > cost.MAX_REPORT:
+        raise UsageError(
+            f"--out: the report of these {len(scenarios)} file(s) could take {size} bytes, more than "
+            f"its limit of {cost.MAX_REPORT >> 20} MiB (run fewer files, platforms or revisions at once)"
+        )
     results = execute(scenarios, args, backend="model", observe=True)
     if not results:
         raise UsageError(f"no scenario runs on platform {args.platform!r}")

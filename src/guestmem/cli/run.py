@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from guestmem import progress
 from guestmem.cli import UsageError, chosen_revisions
 from guestmem.scenario import Scenario, ScenarioError, load
 from guestmem.scenario import output as show
-from guestmem.scenario.runner import TIMEOUT, RunResult, run_all
+from guestmem.scenario.runner import TIMEOUT, RunResult, run_all, select_platforms
 from guestmem.spec import platforms, revisions
 
 EXAMPLE = """\
@@ -127,16 +127,32 @@ def execute(
     backend: str | None = None,
     observe: bool = False,
     what: str | None = None,
+    each: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
-    """Every scenario on each selected platform, under each selected revision.
+    """Every scenario on each selected platform, under each selected revision; ``each``
+    sees every run whole before it is made compact.
 
     With ``what`` (the command's name), a progress line on a terminal (not for ``--format
     json``) counts the runs finished, and Ctrl-C names them."""
     abis = selected_revisions(args)
     if what is None:
-        return _execute(scenarios, args, abis, backend, observe, None)
+        return _execute(scenarios, args, abis, backend, observe, None, each)
     with progress.Status(what, enabled=args.format != "json") as status:
-        return _execute(scenarios, args, abis, backend, observe, status)
+        return _execute(scenarios, args, abis, backend, observe, status, each)
+
+
+def planned(scenarios: Sequence[Scenario], args: argparse.Namespace) -> list[tuple[Scenario, str, str]]:
+    """The runs :func:`execute` would make and run (scenario, platform, revision): a run
+    under a revision its file does not list makes none."""
+    out = []
+    for abi in selected_revisions(args):
+        for scenario in scenarios:
+            revision = abi or scenario.abi
+            if scenario.applies_to(revision):
+                out += [
+                    (scenario, platform, revision) for platform in select_platforms(scenario, args.platform)
+                ]
+    return out
 
 
 def _execute(
@@ -146,6 +162,7 @@ def _execute(
     backend: str | None,
     observe: bool,
     status: progress.Status | None,
+    each: Callable[[RunResult], None] | None,
 ) -> list[RunResult]:
     results: list[RunResult] = []
 
@@ -164,6 +181,7 @@ def _execute(
                 observe=observe,
                 timeout=timeout_of(args),
                 done=done,
+                each=each,
             )
             results += batch
             if status is not None:

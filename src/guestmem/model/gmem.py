@@ -14,10 +14,11 @@ import errno
 import hashlib
 import itertools
 import struct
+import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit, errno_of
+from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit, TimeLimit, errno_of
 from guestmem.model.provenance import (
     FILL_PAGE,
     INIT_PAGE,
@@ -213,6 +214,9 @@ class GuestMemfd:
         self.mappings: list[HostMapping] = []
         #: The memslot binding the file at ``gpa`` (docs/semantics.md §3 *Memslots*).
         self.memslot = True
+        #: ``time.monotonic()`` past which a call's per-page work stops with
+        #: :class:`~guestmem.errors.TimeLimit` (a scenario run's ``--timeout``); None: never.
+        self.deadline: float | None = None
         self.ino = next(_INODES)
 
     def __repr__(self) -> str:
@@ -407,6 +411,7 @@ class GuestMemfd:
         if self.attributes.first_not(lo, hi, 0) is not None:
             raise IoctlError(errno.EFAULT, "pin")
         for index in range(lo, hi):
+            self._on_time(index - lo)
             self.pages.setdefault(index, INIT_PAGE)
             self.pins[index] = self.pins.get(index, 0) + 1
 
@@ -580,6 +585,11 @@ class GuestMemfd:
             if value == wanted:
                 self.requests.set(start, end, NO_REQUEST)
 
+    def _on_time(self, count: int) -> None:
+        """Every 64 pages of a call's work: stop with :class:`TimeLimit` past the deadline."""
+        if self.deadline is not None and not count & 63 and time.monotonic() > self.deadline:
+            raise TimeLimit("a step stopped at its run's time limit")
+
     def _fail(self, view: memoryview, code: int, error_offset: int) -> None:
         """Write ``error_offset`` back, then fail; an unwritable argument gives ``EFAULT``."""
         if view.readonly:
@@ -587,19 +597,19 @@ class GuestMemfd:
         struct.pack_into("<Q", view, 32, error_offset)
         raise IoctlError(code, IOCTL, error_offset)
 
-    def _consented(self, lo: int, hi: int, wanted: int) -> set[int] | None:
-        """Pages in the range whose conversion the guest asked for (None: all of them)."""
+    def _consented(self, lo: int, hi: int, wanted: int) -> RangeMap | None:
+        """Which pages of the range the guest asked to convert, as runs (1: asked; it
+        costs what the requests' runs cost, never what the range's size does); None: all."""
         if self.requests.first_not(lo, hi, wanted) is None:
             return None
-        return {
-            p
-            for start, end, value in self.requests.runs(lo, hi)
-            if value == wanted
-            for p in range(start, end)
-        }
+        asked = RangeMap(hi, 0)
+        for start, end, value in self.requests.runs(lo, hi):
+            if value == wanted:
+                asked.set(start, end, 1)
+        return asked
 
     def _apply(
-        self, effect: Effect, direction: Direction, indices: Iterable[int], consented: set[int] | None
+        self, effect: Effect, direction: Direction, indices: Iterable[int], consented: RangeMap | None
     ) -> None:
         pages = self.pages
         if effect is Effect.ZEROS:
@@ -617,11 +627,12 @@ class GuestMemfd:
             key = self.vm.key
             if effect is Effect.RANDOM:  # a round trip of the same bytes scrambles differently
                 domain += direction.value.encode()
-            for index in indices:
+            for count, index in enumerate(indices):
+                self._on_time(count)
                 data = keyed_bytes(key, domain, index << PAGE_SHIFT, pages[index][0])
                 pages[index] = (data, ((0, PAGE_SIZE, origin),))
 
-    def _carry(self, direction: Direction, indices: Iterable[int], consented: set[int] | None) -> None:
+    def _carry(self, direction: Direction, indices: Iterable[int], consented: RangeMap | None) -> None:
         """Preserved contents change hands: record whether the guest asked (provenance)."""
         pages = self.pages
         if direction is Direction.TO_SHARED:
@@ -632,6 +643,6 @@ class GuestMemfd:
             measured = vm.platform.launch and vm.phase is Phase.PRE_LAUNCH
             new = Origin.PAYLOAD if measured else Origin.ACCEPTED
         for index in indices:
-            if consented is None or index in consented or new is Origin.PAYLOAD:
+            if consented is None or consented[index] or new is Origin.PAYLOAD:
                 data, runs = pages[index]
                 pages[index] = (data, relabel(runs, old, new))

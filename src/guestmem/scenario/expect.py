@@ -194,6 +194,11 @@ def describe(outcome: Outcome, limit: int = 16) -> str:
         return f"{reason} exit"
     if outcome.data is None:
         return "ok"
+    if outcome.data_size is not None:  # summarised after its run
+        if outcome.data_fill is not None:
+            byte = "zeros" if outcome.data_fill == 0 else f"{outcome.data_fill:02x}"
+            return f"{byte} x{outcome.data_size}"
+        return f"{outcome.data[:limit].hex()}... ({outcome.data_size} bytes)"
     return summarize(outcome.data, limit)
 
 

@@ -113,12 +113,16 @@ def file_name(result: RunResult) -> str:
     name: only letters, digits and ``_.+-`` (any other run becomes ``_``), no leading dot,
     at most :data:`NAME_CHARS` characters. A name that had to change also gets a short hash
     of the original, so different names stay different files."""
-    name = result.scenario.name
+    return file_name_of(result.scenario.name, result.platform, result.abi)
+
+
+def file_name_of(name: str, platform: str, abi: str) -> str:
+    """:func:`file_name` of a run of the scenario ``name`` on ``platform`` under ``abi``."""
     safe = _UNSAFE.sub("_", name).lstrip(".") or "_"
     if safe != name or len(safe) > NAME_CHARS:
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
         safe = f"{safe[: NAME_CHARS - 9]}-{digest}"
-    return f"{safe}.{result.platform}.{result.abi}.json"
+    return f"{safe}.{platform}.{abi}.json"
 
 
 def load(path: str | Path) -> tuple[Scenario, str]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from guestmem import inputs
 from guestmem.backend.base import GUEST_WINDOW, MAX_PAGES
+from guestmem.scenario import cost
 from guestmem.scenario.expect import NOT_WRITTEN, Expect, parse
 from guestmem.spec import platforms, revisions
 from guestmem.spec.terms import Direction, Policy
@@ -45,6 +46,8 @@ TOP_LEVEL = ("name", "about", "platforms", "abi", "pages", "init", "step")
 MAX_STEPS = 10_000
 #: Bytes one host or guest read or write may move.
 MAX_ACCESS = 1 << 20
+#: Longest scenario name (it heads every output line and names fixture files).
+MAX_NAME_CHARS = 1000
 _SIZE = re.compile(r"^(\d+)([KMG])$")
 
 
@@ -161,6 +164,8 @@ def from_dict(doc: Mapping[str, Any], where: str) -> Scenario:
     name = doc.get("name")
     if not isinstance(name, str) or not name.strip():
         raise top("name", "required, a non-empty string")
+    if len(name) > MAX_NAME_CHARS:
+        raise top("name", f"{len(name)} characters is more than the limit of {MAX_NAME_CHARS}")
     control = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
     if control is not None:
         raise top("name", f"control character {control!r} in {_clip(name)!r}")
@@ -191,8 +196,15 @@ def from_dict(doc: Mapping[str, Any], where: str) -> Scenario:
     if len(raw_steps) > MAX_STEPS:
         raise top("step", f"{len(raw_steps)} steps is more than the limit of {MAX_STEPS}")
     ordered = tuple(p for p in platforms.PLATFORMS if p in plats)
-    steps = tuple(_step(raw, n, where, applies, pages, ordered) for n, raw in enumerate(raw_steps, start=1))
-    return Scenario(name, about, ordered, abi, pages, init, steps, where, raw=doc, revisions=applies)
+    budget = cost.Budget(where)  # a run's totals, checked as each step is read
+    steps = []
+    for n, raw in enumerate(raw_steps, start=1):
+        steps.append(_step(raw, n, where, applies, pages, ordered))
+        try:
+            budget.add(steps[-1])
+        except cost.CostError as err:
+            raise ScenarioError(str(err)) from None
+    return Scenario(name, about, ordered, abi, pages, init, tuple(steps), where, raw=doc, revisions=applies)
 
 
 def _revisions(doc: Mapping[str, Any], top: Any) -> tuple[str, ...]:

@@ -397,11 +397,14 @@ def test_timeout_default_comes_from_the_environment(
 
 
 def test_the_documented_limits_are_the_enforced_ones() -> None:
-    from guestmem import inputs
+    from guestmem import inputs, progress
     from guestmem.backend.base import GUEST_WINDOW, MAX_PAGES
     from guestmem.backend.kernel import MEMORY_SHARE, MEMSLOT_MAX_PAGES, SLOT_BYTES_PER_PAGE
-    from guestmem.scenario.format import MAX_ACCESS, MAX_STEPS
-    from guestmem.scenario.runner import TIMEOUT
+    from guestmem.checker import explore
+    from guestmem.cli.explore import MAX_WORKERS
+    from guestmem.scenario import cost
+    from guestmem.scenario.format import MAX_ACCESS, MAX_NAME_CHARS, MAX_STEPS
+    from guestmem.scenario.runner import JSON_DATA_HEAD, KEPT, OBSERVED_PAGES, OBSERVED_STEPS, TIMEOUT
 
     doc = (Path(__file__).parent.parent / "docs" / "scenarios.md").read_text()
     limits = doc[doc.index("## Limits") : doc.index("## Fixtures")]
@@ -417,7 +420,20 @@ def test_the_documented_limits_are_the_enforced_ones() -> None:
         "2^31 − 1",
         f"an eighth of `MemAvailable` at {SLOT_BYTES_PER_PAGE} bytes",
         f"default {TIMEOUT:g}",
+        f"at most {MAX_NAME_CHARS} characters",
+        f"| one run's accesses | {cost.MAX_MOVED >> 20} MiB",
+        f"| one run's pins | {cost.MAX_PINNED} pages",
+        f"what `consume` reads, {cost.MAX_FIXTURE >> 20} MiB",
+        f"| a report | {cost.MAX_REPORT >> 20} MiB of HTML",
+        f"the first {OBSERVED_PAGES} pages and the first {OBSERVED_STEPS} steps",
+        f"short reads whole up to {KEPT >> 20} MiB per run",
+        f"longer than a page is kept as its first {JSON_DATA_HEAD} bytes",
+        f"`--pages` from 1 to {explore.MAX_PAGES}, `--depth` from 0 to {explore.MAX_DEPTH}",
+        f"`--workers`\nfrom 1 to {MAX_WORKERS}",
+        f"(default\n{explore.TIMEOUT:g} s for the whole command",
+        f"exit status is {progress.TIMED_OUT}",
     ]
+    assert cost.MAX_FIXTURE == inputs.MAX_FIXTURE_BYTES  # fill and consume: one limit
     for text in stated:
         assert text in limits, text
     assert (MAX_PAGES, MEMSLOT_MAX_PAGES, MEMORY_SHARE) == ((1 << 40) - 1, (1 << 31) - 1, 8)

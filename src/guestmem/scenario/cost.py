@@ -44,12 +44,11 @@ MAX_FIXTURE = inputs.MAX_FIXTURE_BYTES
 #: The largest HTML report ``report`` writes.
 MAX_REPORT = 64 << 20
 
-#: Upper bounds of the JSON a fixture holds per step beyond the step's own fields and its
-#: expectations: the model's outcome (keys, an exit, an ``error_offset``) and one rendered
-#: outcome that is not data; a read adds its hex to the model's outcome (up to a page, as
-#: JSON output keeps it) and, where the file only said ``ok`` or ``any``, to what is allowed.
+#: Upper bound of the JSON a fixture holds per step beyond the step's own fields and its
+#: expectations: the model's outcome (keys, an exit, an ``error_offset``, a read's first
+#: bytes, length and hash) and one rendered outcome that is not data; where the file only
+#: said ``ok`` or ``any``, a read adds its hex to what is allowed.
 _FIXTURE_STEP = 1024
-_FIXTURE_READ_KEPT = 2 * 4096
 #: Upper bounds of the report's HTML: a memory-map row's step label and what it saw, one
 #: page cell of a row, and the rest of a run (its heading and table frame).
 _REPORT_ROW = 1024
@@ -122,10 +121,8 @@ def fixture_bound(scenario: Scenario, platform: str, abi: str) -> tuple[int, int
     for step in scenario.steps:
         total += _FIXTURE_STEP + _raw_json(step)
         total += 2 * _expect_chars(step, platform, abi)
-        if step.op.endswith("_read"):  # the model's outcome keeps a page of it
-            total += min(2 * step.size, _FIXTURE_READ_KEPT)
-            if all(e.kind in ("ok", "any") for e in step.expect_for(platform, abi)):
-                total += 2 * step.size  # allowed: what the model read, as hex
+        if step.op.endswith("_read") and all(e.kind in ("ok", "any") for e in step.expect_for(platform, abi)):
+            total += 2 * step.size  # allowed: what the model read, as hex
         if total > MAX_FIXTURE:
             return total, step.index
     return total, 0

@@ -59,13 +59,17 @@ def saw(step: StepResult) -> str:
 
 def to_json(results: Sequence[RunResult]) -> dict[str, Any]:
     """A ``guestmem.results/1`` document (schemas/results.schema.json)."""
+    return {**_head(results), "runs": [r.to_json() for r in results]}
+
+
+def _head(results: Sequence[RunResult]) -> dict[str, Any]:
+    """The results document without its runs."""
     return schemas.document(
         "results",
         {
             "passed": all(r.passed for r in results),
             "exit_status": exit_code(results),
             "summary": summary(results),
-            "runs": [r.to_json() for r in results],
         },
     )
 
@@ -228,8 +232,8 @@ def _expected(step: StepResult) -> str:
 def print_results(results: Sequence[RunResult], fmt: str, *, per_step: bool = False) -> int:
     """Results in ``fmt``; text is a line per case and a per-platform summary (``check``,
     ``consume``) or, with ``per_step``, every step of every run (``run``). The exit status."""
-    if fmt == "json":
-        schemas.write(to_json(results))
+    if fmt == "json":  # as to_json(results), one run at a time
+        schemas.write_list(_head(results), "runs", (r.to_json() for r in results))
     elif fmt == "tap":
         print_tap(results, totals=True)
     elif fmt == "junit":

@@ -50,13 +50,13 @@ def on_kernel(scenario: Scenario, platform: str) -> RunResult:
     assert SERIES is not None
     key = (scenario.name, platform)
     if key not in _KERNEL_RUNS:
-        _KERNEL_RUNS[key] = run(scenario, platform, KernelBackend(), SERIES)
+        _KERNEL_RUNS[key] = run(scenario, platform, KernelBackend(), SERIES, compact=False)
     return _KERNEL_RUNS[key]
 
 
 def both(scenario: Scenario, platform: str) -> tuple[RunResult, RunResult]:
     assert SERIES is not None
-    return run(scenario, platform, ModelBackend(), SERIES), on_kernel(scenario, platform)
+    return run(scenario, platform, ModelBackend(), SERIES, compact=False), on_kernel(scenario, platform)
 
 
 @pytest.mark.parametrize(("scenario", "platform"), _cases())

@@ -642,7 +642,8 @@ class GuestMemfd:
             vm = self.vm
             measured = vm.platform.launch and vm.phase is Phase.PRE_LAUNCH
             new = Origin.PAYLOAD if measured else Origin.ACCEPTED
-        for index in indices:
+        for count, index in enumerate(indices):
+            self._on_time(count)
             if consented is None or consented[index] or new is Origin.PAYLOAD:
                 data, runs = pages[index]
                 pages[index] = (data, relabel(runs, old, new))

@@ -82,7 +82,7 @@ def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> I
         f"guestmem check --backend kvm --abi {series} --format json "
         '> "$GUESTMEM_SCRATCH/check.json"; '
         'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
-        "exec python3 -m pytest -p no:cacheprovider -q -rs "
+        f"exec env GUESTMEM_TEST_SERIES={series} python3 -m pytest -p no:cacheprovider -q -rs "
         '--junitxml="$GUESTMEM_SCRATCH/junit.xml" ' + " ".join(INSIDE_TESTS)
     )
     log = scratch / "console.log"
@@ -95,6 +95,7 @@ def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> I
             scratch=str(scratch),
             cwd=str(ROOT),
             out=out,
+            err=out,
             cancel=cancel,
             progress=lambda _msg: None,
         ).execute()

@@ -34,4 +34,5 @@ PLATFORM = Platform(
     payload="KVM_ARM_RMI_POPULATE (RMI_DATA_CREATE, optional measure) before activation",
     host_access="SIGBUS (granule protection fault) through guest_memfd",
     payload_in_place=True,
+    unmap_loses_private=True,
 )

@@ -35,4 +35,7 @@ PLATFORM = Platform(
     payload="KVM_TDX_INIT_MEM_REGION (PAGE.ADD + MR.EXTEND) before finalize; in place in v8",
     host_access="SIGBUS through guest_memfd; a kernel read of the direct map gives zeros",
     payload_in_place=True,
+    unmap_loses_private=True,
+    populate="KVM_TDX_INIT_MEM_REGION",
+    populate_no_source="EOPNOTSUPP",
 )

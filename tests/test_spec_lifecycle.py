@@ -18,7 +18,7 @@ PAYLOAD = bytes(range(1, 256)) * 16 + b"\x01" * 16
 SHARED_MMAP = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
 ALL = ("sw_protected", "pkvm", "tdx", "snp", "cca", "default")
 LAUNCHED = ("pkvm", "tdx", "snp", "cca")
-ABIS = ("seed", "iteration2", "rfc-v5", "v8")
+ABIS = ("seed", "iteration2", "rfc-v5", "v8", "v13")
 S, P = Direction.TO_SHARED, Direction.TO_PRIVATE
 
 

@@ -28,9 +28,10 @@ from typing import Any
 import pytest
 
 from guestmem import vmrun
+from kvm_support import KERNEL_ENV, TEST_KERNELS
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELS = {name: vmrun.test_kernel(name) for name in ("v8", "rfc-v5")}
+KERNELS = {name: vmrun.test_kernel(name) for name in TEST_KERNELS}
 #: The in-kernel tests each boot runs.
 INSIDE_TESTS = ["tests/test_kernel_suite.py", "tests/test_kernel_differential.py"]
 #: The fixture whose parameter names the kernel a test reads (tests/test_vm.py).
@@ -78,6 +79,7 @@ class Inside:
 def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> Inside:
     """Boot ``series`` and run everything inside; returns when the VM has stopped."""
     inner = (
+        f"export {KERNEL_ENV}={series}; "
         'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
         f"guestmem check --backend kvm --abi {series} --format json "
         '> "$GUESTMEM_SCRATCH/check.json"; '

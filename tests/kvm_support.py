@@ -6,7 +6,9 @@ and a VM created to find out).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -30,8 +32,33 @@ def kvm() -> Iterator[Kvm]:
         yield handle
 
 
+@dataclass(frozen=True)
+class BootedKernel:
+    """A test kernel of ``shared/kernel/NAME/``, keyed by the revision it implements: what
+    its boot must show (tests/kernel_boots.py boots each, tests/test_vm.py reads them). A
+    kernel with another revision is one more entry of :data:`TEST_KERNELS`."""
+
+    #: The series ``guestmem probe`` reports inside. The probe knows a revision only by
+    #: what the kernel answers, and a kernel with the merged v13 code answers as v8 does.
+    probed: str
+    #: ``KVM_CAP_MEMORY_ATTRIBUTES2_FLAGS`` (251) inside: the content modes, RFC v5 only.
+    flags_cap: int
+    #: Generated scenarios tests/test_kernel_differential.py runs inside.
+    examples: int
+
+
+TEST_KERNELS: dict[str, BootedKernel] = {
+    "v8": BootedKernel(probed="v8", flags_cap=0, examples=500),
+    "rfc-v5": BootedKernel(probed="rfc-v5", flags_cap=3, examples=200),
+}
+#: Set inside a boot (tests/kernel_boots.py): the revision the booted kernel implements.
+KERNEL_ENV = "GUESTMEM_TEST_KERNEL"
+
+
 def _series() -> tuple[str | None, str]:
-    """The series this kernel implements (``v8``, ``rfc-v5``) and why not when None."""
+    """The series this kernel implements (a :data:`TEST_KERNELS` key) and why not when
+    None: inside a boot the one :data:`KERNEL_ENV` names, if the probe agrees; elsewhere
+    what the probe finds."""
     if KVM_REASON is not None:
         return None, f"/dev/kvm unusable: {KVM_REASON}"
     from guestmem.errors import GuestmemError
@@ -46,6 +73,12 @@ def _series() -> tuple[str | None, str]:
             f"{found.conversion_skip_reason()}; these tests run inside the test kernels "
             "(tests/test_vm.py boots them with guestmem vm)"
         )
+    declared = os.environ.get(KERNEL_ENV)
+    if declared:
+        kernel = TEST_KERNELS.get(declared)
+        if kernel is None or kernel.probed != found.series:
+            return None, f"{KERNEL_ENV}={declared}, but the probe finds {found.series}"
+        return declared, ""
     return found.series, ""
 
 

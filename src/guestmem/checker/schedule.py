@@ -77,6 +77,7 @@ def relation(platform: Platform, revision: Revision) -> Hashable:
         tuple(tuple(sorted(revision.capabilities(platform, b).items())) for b in (False, True)),
         revision.cap_gmem_attributes,
         getattr(revision, "cap_flags", None),
+        revision.unmaps_private_on_to_private and platform.unmap_loses_private,
     )
 
 

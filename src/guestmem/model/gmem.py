@@ -627,7 +627,8 @@ class GuestMemfd:
         leave the guest with what they held (docs/semantics.md §3 *Mixed ranges*): the
         revision unmaps them from the guest too, and on this platform that removes them
         from the confidential VM. Only a running guest has them mapped (a model
-        assumption, §8)."""
+        assumption, §8). A page that held only zeros reads the same zeros once the guest
+        accepts it again, so only pages with other bytes count as lost."""
         vm = self.vm
         if not (
             vm.revision.unmaps_private_on_to_private
@@ -635,7 +636,8 @@ class GuestMemfd:
             and vm.phase is Phase.RUNNING
         ):
             return []
-        return [i for i in indices if self.attributes[i] & KVM_MEMORY_ATTRIBUTE_PRIVATE]
+        pages, attributes = self.pages, self.attributes
+        return [i for i in indices if attributes[i] & KVM_MEMORY_ATTRIBUTE_PRIVATE and any(pages[i][0])]
 
     def _fail(self, view: memoryview, code: int, error_offset: int) -> None:
         """Write ``error_offset`` back, then fail; an unwritable argument gives ``EFAULT``."""

@@ -436,7 +436,7 @@ def test_docs_analyze_md_is_the_current_output(monkeypatch: pytest.MonkeyPatch) 
     out = io.StringIO()
     with redirect_stdout(out):
         code = main(["analyze", "--abi", "all", "--format", "markdown"])
-    assert code == 0
+    assert code == 1  # rfc-v5 and v8 break TDX's integrity in a mixed range, a claimed property
     assert DOC.read_text() == out.getvalue(), (
         "regenerate: guestmem analyze --abi all --format markdown > docs/analyze.md"
     )

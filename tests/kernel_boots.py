@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from guestmem import vmrun
-from kvm_support import KERNEL_ENV, TEST_KERNELS
+from kvm_support import TEST_KERNELS
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = {name: vmrun.test_kernel(name) for name in TEST_KERNELS}
@@ -79,12 +79,11 @@ class Inside:
 def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> Inside:
     """Boot ``series`` and run everything inside; returns when the VM has stopped."""
     inner = (
-        f"export {KERNEL_ENV}={series}; "
         'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
         f"guestmem check --backend kvm --abi {series} --format json "
         '> "$GUESTMEM_SCRATCH/check.json"; '
         'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
-        "exec python3 -m pytest -p no:cacheprovider -q -rs "
+        f"exec env GUESTMEM_TEST_SERIES={series} python3 -m pytest -p no:cacheprovider -q -rs "
         '--junitxml="$GUESTMEM_SCRATCH/junit.xml" ' + " ".join(INSIDE_TESTS)
     )
     log = scratch / "console.log"
@@ -97,6 +96,7 @@ def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> I
             scratch=str(scratch),
             cwd=str(ROOT),
             out=out,
+            err=out,
             cancel=cancel,
             progress=lambda _msg: None,
         ).execute()

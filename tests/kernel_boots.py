@@ -28,9 +28,10 @@ from typing import Any
 import pytest
 
 from guestmem import vmrun
+from kvm_support import TEST_KERNELS
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELS = {name: vmrun.test_kernel(name) for name in ("v8", "rfc-v5")}
+KERNELS = {name: vmrun.test_kernel(name) for name in TEST_KERNELS}
 #: The in-kernel tests each boot runs.
 INSIDE_TESTS = ["tests/test_kernel_suite.py", "tests/test_kernel_differential.py"]
 #: The fixture whose parameter names the kernel a test reads (tests/test_vm.py).

@@ -38,9 +38,8 @@ from guestmem.uapi.kvm import (
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
     PAGE_SIZE,
 )
-from kvm_support import SERIES, SERIES_REASON, series
+from kvm_support import SERIES, SERIES_REASON, TEST_KERNELS, series
 
-EXAMPLES = {"v8": 500, "rfc-v5": 200}
 U64 = (1 << 64) - 1
 #: Origins whose bytes the revision does not promise (the model's stand-ins differ).
 UNPROMISED = {Origin.RANDOM.label, Origin.CIPHERTEXT.label, Origin.GARBAGE.label}
@@ -51,7 +50,7 @@ Op = tuple[Any, ...]
 def _examples() -> int:
     if os.environ.get("GUESTMEM_DIFF_EXAMPLES"):
         return int(os.environ["GUESTMEM_DIFF_EXAMPLES"])
-    return EXAMPLES.get(SERIES or "", 0)
+    return TEST_KERNELS[SERIES].examples if SERIES in TEST_KERNELS else 0
 
 
 # --- generation ---------------------------------------------------------------------------------

@@ -291,6 +291,11 @@ class KernelMachine:
         """``KVM_SET_USER_MEMORY_REGION2`` with size 0 on the guest_memfd's slot."""
         return _outcome(lambda: self.vm.set_user_memory_region2(GMEM_SLOT, GPA_BASE, 0))
 
+    def populate(self, offset: int, size: int, source: bytes | None = None) -> Outcome:
+        """TDX's and SNP's launch ioctls need those VM types, which the kernels here lack:
+        the step is skipped (docs/semantics.md §3 *Populate* is model-only)."""
+        return Outcome(skipped="populate needs a TDX or SNP VM, which this kernel cannot create")
+
     def launch(self) -> Outcome:
         """The default VM has no launch ioctl: bookkeeping only, as the model does."""
         if self.phase is Phase.RUNNING:

@@ -125,6 +125,9 @@ class ModelMachine:
     def delete_memslot(self) -> Outcome:
         return _outcome(self.gmem.delete_memslot)
 
+    def populate(self, offset: int, size: int, source: bytes | None = None) -> Outcome:
+        return _outcome(lambda: self.gmem.populate(offset, size, source))
+
     def launch(self) -> Outcome:
         return _outcome(self.vm.launch)
 

@@ -45,6 +45,8 @@ COVERED = frozenset(
         "rejects_error_offset_input",
         "accepts_attributes",
         "early_return",
+        "unmaps_private_on_to_private",
+        "populate_in_place",
         "effect",
         "guaranteed",
         "needs_consent",
@@ -78,6 +80,8 @@ def relation(platform: Platform, revision: Revision) -> Hashable:
         tuple(tuple(sorted(revision.capabilities(platform, b).items())) for b in (False, True)),
         revision.cap_gmem_attributes,
         getattr(revision, "cap_flags", None),
+        revision.unmaps_private_on_to_private and platform.unmap_loses_private,
+        revision.populate_in_place,
     )
 
 

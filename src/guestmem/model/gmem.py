@@ -18,10 +18,11 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit, TimeLimit, errno_of
+from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit, TimeLimit, errno_code, errno_of
 from guestmem.model.provenance import (
     FILL_PAGE,
     INIT_PAGE,
+    LOST_PAGE,
     ZEROED_PAGE,
     Origin,
     Page,
@@ -489,6 +490,45 @@ class GuestMemfd:
             raise IoctlError(errno.EINVAL, "KVM_HC_MAP_GPA_RANGE")
         self.requests.set(lo, hi, _REQUEST_FOR[Direction(to)])
 
+    # --- launch-time population (docs/semantics.md §3 *Populate*) ------------------------------
+    def populate(self, offset: int, size: int, source: bytes | None = None) -> None:
+        """The platform's launch ioctl that puts the initial payload into private memory
+        (TDX ``KVM_TDX_INIT_MEM_REGION``, SNP ``KVM_SEV_SNP_LAUNCH_UPDATE``).
+
+        With ``source`` (the VMM's separate buffer, zero-filled to ``size``) the trusted
+        side copies it into each page; without one it takes each page's own contents, which
+        needs the revision to allow it and in-place conversion to be on. Checked in this
+        order, all before anything changes: no such ioctl on the platform → ``ENOTTY``; the
+        VM is running → ``EINVAL``; an empty, unaligned or out-of-file range → ``EINVAL``;
+        no source where one is needed → the platform's answer (TDX ``EOPNOTSUPP``, SNP
+        ``EINVAL``); a page of the range is shared → ``EINVAL``. The bytes become the
+        measured payload.
+        """
+        vm = self.vm
+        platform = vm.platform
+        call = platform.populate or "populate"
+        if not platform.populate:
+            raise IoctlError(errno.ENOTTY, call)
+        if vm.phase is Phase.RUNNING:
+            raise IoctlError(errno.EINVAL, call)
+        if offset < 0 or size <= 0 or offset % PAGE_SIZE or size % PAGE_SIZE or offset + size > self.size:
+            raise IoctlError(errno.EINVAL, call)
+        if source is None and not (vm.revision.populate_in_place and vm.in_place_conversion):
+            raise IoctlError(errno_code(platform.populate_no_source), call)
+        lo, hi = offset >> PAGE_SHIFT, (offset + size) >> PAGE_SHIFT
+        if self.attributes.first_not(lo, hi, KVM_MEMORY_ATTRIBUTE_PRIVATE) is not None:
+            raise IoctlError(errno.EINVAL, call)
+        pages = self.pages
+        if source is not None:
+            buffer = source[:size].ljust(size, b"\0")
+            for index in range(lo, hi):
+                start = (index - lo) << PAGE_SHIFT
+                pages[index] = (buffer[start : start + PAGE_SIZE], ((0, PAGE_SIZE, Origin.PAYLOAD),))
+            return
+        for index in range(lo, hi):
+            data, runs = pages.get(index, INIT_PAGE)
+            pages[index] = (data, relabel(runs, Origin.HOST, Origin.PAYLOAD))
+
     # --- the conversion ioctl --------------------------------------------------------------------
     def convert(self, offset: int, size: int, to: Direction | str, flags: int = 0, **fields: int) -> None:
         """Build the struct and call :meth:`set_memory_attributes2`."""
@@ -576,11 +616,13 @@ class GuestMemfd:
         assert effect is not None
         consented = self._consented(lo, hi, wanted)
         indices = self.allocated(lo, hi)
+        lost = self._lost(indices) if to_private and not unchanged else []
         if not revision.applied_by_kvm(platform, direction, policy):
             # a native effect comes from the conversion: pages already there keep theirs
             indices = [i for i in indices if self.attributes[i] != attributes]
         self.attributes.set(lo, hi, attributes)
         self._apply(effect, direction, indices, consented)
+        self.pages.update(dict.fromkeys(lost, LOST_PAGE))
         for start, end, value in list(self.requests.runs(lo, hi)):
             if value == wanted:
                 self.requests.set(start, end, NO_REQUEST)
@@ -589,6 +631,23 @@ class GuestMemfd:
         """Every 64 pages of a call's work: stop with :class:`TimeLimit` past the deadline."""
         if self.deadline is not None and not count & 63 and time.monotonic() > self.deadline:
             raise TimeLimit("a step stopped at its run's time limit")
+
+    def _lost(self, indices: Iterable[int]) -> list[int]:
+        """Pages of a to-private conversion that changes state which were private already and
+        leave the guest with what they held (docs/semantics.md §3 *Mixed ranges*): the
+        revision unmaps them from the guest too, and on this platform that removes them
+        from the confidential VM. Only a running guest has them mapped (a model
+        assumption, §8). A page that held only zeros reads the same zeros once the guest
+        accepts it again, so only pages with other bytes count as lost."""
+        vm = self.vm
+        if not (
+            vm.revision.unmaps_private_on_to_private
+            and vm.platform.unmap_loses_private
+            and vm.phase is Phase.RUNNING
+        ):
+            return []
+        pages, attributes = self.pages, self.attributes
+        return [i for i in indices if attributes[i] & KVM_MEMORY_ATTRIBUTE_PRIVATE and any(pages[i][0])]
 
     def _fail(self, view: memoryview, code: int, error_offset: int) -> None:
         """Write ``error_offset`` back, then fail; an unwritable argument gives ``EFAULT``."""

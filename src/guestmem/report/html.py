@@ -45,6 +45,7 @@ class Seen:
 #: readers; each text colour has a contrast ratio of at least 4.5 against its background.
 SEEN: dict[str, Seen] = {
     "disclosed": Seen("disclosed", "guest data, disclosed at the guest's request", "#f57c00", "#000000"),
+    "lost": Seen("lost", "guest data lost to a conversion of other pages (zeros)", "#b71c1c", "#ffffff"),
     "ciphertext": Seen("cipher", "ciphertext (under the VM's key)", "#4a148c", "#ffffff"),
     "garbage": Seen("garbage", "garbage (plaintext read through the VM's key)", "#ce93d8", "#000000"),
     "random": Seen("random", "random bytes (rfc-v5 scramble)", "#5d4037", "#ffffff"),

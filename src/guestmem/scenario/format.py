@@ -37,6 +37,7 @@ OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "pin": (("offset", "size"), ("offset", "size")),
     "unpin": (("offset", "size"), ("offset", "size")),
     "launch": ((), ()),
+    "populate": (("offset", "size", "data", "repeat"), ("offset", "size")),
     "delete_memslot": ((), ()),
     "guest_request": (("offset", "size", "to"), ("offset", "size", "to")),
 }
@@ -96,6 +97,8 @@ class Step:
             parts.append(f"{self.offset:#x}+{(self.size or len(self.data)):#x}")
         if self.access:
             parts.append(f"as {self.access}")
+        if self.op == "populate":
+            parts.append("from a source" if "data" in self.raw else "in place")
         if self.mapping:
             parts.append(f"through mapping {self.mapping}")
         if self.to is not None:
@@ -294,6 +297,8 @@ def _step(raw: Any, n: int, where: str, applies: Sequence[str], pages: int, plat
         if raw["to"] not in ("private", "shared"):
             raise bad("to", f"must be 'private' or 'shared', not {raw['to']!r}")
         fields["to"] = Direction(f"to_{raw['to']}")
+    if op == "populate" and "data" in fields and len(fields["data"]) > fields["size"]:
+        raise bad("data", f"{len(fields['data'])} bytes of source do not fit in size {fields['size']:#x}")
     if op in ("host_read", "guest_read") and fields["size"] > MAX_ACCESS:
         raise bad("size", f"{fields['size']} is more than the {MAX_ACCESS}-byte limit of one access")
     if op.startswith("guest_") and op != "guest_request":

@@ -277,6 +277,8 @@ def perform(machine: Machine, step: Step, abi: str) -> Outcome:
         return machine.delete_memslot()
     if op == "launch":
         return machine.launch()
+    if op == "populate":
+        return machine.populate(step.offset, step.size, step.data if "data" in step.raw else None)
     if op == "guest_request":
         assert step.to is not None
         return machine.guest_request(step.offset, step.size, step.to)

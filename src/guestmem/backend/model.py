@@ -117,6 +117,9 @@ class ModelMachine:
     def delete_memslot(self) -> Outcome:
         return _outcome(self.gmem.delete_memslot)
 
+    def restore_memslot(self) -> Outcome:
+        return _outcome(self.gmem.restore_memslot)
+
     def launch(self) -> Outcome:
         return _outcome(self.vm.launch)
 

@@ -29,6 +29,7 @@ COMMANDS: tuple[str, ...] = (
     "consume",
     "report",
     "bench",
+    "stress",
     "vm",
     "completion",
 )

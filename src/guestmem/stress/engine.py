@@ -37,7 +37,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from guestmem.backend.base import Backend, Outcome
@@ -91,8 +91,10 @@ class Action:
     kind: str
     offset: int
     size: int
-    #: The guest_memfd it ran on (an unpin runs where the pin was taken).
+    #: The guest_memfd it ran on (an unpin runs where the pin was taken), and which
+    #: opening of it (a reopen starts the next).
     target: int = -1
+    generation: int = 0
 
     def describe(self) -> str:
         if self.kind == self.op.kind and self.target in (-1, self.op.target):
@@ -137,8 +139,11 @@ class Stop(Exception):
 class Target:
     """One guest_memfd under test (``sut``) and its oracle, with one lock per page."""
 
-    def __init__(self, index: int, backend: Backend, platform: str, abi: str, pages: int) -> None:
+    def __init__(
+        self, index: int, backend: Backend, platform: str, abi: str, pages: int, stop: threading.Event
+    ) -> None:
         self.index = index
+        self.stop = stop
         self.backend = backend
         self.platform = platform
         self.abi = abi
@@ -157,6 +162,8 @@ class Target:
 
     def open(self, mappings: list[int]) -> None:
         self.sut = self.backend.open(self.platform, self.abi, self.size, FLAGS)
+        if isinstance(self.sut, ModelMachine):  # the model is one thread's at a time
+            self.sut = Serialized(self.sut, self.stop)
         self.oracle = ModelBackend().open(self.platform, self.abi, self.size, FLAGS)
         self.memslot = True
         self.generation += 1
@@ -180,14 +187,46 @@ class Target:
         last = min((offset + max(size, 1) - 1) // PAGE_SIZE, self.pages - 1)
         with ExitStack() as stack:
             for page in range(first, last + 1):
-                stack.enter_context(self.locks[page])
+                stack.enter_context(locked(self.locks[page], self.stop))
             yield
+
+
+@contextmanager
+def locked(lock: threading.Lock, stop: threading.Event) -> Iterator[None]:
+    """``lock`` held; waiting for it ends with :class:`Stop` once the run stops (a thread
+    stuck in the kernel while holding it must not hold up the others' end)."""
+    while not lock.acquire(timeout=0.1):
+        if stop.is_set():
+            raise Stop
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class Serialized:
+    """A machine under test that is not thread-safe (a model machine, in the tool's own
+    tests), called by one thread at a time."""
+
+    def __init__(self, inner: ModelMachine, stop: threading.Event) -> None:
+        self.inner = inner
+        self.lock = threading.Lock()
+        self.stop = stop
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with locked(self.lock, self.stop):
+                return method(*args, **kwargs)
+
+        return call
 
 
 def take_splice(machine: Any, offset: int, size: int) -> tuple[Outcome, Any]:
     """A ``vmsplice`` reference to the range through the machine's mapping (the model: a
     pin, which is what the model counts an extra reference as)."""
-    if isinstance(machine, ModelMachine):
+    if isinstance(machine, Serialized | ModelMachine):
         return machine.pin(offset, size), (machine, offset, size)
     from guestmem.kvm.pins import SpliceRef
 
@@ -304,7 +343,7 @@ class Stress:
         self.running: dict[int, tuple[Action | Op, float]] = {}
         self.log_text: list[str] = []
         self.targets = [
-            Target(i, backend, settings.platform, settings.abi, settings.pages)
+            Target(i, backend, settings.platform, settings.abi, settings.pages, self.stop)
             for i in range(settings.targets)
         ]
         self.host_threads = list(range(settings.vcpus, settings.vcpus + settings.threads))
@@ -414,11 +453,11 @@ class Stress:
     def perform(self, thread: int, op: Op) -> None:
         target = self.targets[op.target]
         if op.kind in ("pin", "reopen"):
-            with self.pin_lock, target.meta:
+            with locked(self.pin_lock, self.stop), locked(target.meta, self.stop):
                 self._stateful(thread, target, op)
             return
         if op.kind in ("splice", "memslot"):
-            with target.meta:
+            with locked(target.meta, self.stop):
                 self._stateful(thread, target, op)
             return
         action = Action(op, op.kind, op.offset, op.size)
@@ -426,6 +465,7 @@ class Stress:
             self._run(thread, target, action)
 
     def _run(self, thread: int, target: Target, action: Action) -> Outcome:
+        action = replace(action, target=target.index, generation=target.generation)
         self.running[thread] = (action, time.monotonic())
         op, sut = action.op, target.sut
         assert target.oracle is not None
@@ -526,7 +566,7 @@ class Stress:
         if op.kind == "reopen":
             with ExitStack() as stack:
                 for lock in target.locks:
-                    stack.enter_context(lock)
+                    stack.enter_context(locked(lock, self.stop))
                 self.running[thread] = (op, time.monotonic())
                 if self.pinned is not None and self.pinned[0] == target.index:
                     self.pinned = None  # closing the machine releases its pin
@@ -549,7 +589,7 @@ class Stress:
                 action = Action(op, "unpin", holder[1], holder[2], owner.index)
             with ExitStack() as stack:
                 if owner is not target:
-                    stack.enter_context(owner.meta)
+                    stack.enter_context(locked(owner.meta, self.stop))
                 stack.enter_context(owner.pages_locked(action.offset, action.size))
                 got = self._run(thread, owner, action)
             if action.kind == "unpin":
@@ -636,8 +676,6 @@ class Stress:
             report.injection = "fault injection was turned off" if not s.inject else "no injector"
         else:
             report.injection = self.injector.reason
-        for target in self.targets:
-            target.open(self.host_threads)
         start = time.monotonic()
         deadline = None if s.seconds is None else start + s.seconds
         # vCPU thread 0 runs in the main thread: the guest's time limit needs it there
@@ -662,6 +700,8 @@ class Stress:
         monitor = threading.Thread(target=watcher, name="stress-watch", daemon=True)
         hung = False
         try:
+            for target in self.targets:
+                target.open(self.host_threads)
             monitor.start()
             for t in threads:
                 t.start()
@@ -675,10 +715,12 @@ class Stress:
             report.interrupted = True
             self.stop.set()
             for t in threads:
-                t.join(timeout=s.op_limit)
+                if t.ident is not None:  # started
+                    t.join(timeout=s.op_limit)
         finally:
             done.set()
-            monitor.join(timeout=s.op_limit)
+            if monitor.ident is not None:
+                monitor.join(timeout=s.op_limit)
         hung = report.violation is not None and report.violation.invariant == "no_hang"
         report.seconds = time.monotonic() - start
         if not hung:
@@ -709,9 +751,7 @@ class Stress:
         """The failing target's actions since it was last opened, in the oracle's order,
         ending with the failing one."""
         assert violation.action is not None
-        index = violation.action.target if violation.action.target >= 0 else violation.action.op.target
-        generations = [g for t, g, _a in self.history if t == index]
-        generation = generations[-1] if generations else self.targets[index].generation
+        index, generation = violation.action.target, violation.action.generation
         seq = [a for t, g, a in self.history if t == index and g == generation and a.kind != "reopen"]
         if not seq or seq[-1] != violation.action:
             seq.append(violation.action)

@@ -39,8 +39,9 @@ class Injector:
 
     ``available`` lists the kinds this kernel has; ``reason`` says why there are none."""
 
-    def __init__(self, debugfs: str = DEBUGFS) -> None:
+    def __init__(self, debugfs: str = DEBUGFS, tasks: str = "/proc/self/task") -> None:
         self.debugfs = debugfs
+        self.tasks = tasks
         self.lock = threading.Lock()
         self.available = [k for k in KINDS if os.path.isdir(os.path.join(debugfs, k))]
         self.reason: str | None = None
@@ -76,7 +77,7 @@ class Injector:
         only; returns its result and whether an allocation was failed."""
         if kind not in self.available:
             raise ValueError(f"{kind} is not available here")
-        mark = f"/proc/self/task/{threading.get_native_id()}/make-it-fail"
+        mark = os.path.join(self.tasks, str(threading.get_native_id()), "make-it-fail")
         with self.lock:
             self._arm(kind)
             self.attempts[kind] += 1

@@ -67,8 +67,8 @@ def find_splats(log: str) -> list[Splat]:
     """The reports in ``log`` (the text of ``dmesg`` or ``/dev/kmsg`` records), in order.
 
     A ``[ cut here ]`` marker and the ``WARNING`` line it introduces make one report, and the
-    lines a report's first line is followed by (its stack, up to :data:`CONTEXT_LINES`) belong
-    to it, not to a report of their own."""
+    lines a report's first line is followed by (its stack, up to :data:`CONTEXT_LINES`, until
+    a report of another kind starts) belong to it."""
     lines = [_PREFIX.sub("", x) for x in log.splitlines()]
     found: list[Splat] = []
     i = 0
@@ -89,8 +89,9 @@ def find_splats(log: str) -> list[Splat]:
             if "---[ end trace" in lines[end]:
                 end += 1
                 break
-            if _kind(lines[end]) is not None and "[ cut here ]" in lines[end]:
-                break
+            following = _kind(lines[end])
+            if following is not None and (following != kind or "[ cut here ]" in lines[end]):
+                break  # the next report (an oops after a BUG line is the same one)
             end += 1
         found.append(Splat(kind, lines[first].strip(), "\n".join(lines[first:end])))
         i = end

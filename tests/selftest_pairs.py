@@ -27,8 +27,12 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from guestmem import vmrun
+
 ROOT = Path(__file__).resolve().parent.parent
-SELFTESTS = ROOT.parent / "shared" / "kernel" / "v8" / "selftests"
+_V8 = vmrun.test_kernel("v8")
+#: The built C selftests, beside the v8 test kernel.
+SELFTESTS = Path(_V8).parent / "selftests" if _V8 else ROOT.parent / "shared" / "kernel" / "v8" / "selftests"
 KSFT_SKIP = 4
 #: A C binary runs at most this long inside (they take seconds under emulation).
 C_TIMEOUT = 600.0

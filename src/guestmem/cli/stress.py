@@ -186,9 +186,9 @@ def text(report: Report) -> str:
         "invariant checks: " + ", ".join(f"{k} {report.checks.get(k, 0)}" for k in INVARIANTS),
         "injected faults: "
         + (
-            ", ".join(f"{k} {v}" for k, v in report.injected.items())
-            if report.injected
-            else f"none ({report.injection})"
+            f"none ({report.injection})"
+            if report.injection
+            else ", ".join(f"{k} {v}" for k, v in report.injected.items())
         ),
     ]
     if report.log_watched:

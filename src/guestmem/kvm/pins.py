@@ -1,7 +1,8 @@
 """Long-term page pins through ``CONFIG_GUP_TEST`` (``/sys/kernel/debug/gup_test``), as the
 v8 ``elevated_refcount`` selftest takes them (docs/semantics.md §3 *Pins*): ``PIN_LONGTERM_TEST_START``
 pins ``[addr, addr+size)`` of this process, ``PIN_LONGTERM_TEST_STOP`` releases them.
-The test module holds one pinned range per open file.
+The test module holds one pinned range at a time for the whole system (a second
+``PIN_LONGTERM_TEST_START``, on any open file, is ``EINVAL`` until the first is stopped).
 """
 
 from __future__ import annotations

@@ -107,3 +107,14 @@ def test_stress_inside_is_clean(inside: Inside) -> None:
     if inside.series == "v8-debug":
         assert record["injection_unavailable"] is None
         assert sum(record["injected_faults"].values()) > 0
+
+
+def test_each_boot_runs_the_pairs_and_a_bounded_stress_run() -> None:
+    """What the boots run inside (no boot needed to check the script)."""
+    for series, seconds in kernel_boots.STRESS_SECONDS.items():
+        script = kernel_boots.inner_script(series)
+        assert "tests/selftest_pairs.py" in script
+        assert f"guestmem stress --seconds {seconds} --seed {STRESS_SEED} --format json" in script
+        # the debug kernel's boot is kept short: no probe, no check, no in-kernel tests
+        assert ("pytest" in script) == (series != "v8-debug")
+    assert kernel_boots.STRESS_SECONDS["v8-debug"] >= 30

@@ -106,21 +106,32 @@ def parse_tap(output: str) -> dict[str, Verdict]:
         if skip:
             found[name] = Verdict("skip", reason.strip())
         elif failed:
-            # the harness prints the failed assertion on the lines before the verdict
-            context = [x.lstrip("# ").strip() for x in lines[max(0, i - 4) : i] if x.startswith("#")]
-            found[name] = Verdict("fail", "; ".join(c for c in context if c and "RUN" not in c)[:300])
+            # the harness prints the failed assertion between the case's RUN and its verdict
+            start = max((j for j in range(i) if "RUN " in lines[j]), default=max(0, i - 4))
+            context = [x.lstrip("# ").strip() for x in lines[start + 1 : i] if x.startswith("#")]
+            why = [c for c in context if c and not c.startswith(("OK ", "FAIL "))]
+            found[name] = Verdict("fail", "; ".join(why)[:300])
         else:
             found[name] = Verdict("pass")
     return found
 
 
+#: What a C test asserts the kernel has before it tests anything else, as the message of
+#: its failed assertion: a kernel without it skips the test (the port skips it too).
+REQUIREMENTS = {"THP is not configured in host kernel": "no transparent huge pages"}
+
+
 def exit_verdict(status: int, output: str) -> Verdict:
-    """A plain kselftest binary's verdict from its exit status."""
+    """A plain kselftest binary's verdict from its exit status; a failed assertion that
+    the kernel has something the test needs (:data:`REQUIREMENTS`) is a skip."""
     last = next((x.strip() for x in reversed(output.splitlines()) if x.strip()), "")
     if status == 0:
         return Verdict("pass")
     if status == KSFT_SKIP:
         return Verdict("skip", last)
+    for message, reason in REQUIREMENTS.items():
+        if message in output:
+            return Verdict("skip", f"{reason} ({message})")
     return Verdict("fail", f"exit {status}: {last}"[:300])
 
 
@@ -128,11 +139,17 @@ def run_c(binary: str, directory: Path = SELFTESTS) -> tuple[int, str]:
     path = directory / binary
     try:
         done = subprocess.run(
-            [str(path)], capture_output=True, text=True, errors="replace", timeout=C_TIMEOUT, check=False
+            [str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # in order: an assertion's message before the verdict
+            text=True,
+            errors="replace",
+            timeout=C_TIMEOUT,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return 124, f"did not finish within {C_TIMEOUT:g} s"
-    return done.returncode, done.stdout + done.stderr
+    return done.returncode, done.stdout
 
 
 def c_verdicts(directory: Path = SELFTESTS) -> dict[str, Verdict]:

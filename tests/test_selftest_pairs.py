@@ -49,6 +49,12 @@ def test_exit_status_verdicts() -> None:
     )
     failed = exit_verdict(254, "==== Test Assertion Failure ====\n  boom\n")
     assert failed.verdict == "fail" and "exit 254: boom" in failed.why
+    # guest_memfd_test asserts THP before its THP cases: a kernel without THP skips it
+    no_thp = "==== Test Assertion Failure ====\n  guest_memfd_test.c:390: thp_configured()\n"
+    no_thp += "  THP is not configured in host kernel\n"
+    assert exit_verdict(254, no_thp) == Verdict(
+        "skip", "no transparent huge pages (THP is not configured in host kernel)"
+    )
 
 
 def test_a_case_is_its_parts_combined() -> None:

@@ -381,3 +381,61 @@ def test_command_ctrl_c_ends_with_130_and_one_line() -> None:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("guestmem: ") and "interrupted" in lines[0], err
     assert "Traceback" not in err and out == ""
+
+
+# --- the ENOMEM rule under injected allocation failures ------------------------------------------
+class FakeInjector:
+    """Says every injected call had an allocation failed; the machine decides what it does."""
+
+    reason = None
+
+    def __init__(self) -> None:
+        self.available = ["failslab", "fail_page_alloc"]
+        self.injected = {"failslab": 0, "fail_page_alloc": 0}
+
+    @property
+    def total(self) -> int:
+        return sum(self.injected.values())
+
+    def during(self, kind: str, call: Callable[[], Any]) -> tuple[Any, bool]:
+        INJECTING.set()
+        try:
+            result = call()
+        finally:
+            INJECTING.clear()
+        self.injected[kind] += 1
+        return result, True
+
+
+INJECTING = threading.Event()
+
+
+class FailsWithEnomem(ModelMachine):
+    """An injected allocation failure fails the conversion, changing nothing (the rule)."""
+
+    shift = 0
+
+    def convert(self, offset: int, size: int, attributes: int, flags: int = 0, **kw: Any) -> Outcome:
+        if INJECTING.is_set():
+            return Outcome(errno="ENOMEM", error_offset=offset + self.shift)
+        return super().convert(offset, size, attributes, flags, **kw)
+
+
+class EnomemOffByOnePage(FailsWithEnomem):
+    shift = PAGE_SIZE
+
+
+@pytest.mark.parametrize(
+    ("machine", "invariant"),
+    [(FailsWithEnomem, None), (ModelMachine, None), (EnomemOffByOnePage, "error_offset")],
+)
+def test_injected_failures_follow_the_enomem_rule(machine: type[ModelMachine], invariant: str | None) -> None:
+    """ENOMEM at the start with nothing changed, or — a failure the kernel absorbed — the
+    model's own answer; an ENOMEM elsewhere breaks the rule."""
+    settings = Settings(seed=3, seconds=None, operations=300, vcpus=0)
+    runner = Stress(settings, Planted(machine), injector=FakeInjector())  # type: ignore[arg-type]
+    report = runner.run()
+    assert (report.violation and report.violation.invariant) == invariant, (
+        report.violation and report.violation.describe()
+    )
+    assert report.injected and sum(report.injected.values()) > 0

@@ -105,7 +105,7 @@ def inner_script(series: str) -> str:
         'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
         + pairs
         + stress
-        + "exec python3 -m pytest -p no:cacheprovider -q -rs "
+        + f"exec env GUESTMEM_TEST_SERIES={series} python3 -m pytest -p no:cacheprovider -q -rs "
         '--junitxml="$GUESTMEM_SCRATCH/junit.xml" ' + " ".join(INSIDE_TESTS)
     )
 
@@ -124,6 +124,7 @@ def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> I
             scratch=str(scratch),
             cwd=str(ROOT),
             out=out,
+            err=out,
             cancel=cancel,
             progress=lambda _msg: None,
         ).execute()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from guestmem.cli import main
 from guestmem.scenario import suite_dir
+from kvm_support import needs
 
 SUITE = suite_dir()
 
@@ -107,11 +107,10 @@ def test_consume_empty_dir_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.kvm
+@needs("kvm", "guest_memfd", "guest_memfd_mmap", "guest_memfd_init_shared")
 def test_consume_on_the_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The guest_memfd_test cases replay on the real kernel as a default VM; the
     conversion cases skip with the kernel's reason, never pass."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        pytest.skip("/dev/kvm is not usable here")
     out = tmp_path / "fx"
     files = [str(SUITE / n) for n in ("gmem_punch_hole.toml", "gmem_sigbus_private.toml", "pins.toml")]
     assert main(["fill", str(out), *files, "--platform", "default"]) == 0

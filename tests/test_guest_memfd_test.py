@@ -39,7 +39,7 @@ from guestmem.uapi.kvm import (
     MADV_HUGEPAGE,
     PAGE_SIZE,
 )
-from kvm_support import KVM_REASON
+from kvm_support import skip_unless
 
 SHARED = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
 PMD_SIZE = 2 << 20
@@ -164,8 +164,7 @@ def _side(which: str) -> Iterator[Side]:
     if which == "model":
         yield ModelSide()
         return
-    if KVM_REASON is not None:
-        pytest.skip(f"/dev/kvm unusable: {KVM_REASON}")
+    skip_unless("kvm", "guest_memfd", "guest_memfd_mmap", "guest_memfd_init_shared")
     with Kvm() as kvm:
         side = KernelSide(kvm)
         try:

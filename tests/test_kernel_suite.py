@@ -11,8 +11,8 @@ that ``sw_protected`` cannot name, or a private access on a VM without private m
 The selftest scenarios (``selftest_*``, RFC v5's ``rfc_*``) written for the kernel's
 revision must pass on it.
 
-These tests run inside the test kernels (``tests/test_vm.py`` boots them); elsewhere
-they skip with the reason.
+These tests run inside the test kernels (``tests/test_vm.py`` boots them, naming the series
+in ``GUESTMEM_TEST_SERIES``); elsewhere they skip with the reason (tests/kvm_support.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from guestmem.backend.model import ModelBackend
 from guestmem.scenario import load, suite_files
 from guestmem.scenario.format import Scenario
 from guestmem.scenario.runner import RunResult, run
-from kvm_support import SERIES, requires_conversions
+from kvm_support import SERIES, requires_conversions, series
 
 pytestmark = requires_conversions
 PLATFORMS = ("sw_protected", "default")
@@ -47,16 +47,14 @@ _KERNEL_RUNS: dict[tuple[str, str], RunResult] = {}
 def on_kernel(scenario: Scenario, platform: str) -> RunResult:
     """``scenario`` run on the kernel under its revision, once: every test here that needs
     that run reads the same result (under emulation a long selftest takes seconds a run)."""
-    assert SERIES is not None
     key = (scenario.name, platform)
     if key not in _KERNEL_RUNS:
-        _KERNEL_RUNS[key] = run(scenario, platform, KernelBackend(), SERIES)
+        _KERNEL_RUNS[key] = run(scenario, platform, KernelBackend(), series())
     return _KERNEL_RUNS[key]
 
 
 def both(scenario: Scenario, platform: str) -> tuple[RunResult, RunResult]:
-    assert SERIES is not None
-    return run(scenario, platform, ModelBackend(), SERIES), on_kernel(scenario, platform)
+    return run(scenario, platform, ModelBackend(), series()), on_kernel(scenario, platform)
 
 
 @pytest.mark.parametrize(("scenario", "platform"), _cases())

@@ -24,9 +24,9 @@ from guestmem.backend.model import ModelBackend
 from guestmem.errors import IoctlError
 from guestmem.spec.terms import Direction
 from guestmem.uapi.kvm import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, PAGE_SIZE
-from kvm_support import requires_kvm
+from kvm_support import requires_guest_memfd
 
-pytestmark = requires_kvm
+pytestmark = requires_guest_memfd
 SHARED = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
 U64 = (1 << 64) - 1
 

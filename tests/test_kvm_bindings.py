@@ -11,9 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from guestmem.backend.kernel import physical_address_bits
 from guestmem.errors import HostFault, IoctlError, MemoryFault
-from guestmem.kvm import GuestTimeout, HostAccess, Kvm, KvmUnavailable, TinyGuest, UnexpectedExit
+from guestmem.kvm import GuestTimeout, HostAccess, Kvm, KvmUnavailable, TinyGuest, UnexpectedExit, syscalls
 from guestmem.kvm.facts import cached
+from guestmem.kvm.guest import MAX_WINDOW
 from guestmem.kvm.syscalls import ioctl, try_ioctl
 from guestmem.kvm.vcpu import decode_exit, memory_fault
 from guestmem.kvm.vm import Vm
@@ -36,11 +38,13 @@ from guestmem.uapi.kvm import (
     KvmMemoryAttributes2,
     KvmRun,
 )
-from kvm_support import KVM_REASON, kvm, requires_kvm
+from kvm_support import facts, kvm, needs, requires_kvm
 
 pytestmark = requires_kvm
 GPA = 1 << 32
 SHARED = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
+#: The tests that make guest_memfds as the backend does (``MMAP | INIT_SHARED``).
+GMEM = needs("guest_memfd", "guest_memfd_mmap", "guest_memfd_init_shared")
 __all__ = ["kvm"]  # the fixture, imported for pytest
 
 
@@ -101,10 +105,12 @@ def test_unknown_request_is_named_by_number(kvm: Kvm) -> None:
 
 def test_capabilities_are_probed_not_assumed(kvm: Kvm, vm: Vm) -> None:
     assert kvm.api_version() == 12
-    assert kvm.check_extension(KVM_CAP_GUEST_MEMFD) == 1
+    # the CAP and a real KVM_CREATE_GUEST_MEMFD agree on whether guest_memfd is here
+    gmem = facts().lacks("guest_memfd") is None
+    assert bool(kvm.check_extension(KVM_CAP_GUEST_MEMFD)) == gmem
     assert kvm.check_extension(KVM_CAP_USER_MEMORY2) == 1
     flags = kvm.check_extension(KVM_CAP_GUEST_MEMFD_FLAGS)
-    assert flags & GUEST_MEMFD_FLAG_MMAP
+    assert bool(flags & GUEST_MEMFD_FLAG_MMAP) == (facts().lacks("guest_memfd_mmap") is None)
     assert vm.check_extension(KVM_CAP_GUEST_MEMFD_FLAGS) == flags
     assert ioctl(kvm.fd, KVM_CHECK_EXTENSION, 0xFFFF) == 0  # an unknown CAP is 0, not an error
     types = kvm.vm_types()
@@ -127,6 +133,7 @@ def test_sw_protected_vm_creation_follows_vm_types(kvm: Kvm) -> None:
 
 
 # --- guest_memfd creation and mapping -----------------------------------------------------------
+@GMEM
 @pytest.mark.parametrize("size", [0, 100, PAGE_SIZE + 1, -4096])
 def test_create_bad_size_is_einval(vm: Vm, size: int) -> None:
     with pytest.raises(IoctlError) as info:
@@ -135,23 +142,27 @@ def test_create_bad_size_is_einval(vm: Vm, size: int) -> None:
     assert vm.try_create_guest_memfd(size, SHARED) == errno.EINVAL
 
 
+@GMEM
 @pytest.mark.parametrize("bit", [2, 3, 63])
 def test_create_unknown_flag_is_einval(vm: Vm, bit: int) -> None:
     assert vm.try_create_guest_memfd(PAGE_SIZE, 1 << bit) == errno.EINVAL
 
 
+@GMEM
 def test_created_fd_is_cloexec_and_sized(vm: Vm) -> None:
     with vm.create_guest_memfd(1 << 40, SHARED) as gmem:  # 1 TiB: nothing allocated up front
         assert not os.get_inheritable(gmem.fd)
         assert os.fstat(gmem.fd).st_size == 1 << 40
 
 
+@GMEM
 def test_mmap_without_mmap_flag_is_enodev(vm: Vm) -> None:
     with vm.create_guest_memfd(PAGE_SIZE, 0) as gmem, pytest.raises(IoctlError) as info:
         gmem.mmap()
     assert (info.value.code, info.value.call) == (errno.ENODEV, "mmap")
 
 
+@GMEM
 def test_private_mapping_is_einval(vm: Vm) -> None:
     with vm.create_guest_memfd(PAGE_SIZE, SHARED) as gmem, pytest.raises(IoctlError) as info:
         gmem.mmap(shared=False)
@@ -159,6 +170,7 @@ def test_private_mapping_is_einval(vm: Vm) -> None:
 
 
 # --- host faults in a helper process ---------------------------------------------------------------
+@GMEM
 def test_host_access_past_the_end_is_sigbus_in_the_helper(vm: Vm) -> None:
     with (
         vm.create_guest_memfd(2 * PAGE_SIZE, SHARED) as gmem,
@@ -177,6 +189,7 @@ def test_host_access_past_the_end_is_sigbus_in_the_helper(vm: Vm) -> None:
         assert host.read(2 * PAGE_SIZE - 1, 0) == b""
 
 
+@GMEM
 def test_host_access_to_private_page_is_sigbus_in_the_helper(vm: Vm) -> None:
     with (
         vm.create_guest_memfd(PAGE_SIZE, GUEST_MEMFD_FLAG_MMAP) as gmem,
@@ -190,6 +203,7 @@ def test_host_access_to_private_page_is_sigbus_in_the_helper(vm: Vm) -> None:
             assert "not shared" in info.value.reason
 
 
+@GMEM
 def test_punch_hole_zeroes_only_the_range(vm: Vm) -> None:
     with (
         vm.create_guest_memfd(4 * PAGE_SIZE, SHARED) as gmem,
@@ -209,6 +223,7 @@ def test_punch_hole_zeroes_only_the_range(vm: Vm) -> None:
 
 
 # --- the guest --------------------------------------------------------------------------------------------
+@GMEM
 def test_guest_and_host_views_agree(bound: Bound) -> None:
     bound.host.write(PAGE_SIZE - 3, b"host bytes")
     assert bound.guest.read(GPA + PAGE_SIZE - 3, 10) == b"host bytes"
@@ -221,15 +236,18 @@ def test_guest_and_host_views_agree(bound: Bound) -> None:
     assert bound.host.read(PAGE_SIZE, 4) == payload[PAGE_SIZE - 100 : PAGE_SIZE - 96]
 
 
+@GMEM
 def test_guest_access_outside_its_window_is_rejected(bound: Bound) -> None:
     with pytest.raises(ValueError, match="outside the window"):
         bound.guest.read(GPA + bound.size - 1, 2)
 
 
+@GMEM
 def test_guest_halt_is_decoded(bound: Bound) -> None:
     assert bound.guest.halt().reason == "HLT"
 
 
+@GMEM
 def test_guest_access_to_unmappable_page_stops_with_an_exit(vm: Vm) -> None:
     """MMAP without INIT_SHARED: the host mapping refuses the page, and the emulated guest,
     which reaches memory through that mapping, stops with a decoded exit (here MMIO)."""
@@ -243,6 +261,7 @@ def test_guest_access_to_unmappable_page_stops_with_an_exit(vm: Vm) -> None:
         b.close()
 
 
+@GMEM
 def test_guest_that_never_exits_is_stopped(bound: Bound) -> None:
     with pytest.raises(GuestTimeout) as info:
         bound.guest.spin(0.05)
@@ -250,6 +269,42 @@ def test_guest_that_never_exits_is_stopped(bound: Bound) -> None:
     assert isinstance(info.value, TimeoutError)
     bound.host.write(0, b"after")
     assert bound.guest.read(GPA, 5) == b"after"
+
+
+def test_the_guest_reaches_the_last_page_of_a_tib_window(vm: Vm) -> None:
+    """The tiny guest's page tables reach the last page of a 1 TiB window (past one PDPT's
+    512 GiB); only the window's first and last pages are backed (ordinary memory, two
+    memslots), which is all the guest touches. A CPU with fewer than 41 physical address
+    bits gets the largest window below its limit (still past 512 GiB)."""
+    bits = physical_address_bits() or 48
+    window = min(1 << 40, ((1 << bits) - GPA) & ~((1 << 30) - 1))
+    assert window > 512 << 30
+    pages = [syscalls.anonymous(PAGE_SIZE) for _ in range(2)]
+    try:
+        vm.set_user_memory_region(1, GPA, PAGE_SIZE, pages[0])
+        vm.set_user_memory_region(2, GPA + window - PAGE_SIZE, PAGE_SIZE, pages[1])
+        guest = TinyGuest(vm, GPA, window)
+        try:
+            guest.write(GPA + window - 8, b"last8byt")
+            guest.write(GPA, b"first")
+            assert ctypes.string_at(pages[1] + PAGE_SIZE - 8, 8) == b"last8byt"
+            assert ctypes.string_at(pages[0], 5) == b"first"
+            assert guest.read(GPA + window - 8, 8) == b"last8byt"
+            with pytest.raises(ValueError, match="outside the window"):
+                guest.read(GPA + window - 4, 8)
+        finally:
+            vm.close()
+            guest.close()
+    finally:
+        for page in pages:
+            syscalls.munmap(page, PAGE_SIZE)
+
+
+def test_a_window_beyond_the_page_tables_reach_is_refused(vm: Vm) -> None:
+    with pytest.raises(ValueError, match="too large to map"):
+        TinyGuest(vm, GPA, MAX_WINDOW - GPA + (1 << 30))
+    with pytest.raises(ValueError, match="at least 2 GiB up"):
+        TinyGuest(vm, 1 << 30, PAGE_SIZE)
 
 
 def test_memory_fault_exit_is_decoded() -> None:
@@ -272,6 +327,7 @@ def test_memory_fault_exit_is_decoded() -> None:
 
 
 # --- the conversion ioctl ------------------------------------------------------------------------------
+@GMEM
 def test_conversion_ioctl_presence_is_detected_by_issuing_it(vm: Vm) -> None:
     with vm.create_guest_memfd(PAGE_SIZE, SHARED) as gmem:
         code = gmem.conversion_errno()
@@ -279,15 +335,17 @@ def test_conversion_ioctl_presence_is_detected_by_issuing_it(vm: Vm) -> None:
         with pytest.raises(IoctlError) as info:
             gmem.set_memory_attributes2(arg)
     assert info.value.call == "KVM_SET_MEMORY_ATTRIBUTES2"
-    facts = cached("/dev/kvm")
-    assert facts.conversion_ioctl == (code != errno.ENOTTY)
+    found = cached("/dev/kvm")
+    assert found.conversion_ioctl == (code != errno.ENOTTY)
     if code == errno.ENOTTY:
         assert info.value.code == errno.ENOTTY
-        reason = facts.conversion_skip_reason()
+        reason = found.conversion_skip_reason()
         assert reason is not None and "ENOTTY" in reason
     else:  # a default VM has no private memory: check 4 of uapi.md §7
         assert info.value.code == errno.EINVAL
 
 
-def test_kvm_reason_is_none_here() -> None:
-    assert KVM_REASON is None
+def test_facts_of_a_usable_device() -> None:
+    found = facts()
+    assert found.usable and found.reason is None and "kvm" not in found.missing
+    assert found.api_version == 12

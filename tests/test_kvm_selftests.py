@@ -17,9 +17,9 @@ from guestmem.backend.kernel import KernelBackend
 from guestmem.kvm.facts import cached
 from guestmem.model.vm import GPA_BASE
 from guestmem.scenario import Scenario, run, suite
-from kvm_support import requires_kvm
+from kvm_support import requires_guest_memfd
 
-pytestmark = requires_kvm
+pytestmark = requires_guest_memfd
 SELFTESTS = [s for s in suite() if s.name.startswith("selftest_")]
 
 

@@ -317,10 +317,9 @@ def test_efault_before_the_unmap_must_change_nothing() -> None:
 def test_capabilities_agree_with_this_kernel(abi: str) -> None:
     """Both backends answer the same ``check_extension`` call; on a kernel without the
     conversion series (or with it) the default VM's answers are the model's."""
-    from kvm_support import KVM_REASON
+    from kvm_support import skip_unless
 
-    if KVM_REASON is not None:
-        pytest.skip(f"/dev/kvm unusable: {KVM_REASON}")
+    skip_unless("kvm", "guest_memfd", "guest_memfd_mmap", "guest_memfd_init_shared")
     from guestmem.backend.kernel import KernelBackend
 
     kernel = KernelBackend().open("default", abi, PAGE, SHARED)

@@ -116,10 +116,17 @@ def test_bench(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_probe(capsys: pytest.CaptureFixture[str]) -> None:
-    doc = printed(capsys, ["probe", "--format", "json"], (0, 1))  # 1: no usable /dev/kvm here
+    doc = printed(capsys, ["probe", "--format", "json"])  # 0 on every host: absences are findings
     valid("probe", doc)
-    unusable = printed(capsys, ["probe", "--device", "/nonexistent/kvm", "--format", "json"], (1,))
+    unusable = printed(capsys, ["probe", "--device", "/nonexistent/kvm", "--format", "json"])
     valid("probe", unusable)
+    assert unusable["usable"] is False and "kvm" in unusable["missing"]
+    # a missing feature must carry its reason, and only known features are named
+    broken = {**unusable, "missing": {"kvm": ""}}
+    with pytest.raises(jsonschema.ValidationError):
+        valid("probe", broken)
+    with pytest.raises(jsonschema.ValidationError):
+        valid("probe", {**unusable, "missing": {"teleport": "no"}})
     assert unusable["usable"] is False and "reason" in unusable
 
 

@@ -7,7 +7,6 @@ to the model's output.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from guestmem import backend as backends
 from guestmem.scenario import Scenario, load, run, suite_dir, suite_files
 from guestmem.spec import platforms, revisions
 from guestmem.spec.terms import Policy
+from kvm_support import needs
 
 FILES = suite_files()
 #: Every file on each of its platforms under each revision it states.
@@ -118,12 +118,11 @@ KVM_FILES = [p for p in FILES if p.stem.startswith("gmem_")]
 
 
 @pytest.mark.kvm
+@needs("kvm", "guest_memfd", "guest_memfd_mmap", "guest_memfd_init_shared")
 @pytest.mark.parametrize("path", KVM_FILES, ids=[p.stem for p in KVM_FILES])
 def test_gmem_cases_on_the_kernel(path: Path) -> None:
     """The guest_memfd_test cases need no conversion ioctl, so they run on today's kernel
     (a default VM, kvm-here.md §3); other platforms skip with the backend's reason."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        pytest.skip("/dev/kvm is not usable here")
     result = run(load(path), "default", backends.get("kvm"))
     if result.skipped:
         pytest.skip(result.skipped)

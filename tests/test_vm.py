@@ -8,7 +8,9 @@ the reason, and under CI (``CI`` set) fail.
 from __future__ import annotations
 
 import ast
+import io
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -120,9 +122,13 @@ def test_kernel_version_is_read_from_the_header(tmp_path: Path) -> None:
             assert vmrun.kernel_version(path).startswith("7.2.13")
 
 
+END = vmrun.end_mark()
+
+
 def test_inside_script_reports_the_status_through_scratch() -> None:
-    script = vmrun.inside_script(["guestmem", "probe"], "/s", "/w", require_ioctl=True)
-    assert f"-m guestmem probe\necho $? > /s/{vmrun.STATUS_FILE}\n" in script
+    script = vmrun.inside_script(["guestmem", "probe"], "/s", "/w", require_ioctl=True, end=END)
+    assert "-m guestmem probe\nstatus=$?\n" in script
+    assert script.endswith(f"echo $status > /s/{vmrun.STATUS_FILE}\n")
     assert "inside_check" in script and vmrun.BOOTED in script
     assert "GUESTMEM_TIMEOUT" not in script
 
@@ -130,11 +136,153 @@ def test_inside_script_reports_the_status_through_scratch() -> None:
 def test_emulation_raises_the_run_time_limit_inside(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under TCG guestmem's per-run limit inside is 900 s, unless the host sets its own."""
     monkeypatch.delenv("GUESTMEM_TIMEOUT", raising=False)
-    script = vmrun.inside_script(["guestmem", "check"], "/s", "/w", require_ioctl=True, emulated=True)
+    script = vmrun.inside_script(
+        ["guestmem", "check"], "/s", "/w", require_ioctl=True, end=END, emulated=True
+    )
     assert f"export GUESTMEM_TIMEOUT={vmrun.EMULATED_RUN_TIMEOUT}\n" in script
     monkeypatch.setenv("GUESTMEM_TIMEOUT", "42")
-    script = vmrun.inside_script(["guestmem", "check"], "/s", "/w", require_ioctl=True, emulated=True)
+    script = vmrun.inside_script(
+        ["guestmem", "check"], "/s", "/w", require_ioctl=True, end=END, emulated=True
+    )
     assert "export GUESTMEM_TIMEOUT=42\n" in script and "GUESTMEM_TIMEOUT=900" not in script
+
+
+# --- the output channel, without a boot -----------------------------------------------------------
+def test_the_script_writes_the_end_mark_exactly() -> None:
+    """The mark the script prints after the command is byte for byte the one the host awaits,
+    on both ports; the command's own output comes before it."""
+    script = vmrun.inside_script(["printf", "a%sb"], "/s", "/w", require_ioctl=False, end=END)
+    lines = script.splitlines()
+    at = lines.index("status=$?")  # after the command, before the status file
+    body = "\n".join(lines[at - 1 : at + 2])
+    done = subprocess.run(["sh", "-c", body], capture_output=True, check=True)
+    assert done.stdout == b"ab" + END
+    assert done.stderr == END
+    assert vmrun.end_mark() != END  # unique to each run
+
+
+def test_end_marks_are_taken_out_wherever_the_stream_splits() -> None:
+    """Whatever chunks the socket hands over, the caller gets exactly the command's bytes
+    (a partial mark that is not one included), and the end is noticed."""
+    output = b"progress \x1eguest\x1e 50%\r" + bytes(range(256)) + b"no newline"
+    stream = output + END
+    for cut in range(len(stream) + 1):
+        for second in (cut, min(cut + 7, len(stream))):
+            sink = io.BytesIO()
+            relay = vmrun.Relay(sink, END)
+            for chunk in (stream[:cut], stream[cut:second], stream[second:]):
+                relay.feed(chunk)
+            relay.close()
+            assert sink.getvalue() == output, (cut, second)
+            assert relay.ended
+
+
+def test_relayed_output_is_passed_on_at_once() -> None:
+    """Progress shows as it comes: only bytes that could begin the end mark wait."""
+    sink = io.BytesIO()
+    relay = vmrun.Relay(sink, END)
+    relay.feed(b"....")
+    assert sink.getvalue() == b"...."
+    relay.feed(b"[ 10%]" + END[:5])
+    assert sink.getvalue() == b"....[ 10%]"
+    relay.feed(b"x")  # not the mark after all
+    assert sink.getvalue() == b"....[ 10%]" + END[:5] + b"x"
+    relay.feed(END[:3])
+    relay.close()  # cut off: what was held back is output, and the end never came
+    assert sink.getvalue() == b"....[ 10%]" + END[:5] + b"x" + END[:3]
+    assert not relay.ended
+
+
+FAKE_VNG = """#!{python}
+# Plays vng and the VM for the runner: MODE says what reaches the host.
+import os, re, socket, sys
+argv = sys.argv[1:]
+mode = os.environ["FAKE_VNG_MODE"]
+scratch = argv[argv.index("--rwdir") + 1]
+script = open(os.path.join(scratch, "run.sh")).read()
+end = re.search(r"printf '([^']*)'; ", script).group(1).encode().decode("unicode_escape").encode("latin-1")
+sockets = dict(re.findall(r"socket,id=guestmem-(\\w+),path=([^,\\s]+)", " ".join(argv)))
+def exited(status):
+    with open(os.path.join(scratch, "status"), "w") as f:
+        f.write(f"{{status}}\\n")
+if mode == "console":  # the command ran, its output went where the host does not read
+    print("virtme-init: cannot find script I/O ports; make sure virtio-serial is available")
+    exited(0)
+elif mode == "host":  # the real script, on a machine without the ports
+    os.execvp("sh", ["sh", os.path.join(scratch, "run.sh")])
+else:
+    out, err = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+    out.connect(sockets["stdout"])
+    err.connect(sockets["stderr"])
+    out.sendall(b"{booted} 1.5 s after power-on, fake\\nhello\\n" + (end if mode == "whole" else b""))
+    err.sendall(b"warn\\n" + end)
+    exited(3)
+"""
+
+
+def fake_vm(tmp_path: Path, mode: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``guestmem vm`` with a fake vng (:data:`FAKE_VNG`) and a fake QEMU: no boot."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    vng = bin_dir / "vng"
+    vng.write_text(FAKE_VNG.format(python=sys.executable, booted=vmrun.BOOTED))
+    qemu = bin_dir / vmrun.QEMU
+    qemu.write_text("#!/bin/sh\nexit 1\n")
+    for path in (vng, qemu):
+        path.chmod(0o755)
+    code = (
+        "import sys; from guestmem import vmrun; from guestmem.cli import main; "
+        f"vmrun.find_vng = lambda env=None: {str(vng)!r}; sys.exit(main(sys.argv[1:]))"
+    )
+    env = {**os.environ, "FAKE_VNG_MODE": mode, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    kernel = fake_bzimage(tmp_path / "bzImage")
+    return subprocess.run(
+        [sys.executable, "-c", code, "vm", "--kernel", str(kernel), *args],
+        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT, check=False,
+    )  # fmt: skip
+
+
+def test_output_through_the_channel_reaches_the_caller(tmp_path: Path) -> None:
+    """The fake's protocol is the VM's: the same run with nothing lost passes the status on
+    (so the lost-output tests below fail for the reason they name)."""
+    done = fake_vm(tmp_path, "whole", "--", "true")
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "hello\n"
+    assert "guestmem vm: booted 1.5 s after power-on, fake\nwarn\n" in done.stderr
+
+
+def test_output_that_never_arrives_is_not_a_success(tmp_path: Path) -> None:
+    """The command ran and said 0, but nothing came through the channel (as when virtme-ng's
+    init, finding no udev, runs the command on the serial console)."""
+    done = fake_vm(tmp_path, "console", "--", "sh", "-c", "echo hi")
+    assert done.returncode == vmrun.EXIT_OUTPUT_LOST, done.stderr
+    assert (
+        "the command exited with 0, but its output never reached the host: nothing came "
+        "through the VM's guestmem.stdout port, not even the boot marker"
+    ) in done.stderr
+    assert done.stdout == ""
+
+
+def test_output_cut_off_before_its_end_is_lost(tmp_path: Path) -> None:
+    done = fake_vm(tmp_path, "cut", "--", "true")
+    assert done.returncode == vmrun.EXIT_OUTPUT_LOST, done.stderr
+    assert "the command exited with 3, but guestmem.stdout closed before the end of its output" in done.stderr
+    assert done.stdout == "hello\n"  # what did arrive is passed on
+
+
+def test_a_vm_without_the_ports_runs_nothing(tmp_path: Path) -> None:
+    """The real script, where no virtio-serial port has the channel's names (this host)."""
+    ran = tmp_path / "ran"
+    done = fake_vm(
+        tmp_path, "host", "--any-kernel", "--scratch", str(tmp_path / "s"), "--", "touch", str(ran)
+    )
+    assert done.returncode == vmrun.EXIT_OUTPUT_LOST, done.stderr
+    assert (
+        "the command was not run, since its output could not reach the host: no virtio-serial ports "
+        "guestmem.stdout and guestmem.stderr with device nodes"
+    ) in done.stderr
+    assert "CONFIG_VIRTIO_CONSOLE" in done.stderr
+    assert not ran.exists()
 
 
 # --- bad paths that boot ------------------------------------------------------------------------
@@ -223,6 +371,61 @@ def _running_with(text: str) -> list[str]:
         if text.encode() in cmdline and state != "Z":
             found.append(pid)
     return found
+
+
+# --- output through a pipe -----------------------------------------------------------------------
+@pytest.mark.vm
+def test_output_reaches_a_pipe() -> None:
+    """``guestmem vm --kernel v8 -- sh -c 'echo marker' | cat``: the marker arrives, status 0."""
+    needs_boot()
+    done = guestmem_vm("--kernel", str(KERNELS["v8"]), "--", "sh", "-c", "echo marker", timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "marker\n", done.stderr
+
+
+@pytest.mark.vm
+def test_output_reaches_a_pipe_without_udev(tmp_path: Path) -> None:
+    """The same on a host without systemd-udevd (hidden from the VM by an empty directory
+    over /usr/lib/systemd in a mount namespace): virtme-ng's init finds no udev, so its own
+    ports get no names in /dev/virtio-ports, and the output still arrives, stdout and stderr
+    apart, byte for byte."""
+    needs_boot()
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        why = "hiding udev from the VM needs root and unshare(1) for a mount namespace"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run this: {why}")
+        pytest.skip(why)
+    inner = (
+        "echo out; echo err >&2; "
+        "test -e /dev/virtio-ports/virtme.stdout && echo 'udev named the ports' >&2; printf 'no newline'"
+    )
+    hide = 'mount -t tmpfs none /usr/lib/systemd && exec "$@"'
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", hide, "sh",
+         sys.executable, "-m", "guestmem", "vm", "--kernel", str(KERNELS["v8"]), "--any-kernel",
+         "--", "sh", "-c", inner],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert "udev named the ports" not in done.stderr, "udev ran inside: the test's premise failed"
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "out\nno newline", done.stderr
+    assert "\nerr\n" in done.stderr
+
+
+@pytest.mark.vm
+def test_a_command_that_destroys_the_channel_loses_its_output() -> None:
+    """The command unbinds the virtio-serial device that carries its output: what it wrote
+    before arrives, the rest cannot, and the run is not a success."""
+    needs_boot()
+    unbind = (
+        "echo before; for port in /sys/class/virtio-ports/*; do "
+        '[ "$(cat $port/name)" = guestmem.stdout ] && basename "$(readlink -f $port/device)" '
+        "> /sys/bus/virtio/drivers/virtio_console/unbind; done; echo after"
+    )
+    done = guestmem_vm("--kernel", str(KERNELS["v8"]), "--any-kernel", "--", "sh", "-c", unbind, timeout=600)
+    assert done.returncode == vmrun.EXIT_OUTPUT_LOST, done.stderr
+    assert "but guestmem.stdout and guestmem.stderr closed before the end of its output" in done.stderr
+    assert done.stdout == "before\n"
 
 
 # --- one boot per kernel: probe and the in-kernel tests -----------------------------------------

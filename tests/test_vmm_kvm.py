@@ -17,9 +17,9 @@ from guestmem.uapi.kvm import (
     KVM_MEMORY_EXIT_FLAG_PRIVATE,
 )
 from guestmem.vmm import ConversionHandler
-from kvm_support import requires_kvm
+from kvm_support import requires_guest_memfd
 
-pytestmark = requires_kvm
+pytestmark = requires_guest_memfd
 PAGE = 4096
 
 

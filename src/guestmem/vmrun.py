@@ -3,13 +3,33 @@
 The host's root filesystem is shared read-only (virtme-ng's default), so this checkout,
 its Python and its virtualenv run inside unchanged. A host directory made for the run is
 shared read-write as the scratch directory: ``$GUESTMEM_SCRATCH`` inside, also
-``$TMPDIR``. The command's output streams to this process's stdout; its exit status
-comes back through the scratch directory (not through QEMU), so a VM that dies is told
-apart from a command that fails.
+``$TMPDIR``. The command's exit status comes back through the scratch directory (not
+through QEMU), so a VM that dies is told apart from a command that fails.
+
+The command's output travels on a channel of the runner's own: two virtio-serial ports,
+``guestmem.stdout`` and ``guestmem.stderr``, each backed on the host by a Unix socket the
+runner listens on. Inside, the script finds each port by its name in
+``/sys/class/virtio-ports/*/name`` and writes to its ``/dev/vportNpM`` node, which the
+kernel's devtmpfs makes without help. The host relays each socket to its own stream as
+bytes arrive, so stdout and stderr stay apart and a long run's progress shows as it
+happens, whether the caller's stdout is a terminal, a pipe or a file. virtme-ng's own
+ports are not used: their ``/dev/virtio-ports/virtme.*`` names are made by udev, and on a
+host without ``systemd-udevd`` its init falls back to the serial console, which vng shows
+only with ``--verbose`` and mixed with the kernel's messages. Files in the scratch
+directory could carry output too, but the host would have to poll them and could not tell
+a finished stream from a stalled one; a socket wakes the reader and ends when QEMU does.
+
+Nothing is lost silently. The first line on ``guestmem.stdout`` is the boot marker
+(:data:`BOOTED`) and the last bytes on each port are an end mark unique to the run, which
+the host takes out of the stream. A VM without the ports, a command that ran but whose
+marker never arrived, or a stream cut off before its end mark is :class:`OutputLost`
+(:data:`EXIT_OUTPUT_LOST`), with the reason. vng runs with ``--verbose``, so the kernel's
+console reaches the runner too: it is kept only for the messages of a boot that fails.
 
 QEMU uses KVM when the host can nest (a usable ``/dev/kvm`` and a CPU with ``vmx`` or
 ``svm``); otherwise TCG, which emulates an AMD CPU with SVM, so the kernel's ``kvm_amd``
-runs guests inside either way (the test kernels' README, *Booting*).
+runs guests inside either way (the test kernels' README, *Booting*). The machine is
+QEMU's PC (``--disable-microvm``), so the ports sit on a PCI virtio-serial device.
 
 Before the command the runner checks inside that ``/dev/kvm`` works and that
 ``KVM_SET_MEMORY_ATTRIBUTES2`` exists (``require_ioctl``). Every failure of the runner
@@ -22,17 +42,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import selectors
 import shlex
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -40,8 +63,9 @@ from typing import BinaryIO
 QEMU = "qemu-system-x86_64"
 VNG = "vng"
 #: Exit statuses of the runner's own failures (the command's status passes through). They sit
-#: in 120-125, beside timeout(1)'s 124, so that none is also a status of ``guestmem`` itself
-#: (0, 1, 2, 4 = KSFT_SKIP, 130) or of a kselftest run inside.
+#: in 119-125, beside timeout(1)'s 124, so that none is also a status of ``guestmem`` itself
+#: (0, 1, 2, 4 = KSFT_SKIP, 130), of a kselftest run inside or of the shell (126, 127).
+EXIT_OUTPUT_LOST = 119
 EXIT_BAD_KERNEL = 120
 EXIT_NO_QEMU = 121
 EXIT_NO_VIRTME = 122
@@ -49,6 +73,7 @@ EXIT_NO_IOCTL = 123
 EXIT_TIMEOUT = 124
 EXIT_BOOT = 125
 EXIT_STATUS = {
+    "the command's output did not reach the host": EXIT_OUTPUT_LOST,
     "bad kernel file": EXIT_BAD_KERNEL,
     "QEMU missing": EXIT_NO_QEMU,
     "virtme-ng missing": EXIT_NO_VIRTME,
@@ -64,6 +89,12 @@ BOOTED = "guestmem-vm: booted"
 STATUS_FILE = "status"
 #: What the check before the command said (its stderr).
 CHECK_FILE = "check.txt"
+#: Why the script inside found no output channel (written instead of running the command).
+NO_CHANNEL_FILE = "channel.txt"
+#: The virtio-serial ports that carry the command's stdout and stderr, by stream.
+PORTS = {"stdout": "guestmem.stdout", "stderr": "guestmem.stderr"}
+#: Seconds the script inside waits for the ports to appear with their names.
+PORT_WAIT = 5
 #: Host environment variables the command sees inside too.
 PASSED_ON = ("CI", "GUESTMEM_DIFF_EXAMPLES", "GUESTMEM_TIMEOUT", "HYPOTHESIS_PROFILE")
 #: Seconds a scenario run may take inside a VM under software emulation (guestmem's
@@ -101,6 +132,12 @@ class BootFailed(VmError):
 
 class TimedOut(VmError):
     status = EXIT_TIMEOUT
+
+
+class OutputLost(VmError):
+    """The command's output could not be delivered (no channel, or a channel cut off)."""
+
+    status = EXIT_OUTPUT_LOST
 
 
 class Cancelled(VmError):
@@ -217,12 +254,19 @@ def _command_argv(command: Sequence[str]) -> list[str]:
 
 
 def inside_script(
-    command: Sequence[str], scratch: str, cwd: str, *, require_ioctl: bool, emulated: bool = False
+    command: Sequence[str],
+    scratch: str,
+    cwd: str,
+    *,
+    require_ioctl: bool,
+    end: bytes,
+    emulated: bool = False,
 ) -> str:
-    """The shell script the VM runs: environment, the boot marker, the check, the command;
-    the command's exit status goes to ``$GUESTMEM_SCRATCH/status``. ``emulated`` (TCG)
-    raises guestmem's per-run time limit to :data:`EMULATED_RUN_TIMEOUT` unless the host
-    sets ``$GUESTMEM_TIMEOUT``."""
+    """The shell script the VM runs: environment, the output channel (:data:`PORTS`), the
+    boot marker, the check, the command, and ``end`` on each port; the command's exit
+    status goes to ``$GUESTMEM_SCRATCH/status``. Without the ports it writes why to
+    :data:`NO_CHANNEL_FILE` and runs nothing. ``emulated`` (TCG) raises guestmem's per-run
+    time limit to :data:`EMULATED_RUN_TIMEOUT` unless the host sets ``$GUESTMEM_TIMEOUT``."""
     q = shlex.quote
     python = q(sys.executable)
     lines = [
@@ -238,6 +282,26 @@ def inside_script(
             if emulated and "GUESTMEM_TIMEOUT" not in os.environ
             else []
         ),
+        "port() {  # the device node of the virtio-serial port named $1, once it has its name",
+        "    i=0",
+        f"    while [ $i -lt {PORT_WAIT * 10} ]; do",
+        "        for name in /sys/class/virtio-ports/*/name; do",
+        '            [ "$(cat "$name" 2>/dev/null)" = "$1" ] || continue',
+        '            node=/dev/$(basename "$(dirname "$name")")',
+        '            [ -c "$node" ] && echo "$node" && return 0',
+        "        done",
+        "        i=$((i + 1)); sleep 0.1",
+        "    done",
+        "    return 1",
+        "}",
+        f"out=$(port {PORTS['stdout']}) && err=$(port {PORTS['stderr']}) || {{",
+        "    names=$(cat /sys/class/virtio-ports/*/name 2>/dev/null | tr '\\n' ' ')",
+        f'    echo "no virtio-serial ports {PORTS["stdout"]} and {PORTS["stderr"]} with device nodes '
+        '(named ports: ${names:-none}); the kernel needs CONFIG_VIRTIO_CONSOLE and CONFIG_DEVTMPFS" '
+        f"> {q(scratch)}/{NO_CHANNEL_FILE}",
+        "    exit 0",
+        "}",
+        'exec < /dev/null > "$out" 2> "$err"',
         f"cd {q(cwd)} || exit 1",
         f'echo "{BOOTED} $(cut -d" " -f1 /proc/uptime) s after power-on, $(uname -r)"',
     ]
@@ -247,8 +311,62 @@ def inside_script(
             f"2> {q(scratch)}/{CHECK_FILE} "
             f"|| {{ echo {EXIT_NO_IOCTL} > {q(scratch)}/{STATUS_FILE}.check; exit 0; }}"
         )
-    lines += [shlex.join(_command_argv(command)), f"echo $? > {q(scratch)}/{STATUS_FILE}"]
+    mark = _printf(end)
+    lines += [
+        shlex.join(_command_argv(command)),
+        "status=$?",
+        f"{mark}; {mark} >&2",
+        f"echo $status > {q(scratch)}/{STATUS_FILE}",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def end_mark() -> bytes:
+    """A fresh end mark: ASCII record separators around a random name, never text a
+    command prints by chance."""
+    return b"\x1eguestmem-vm-end-" + secrets.token_hex(8).encode() + b"\x1e"
+
+
+def _printf(data: bytes) -> str:
+    """A ``printf`` command that writes exactly ``data`` (octal escapes for the rest)."""
+    plain = {*range(0x20, 0x7F)} - {ord("'"), ord("\\"), ord("%")}
+    return "printf '" + "".join(chr(b) if b in plain else f"\\{b:03o}" for b in data) + "'"
+
+
+class Relay:
+    """One port's bytes on their way to the caller: passed on as they come, except the run's
+    end mark, which is taken out and noted. Only a tail that could be the start of the mark
+    is held back until the next bytes show what it is."""
+
+    def __init__(self, sink: BinaryIO, end: bytes) -> None:
+        self.sink = sink
+        self.end = end
+        self.held = b""
+        self.ended = False
+
+    def feed(self, chunk: bytes) -> None:
+        data = self.held + chunk
+        at = data.find(self.end)
+        keep = 0
+        if at >= 0:
+            self.ended = True
+            data = data[:at] + data[at + len(self.end) :]
+        else:
+            keep = next(
+                (n for n in range(min(len(self.end) - 1, len(data)), 0, -1) if data.endswith(self.end[:n])), 0
+            )
+        self.held = data[len(data) - keep :] if keep else b""
+        self._write(data[: len(data) - keep])
+
+    def close(self) -> None:
+        """The port closed: what was held back was output after all."""
+        self._write(self.held)
+        self.held = b""
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self.sink.write(data)
+            self.sink.flush()
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -270,16 +388,27 @@ class VmRun:
     accel: str | None = None  # "kvm" or "tcg"; None: KVM when the host can nest
     #: Set from another thread to stop the VM (within a second): :class:`Cancelled`.
     cancel: threading.Event | None = None
+    #: Where the command's stdout and stderr go, as they come.
     out: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
+    err: BinaryIO = field(default_factory=lambda: sys.stderr.buffer)
     progress: Callable[[str], None] = field(default=lambda msg: print(f"guestmem vm: {msg}", file=sys.stderr))
 
-    def argv(self, vng: str, scratch: str, accel: str) -> list[str]:
+    def argv(self, vng: str, scratch: str, accel: str, sockets: dict[str, str]) -> list[str]:
+        """vng's arguments; ``sockets`` are the host ends of :data:`PORTS`, by stream."""
         argv = [vng, "--run", self.kernel, "--memory", self.memory, "--cpus", str(self.cpus)]
-        argv += ["--rwdir", scratch, "--cwd", "/"]
+        argv += ["--rwdir", scratch, "--cwd", "/", "--verbose", "--disable-microvm"]
         if accel == "tcg":
             argv.append("--disable-kvm")
         for option in self.append:
             argv += ["--append", option]
+        qemu = ["-device", "virtio-serial-pci,id=guestmem-serial"]
+        for stream, path in sockets.items():
+            qemu += ["-chardev", f"socket,id=guestmem-{stream},path={path}"]
+            qemu += [
+                "-device",
+                f"virtserialport,bus=guestmem-serial.0,chardev=guestmem-{stream},name={PORTS[stream]}",
+            ]
+        argv += [f"--qemu-opts={arg}" for arg in qemu]
         return [*argv, "--exec", f"sh {shlex.quote(os.path.join(scratch, 'run.sh'))}"]
 
     def execute(self) -> int:
@@ -295,31 +424,61 @@ class VmRun:
         with contextlib.ExitStack() as stack:
             scratch = self.scratch or stack.enter_context(tempfile.TemporaryDirectory(prefix="guestmem-vm-"))
             os.makedirs(scratch, exist_ok=True)
-            for name in (STATUS_FILE, STATUS_FILE + ".check", CHECK_FILE):
+            for name in (STATUS_FILE, STATUS_FILE + ".check", CHECK_FILE, NO_CHANNEL_FILE):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(scratch, name))
+            end = end_mark()
             script = inside_script(
-                self.command, scratch, self.cwd, require_ioctl=self.require_ioctl, emulated=accel == "tcg"
+                self.command,
+                scratch,
+                self.cwd,
+                require_ioctl=self.require_ioctl,
+                end=end,
+                emulated=accel == "tcg",
             )
             Path(scratch, "run.sh").write_text(script)
+            sockets = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="guestmem-vm-io-", dir=_socket_dir())
+            )
+            paths = {stream: os.path.join(sockets, stream) for stream in PORTS}
+            listeners = {stream: stack.enter_context(_listen(path)) for stream, path in paths.items()}
             self.progress(f"booting {self.kernel} ({version}) with {accel.upper()}")
-            return self._boot(self.argv(vng, scratch, accel), env, scratch)
+            return self._boot(self.argv(vng, scratch, accel, paths), env, scratch, listeners, end)
         raise AssertionError("unreachable")
 
-    def _boot(self, argv: list[str], env: dict[str, str], scratch: str) -> int:
+    def _boot(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        scratch: str,
+        listeners: dict[str, socket.socket],
+        end: bytes,
+    ) -> int:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=env, start_new_session=True,
         )  # fmt: skip
         assert proc.stdout is not None
+        console = proc.stdout
         started = time.monotonic()
         booted_at: float | None = None
-        tail: list[bytes] = []
-        pending = b""
+        tail: list[bytes] = []  # the console's last lines
+        pending = b""  # the console's unfinished line
+        first = b""  # the stdout port's bytes while its first line (the boot marker) is awaited
+        relays = {stream: Relay(sink, end) for stream, sink in (("stdout", self.out), ("stderr", self.err))}
+        waiting = dict(listeners)  # the sockets QEMU has not connected yet
+        connections: dict[str, socket.socket] = {}
         selector = selectors.DefaultSelector()
-        selector.register(proc.stdout, selectors.EVENT_READ)
+
+        def connect(stream: str, listener: socket.socket) -> None:
+            connections[stream] = listener.accept()[0]
+            selector.register(connections[stream], selectors.EVENT_READ, stream)
+
+        selector.register(console, selectors.EVENT_READ)
+        for stream, listener in listeners.items():
+            selector.register(listener, selectors.EVENT_READ, stream)
         try:
-            while True:
+            while selector.get_map():
                 now = time.monotonic()
                 if booted_at is None and now - started > self.boot_timeout:
                     raise BootFailed(
@@ -335,38 +494,63 @@ class VmRun:
                     raise Cancelled(
                         f"the run of {shlex.join(self.command)} was cancelled (the VM was stopped)"
                     )
-                if not selector.select(timeout=1.0):
-                    continue
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                if booted_at is not None:  # the command's output: pass it on as it comes
-                    self.out.write(chunk.replace(b"\r\n", b"\n"))
-                    self.out.flush()
-                    continue
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for number, raw in enumerate(lines):
-                    line = raw.rstrip(b"\r").rstrip()
-                    text = line.decode("utf-8", "replace")
-                    if BOOTED in text:
-                        booted_at = time.monotonic()
-                        self.progress("booted" + text.split(BOOTED, 1)[1])
-                        rest = b"\n".join([*lines[number + 1 :], pending])
-                        self.out.write(rest.replace(b"\r\n", b"\n"))
-                        self.out.flush()
-                        break
-                    tail = [*tail[-TAIL_LINES:], line]
+                for key, _events in selector.select(timeout=1.0):
+                    if key.fileobj is console:
+                        chunk = os.read(console.fileno(), 65536)
+                        if chunk:
+                            *lines, pending = (pending + chunk).split(b"\n")
+                            tail = [*tail, *(line.rstrip() for line in lines)][-TAIL_LINES:]
+                            continue
+                        # QEMU has exited: take a connection it left waiting, then stop listening
+                        selector.unregister(console)
+                        for stream, listener in list(waiting.items()):
+                            selector.unregister(listener)
+                            del waiting[stream]
+                            with contextlib.suppress(BlockingIOError):
+                                connect(stream, listener)
+                        continue
+                    stream = key.data
+                    if stream in waiting:
+                        selector.unregister(waiting.pop(stream))
+                        connect(stream, listeners[stream])
+                        continue
+                    if key.fileobj is not connections.get(stream):  # a listener accepted above
+                        continue
+                    chunk = connections[stream].recv(65536)
+                    if not chunk:
+                        selector.unregister(connections[stream])
+                        if stream == "stdout" and first:  # an unfinished first line: output too
+                            relays[stream].feed(first)
+                        relays[stream].close()
+                        continue
+                    if stream == "stdout" and booted_at is None:
+                        first += chunk
+                        while booted_at is None and b"\n" in first:
+                            line, _, first = first.partition(b"\n")
+                            text = line.decode("utf-8", "replace")
+                            if BOOTED in text:
+                                booted_at = time.monotonic()
+                                self.progress("booted" + text.split(BOOTED, 1)[1])
+                            else:
+                                relays[stream].feed(line + b"\n")
+                        if booted_at is None:
+                            continue
+                        chunk, first = first, b""
+                    relays[stream].feed(chunk)
             proc.wait(timeout=30)
         except BaseException:
             _stop(proc)
             raise
         finally:
             selector.close()
-            proc.stdout.close()
-        return self._status(scratch, booted_at is not None, proc.returncode, tail)
+            console.close()
+            for connection in connections.values():
+                connection.close()
+        return self._status(scratch, booted_at is not None, proc.returncode, tail, relays)
 
-    def _status(self, scratch: str, booted: bool, vng_status: int, tail: list[bytes]) -> int:
+    def _status(
+        self, scratch: str, booted: bool, vng_status: int, tail: list[bytes], relays: dict[str, Relay]
+    ) -> int:
         check = _read_status(os.path.join(scratch, STATUS_FILE + ".check"))
         if check is not None:
             try:
@@ -374,8 +558,24 @@ class VmRun:
             except OSError:
                 said = "the check inside the VM failed"
             raise NoIoctl(f"{self.kernel}: {said}")
+        with contextlib.suppress(FileNotFoundError):
+            why = Path(scratch, NO_CHANNEL_FILE).read_text(errors="replace").strip()
+            raise OutputLost(
+                f"{self.kernel}: the command was not run, since its output could not reach the host: {why}"
+            )
         status = _read_status(os.path.join(scratch, STATUS_FILE))
         if status is not None:
+            if not booted:
+                raise OutputLost(
+                    f"the command exited with {status}, but its output never reached the host: "
+                    f"nothing came through the VM's {PORTS['stdout']} port, not even the boot marker"
+                )
+            cut = [PORTS[stream] for stream, relay in relays.items() if not relay.ended]
+            if cut:
+                raise OutputLost(
+                    f"the command exited with {status}, but {' and '.join(cut)} closed before the end "
+                    "of its output: the rest was lost"
+                )
             return status
         if not booted:
             raise BootFailed(
@@ -384,8 +584,25 @@ class VmRun:
             )
         raise BootFailed(
             f"the VM stopped before the command finished (vng exited with {vng_status}; "
-            "a kernel panic or a crash of the VM)"
+            "a kernel panic or a crash of the VM)" + _quote_tail(tail)
         )
+
+
+def _socket_dir() -> str:
+    """Where the output sockets go: the temporary directory, unless its path is one that
+    QEMU's option syntax or vng's shell command line would split (or too long for a socket)."""
+    base = tempfile.gettempdir()
+    return base if re.fullmatch(r"[\w./+-]{1,60}", base) else "/tmp"
+
+
+@contextlib.contextmanager
+def _listen(path: str) -> Iterator[socket.socket]:
+    """A Unix socket listening at ``path`` for QEMU, which connects as the VM starts."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(1)
+        listener.setblocking(False)
+        yield listener
 
 
 def _read_status(path: str) -> int | None:

@@ -10,22 +10,13 @@ from guestmem.spec.terms import Direction
 
 #: The largest guest_memfd (pages) any backend accepts; :meth:`Backend.max_pages` may say less.
 MAX_PAGES = (1 << 40) - 1
-#: The guest reaches the first 64 GiB of the guest_memfd: the kernel backend's guest
-#: program maps that much (its page tables' reach). Both backends give the same answer
-#: beyond it: a guest access that ends past the window is refused before anything runs
-#: (scenario validation) and raises ``ValueError`` on a :class:`Machine`.
-GUEST_WINDOW = 64 << 30
 
 
 def check_guest_range(offset: int, size: int, file_size: int) -> None:
-    """The guest access ``[offset, +size)`` lies in the file and the guest window, or ``ValueError``."""
+    """The guest access ``[offset, +size)`` lies in the file, which the memslot covers
+    (docs/semantics.md §3 *Memslots*): a guest reaches any address of it. ``ValueError`` if not."""
     if offset < 0 or size < 0 or offset + size > file_size:
         raise ValueError(f"guest access [{offset:#x}, +{size:#x}) is outside the memslot")
-    if offset + size > GUEST_WINDOW:
-        raise ValueError(
-            f"guest access [{offset:#x}, +{size:#x}) ends beyond the guest window "
-            f"(the first {GUEST_WINDOW >> 30} GiB of the guest_memfd)"
-        )
 
 
 class Unavailable(Exception):

@@ -7,6 +7,13 @@ accesses. What this kernel cannot do is reported as skipped with the reason foun
 :mod:`guestmem.kvm.facts`, never as passed: conversions without the ioctl (``ENOTTY``),
 pins without ``CONFIG_GUP_TEST``, guest requests when the guest's hypercall does not
 reach userspace, private guest accesses on a VM type that has no private memory here.
+A kernel without guest_memfd (or without the ``MMAP``/``INIT_SHARED`` flag a scenario asks
+for) cannot run a scenario at all: :meth:`KernelBackend.open` raises ``Unavailable`` with
+the probe's reason, and the run is skipped.
+
+The guest program maps the whole guest_memfd, so a guest access reaches any page of it, as
+a real guest's would; whether the access lies in the file is the one check both backends
+make (:func:`~guestmem.backend.base.check_guest_range`).
 
 On ``sw_protected`` KVM takes the side of a guest access from the page's attribute
 (``kvm_mmu_page_fault`` sets ``PFERR_PRIVATE_ACCESS`` from ``kvm_mem_is_private``): the
@@ -23,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from guestmem.backend.base import GUEST_WINDOW, Outcome, Unavailable, attributes2, check_guest_range
+from guestmem.backend.base import Outcome, Unavailable, attributes2, check_guest_range
 from guestmem.backend.model import hypercall_exit
 from guestmem.errors import HostFault, IoctlError, MemoryFault
 from guestmem.kvm import facts as kernel_facts
@@ -40,6 +47,7 @@ from guestmem.spec import platforms
 from guestmem.spec.terms import Direction, Phase
 from guestmem.uapi.kvm import (
     GUEST_MEMFD_FLAG_INIT_SHARED,
+    GUEST_MEMFD_FLAG_MMAP,
     KVM_CAP_EXIT_HYPERCALL,
     KVM_HC_MAP_GPA_RANGE,
     KVM_MAP_GPA_RANGE_DECRYPTED,
@@ -205,7 +213,7 @@ class KernelMachine:
     def _guest(self) -> TinyGuest:
         with self.book:
             if self.guest is None:
-                self.guest = TinyGuest(self.vm, GPA_BASE, min(self.size, GUEST_WINDOW))
+                self.guest = TinyGuest(self.vm, GPA_BASE, self.size)
         # one command may run until the run's deadline, and never longer than LIMIT
         left = LIMIT if self.deadline is None else self.deadline - time.monotonic()
         self.guest.limit = min(LIMIT, max(left, 0.001))
@@ -366,15 +374,26 @@ class KernelBackend:
         return min(limits)
 
     def open(self, platform: str, abi: str, size: int, flags: int) -> KernelMachine:
-        """``Unavailable`` when ``/dev/kvm`` is unusable or the platform's VM type is not
-        offered (``KVM_CAP_VM_TYPES``); ``IoctlError`` when guest_memfd creation fails."""
+        """``Unavailable`` when ``/dev/kvm`` is unusable, the kernel has no guest_memfd or
+        not a flag in ``flags``, or the platform's VM type is not offered
+        (``KVM_CAP_VM_TYPES``), each with the probe's reason; ``IoctlError`` when guest_memfd
+        creation fails otherwise."""
         spec = platforms.get(platform)
+        facts = kernel_facts.cached(self.device)
+        lacking = [("kvm", "no usable KVM"), ("guest_memfd", "no guest_memfd on this kernel")]
+        if flags & GUEST_MEMFD_FLAG_MMAP:
+            lacking.append(("guest_memfd_mmap", "no GUEST_MEMFD_FLAG_MMAP on this kernel"))
+        if flags & GUEST_MEMFD_FLAG_INIT_SHARED:
+            lacking.append(("guest_memfd_init_shared", "no GUEST_MEMFD_FLAG_INIT_SHARED on this kernel"))
+        for feature, what in lacking:
+            why = facts.lacks(feature)
+            if why is not None:
+                raise Unavailable(f"{what}: {why}")
         try:
             kvm = Kvm(self.device)
         except KvmUnavailable as err:
             raise Unavailable(str(err)) from None
         try:
-            facts = kernel_facts.cached(self.device)
             if spec.vm_type is None:
                 raise Unavailable(f"{spec.name} is not an x86 VM type ({spec.title}); this kernel is x86 KVM")
             if not kvm.vm_types() & (1 << spec.vm_type):

@@ -72,9 +72,12 @@ class Figure:
         return self.model / self.baseline
 
     @property
-    def met(self) -> bool:
+    def met(self) -> bool | None:
+        """Whether the measured figure meets its target; None when it was skipped."""
+        if self.skipped is not None:
+            return None
         measured = self.ratio if self.is_ratio else self.value
-        if self.skipped is not None or measured is None:
+        if measured is None:
             return False
         return measured >= self.target if self.at_least else measured <= self.target
 

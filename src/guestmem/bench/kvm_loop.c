@@ -1,12 +1,14 @@
 /*
  * kvm_loop: the C baseline of guestmem's kvm_run_vs_c benchmark.
  *
- * usage: kvm_loop ROUNDS HEXCODE PORT [LOAD_ADDR]
+ * usage: kvm_loop ROUNDS HEXCODE PORT [LOAD_ADDR [MEMORY]]
  *
  * Creates a default VM (type 0) with one vCPU in real mode, loads the guest code given
- * as hex at LOAD_ADDR (default 0x1000) in a 2 MiB memslot backed by a guest_memfd
- * created with MMAP|INIT_SHARED and mapped MAP_SHARED (kvm-here.md section 5; falls back
- * to anonymous memory when the kernel has no guest_memfd), then times ROUNDS calls of
+ * as hex at LOAD_ADDR (default 0x1000) in a 2 MiB memslot backed by MEMORY: "guest_memfd",
+ * a guest_memfd created with MMAP|INIT_SHARED and mapped MAP_SHARED (kvm-here.md
+ * section 5), or "anonymous", shared anonymous memory. Without MEMORY it takes a
+ * guest_memfd where the kernel makes one, else anonymous memory; the Python side of the
+ * benchmark names the memory it runs on, so both sides run on the same. Then it times ROUNDS calls of
  * KVM_RUN, each of which must exit with KVM_EXIT_IO on PORT (the guest's `out` loop).
  * Prints one JSON line: {"rounds": N, "ns": total, "memory": "guest_memfd"|"anonymous"}.
  *
@@ -124,14 +126,16 @@ static size_t parse_hex(const char *hex, uint8_t *out, size_t cap)
 int main(int argc, char **argv)
 {
 	if (argc < 4) {
-		fprintf(stderr, "usage: kvm_loop ROUNDS HEXCODE PORT [LOAD_ADDR]\n");
+		fprintf(stderr, "usage: kvm_loop ROUNDS HEXCODE PORT [LOAD_ADDR [MEMORY]]\n");
 		return 2;
 	}
 	long rounds = strtol(argv[1], NULL, 0);
 	long port = strtol(argv[3], NULL, 0);
 	unsigned long load = argc > 4 ? strtoul(argv[4], NULL, 0) : 0x1000;
-	if (rounds <= 0 || load >= MEM_SIZE - 4096) {
-		fprintf(stderr, "kvm_loop: bad ROUNDS or LOAD_ADDR\n");
+	const char *want = argc > 5 ? argv[5] : NULL;
+	if (rounds <= 0 || load >= MEM_SIZE - 4096 ||
+	    (want && strcmp(want, "guest_memfd") && strcmp(want, "anonymous"))) {
+		fprintf(stderr, "kvm_loop: bad ROUNDS, LOAD_ADDR or MEMORY\n");
 		return 2;
 	}
 
@@ -146,11 +150,20 @@ int main(int argc, char **argv)
 
 	const char *memory = "anonymous";
 	uint8_t *mem = MAP_FAILED;
-	if (ioctl(vm, KVM_CHECK_EXTENSION, KVM_CAP_GUEST_MEMFD) > 0 &&
+	if (want && !strcmp(want, "guest_memfd") &&
+	    (ioctl(vm, KVM_CHECK_EXTENSION, KVM_CAP_GUEST_MEMFD) <= 0 ||
+	     ioctl(vm, KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY2) <= 0)) {
+		errno = ENOTTY;
+		die("KVM_CAP_GUEST_MEMFD");
+	}
+	if ((!want || !strcmp(want, "guest_memfd")) &&
+	    ioctl(vm, KVM_CHECK_EXTENSION, KVM_CAP_GUEST_MEMFD) > 0 &&
 	    ioctl(vm, KVM_CHECK_EXTENSION, KVM_CAP_USER_MEMORY2) > 0) {
 		struct create_gmem cg = {.size = MEM_SIZE,
 					 .flags = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED};
 		int gmem = ioctl(vm, KVM_CREATE_GUEST_MEMFD, &cg);
+		if (gmem < 0 && want)
+			die("KVM_CREATE_GUEST_MEMFD");
 		if (gmem >= 0) {
 			mem = mmap(NULL, MEM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, gmem, 0);
 			if (mem == MAP_FAILED)

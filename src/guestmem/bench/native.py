@@ -1,7 +1,8 @@
 """The kernel side of the benchmarks: hole punching, shared files, the C baseline program.
 
-guest_memfd comes from :mod:`guestmem.kvm`; when ``/dev/kvm`` is unusable, a ``memfd``
-(the same shmem-style page cache) stands in and the figure says so.
+guest_memfd comes from :mod:`guestmem.kvm`; where the kernel makes none (no usable
+``/dev/kvm``, no guest_memfd, no ``MMAP``/``INIT_SHARED``) the figure that needs it is
+skipped with the reason (docs/bench.md *Exit status*).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
     syscalls.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
 
 
+class Unmeasurable(Exception):
+    """A figure cannot be measured on this machine; the message is the reason."""
+
+
 @dataclass
 class SharedFile:
     """A file of ``size`` bytes mapped ``MAP_SHARED`` at ``address``; ``kind`` names it."""
@@ -59,42 +64,25 @@ def _map(fd: int, size: int, kind: str) -> SharedFile:
     return SharedFile(fd, size, kind, mapping, address)
 
 
-def guest_memfd_file(size: int) -> tuple[SharedFile | None, str]:
-    """A real guest_memfd (``MMAP | INIT_SHARED``) of ``size`` bytes, or None and the reason."""
+def guest_memfd_file(size: int) -> SharedFile:
+    """A real guest_memfd (``MMAP | INIT_SHARED``) of ``size`` bytes, mapped shared.
+
+    Raises :class:`Unmeasurable` with the probe's reason where the kernel makes none."""
     try:
-        from guestmem.kvm.system import Kvm, KvmUnavailable
+        from guestmem.kvm import facts
+        from guestmem.kvm.system import DEVICE, Kvm
     except ImportError as err:
-        return None, f"guestmem.kvm bindings unavailable ({err})"
-    try:
-        kvm = Kvm()
-    except KvmUnavailable as err:
-        return None, str(err)
-    try:
-        vm = kvm.create_vm()
+        raise Unmeasurable(f"guestmem.kvm bindings unavailable ({err})") from None
+    found = facts.cached(DEVICE)
+    for feature in ("kvm", "guest_memfd", "guest_memfd_mmap", "guest_memfd_init_shared"):
+        why = found.lacks(feature)
+        if why is not None:
+            raise Unmeasurable(f"needs a guest_memfd: {why}")
+    with Kvm() as kvm, kvm.create_vm() as vm:
         gmem = vm.create_guest_memfd(size, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
         fd = os.dup(gmem.fd)
-    finally:
-        kvm.close()
-    gmem.close()  # the dup keeps the file, and the file keeps the VM (kvm-here.md §10 item 7)
-    vm.close()
-    return _map(fd, size, "guest_memfd"), ""
-
-
-def memfd_file(size: int) -> SharedFile:
-    """An anonymous shmem file (``memfd_create``) of ``size`` bytes."""
-    fd = os.memfd_create("guestmem-bench", os.MFD_CLOEXEC)
-    os.ftruncate(fd, size)
-    return _map(fd, size, "memfd")
-
-
-def punchable_file(size: int) -> SharedFile:
-    """A real guest_memfd when possible, else a memfd; ``kind`` says which (and why)."""
-    gmem, reason = guest_memfd_file(size)
-    if gmem is not None:
-        return gmem
-    f = memfd_file(size)
-    f.kind = f"memfd (no guest_memfd: {reason})"
-    return f
+        gmem.close()  # the dup keeps the file, and the file keeps the VM (kvm-here.md §10 item 7)
+    return _map(fd, size, "guest_memfd")
 
 
 # --- the C baseline of KVM_RUN --------------------------------------------------------------------
@@ -106,9 +94,11 @@ class CLoop:
     code: bytes
     port: int
     load: int
+    #: The memslot's memory: ``guest_memfd`` or ``anonymous`` (kvm_loop.c's MEMORY).
+    memory: str
 
     def run(self, rounds: int) -> tuple[float, str]:
-        argv = [str(self.path), str(rounds), self.code.hex(), hex(self.port), hex(self.load)]
+        argv = [str(self.path), str(rounds), self.code.hex(), hex(self.port), hex(self.load), self.memory]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
         if proc.returncode != 0:
             raise OSError(errno.EIO, f"kvm_loop failed ({proc.returncode}): {proc.stderr.strip()}")

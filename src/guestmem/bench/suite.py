@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from guestmem.bench.explore import analyze_all_cpu_s, explore_3_pages_cpu_s, explore_states_per_cpu_s
 from guestmem.bench.figure import Figure
 from guestmem.bench.kvm_run import kvm_run_vs_c
+from guestmem.bench.native import Unmeasurable
 from guestmem.bench.pairs import convert_1tib_vs_4k, fill_vs_memset, host_access_vs_mmap, zero_vs_punch_hole
 from guestmem.bench.rss import rss_1tib_mib
 
@@ -33,8 +34,9 @@ def run(
     names: Iterable[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[Figure]:
-    """Measure ``names`` (default: every figure); an ``OSError`` from the machine becomes
-    a skipped figure with the reason."""
+    """Measure ``names`` (default: every figure); a figure this machine cannot measure
+    (:class:`~guestmem.bench.native.Unmeasurable`, or an ``OSError`` from the machine)
+    becomes a skipped figure with the reason."""
     reps = QUICK_REPS if quick else FULL_REPS
     figures: list[Figure] = []
     for name in names or FIGURES:
@@ -42,6 +44,8 @@ def run(
             progress(name)
         try:
             figure = FIGURES[name](reps, quick)
+        except Unmeasurable as why:
+            figure = Figure(name, skipped=str(why))
         except OSError as err:
             figure = Figure(name, skipped=f"{type(err).__name__}: {err}")
         figures.append(figure)

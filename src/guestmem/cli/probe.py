@@ -1,14 +1,15 @@
-"""``guestmem probe``: what this kernel offers for guest_memfd work (see :mod:`guestmem.kvm.facts`)."""
+"""``guestmem probe``: what this kernel offers for guest_memfd work, and what it lacks with
+the reason (see :mod:`guestmem.kvm.facts`). A missing feature, ``/dev/kvm`` itself included,
+is a finding: the command exits 0."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from guestmem import schemas
-from guestmem.kvm.facts import gather
-from guestmem.kvm.system import DEVICE, Kvm, KvmUnavailable
+from guestmem.kvm.facts import FEATURES, Facts, probe
+from guestmem.kvm.system import DEVICE
 from guestmem.terminal import table
 
 
@@ -18,7 +19,8 @@ def register(sub: Any) -> None:
         help="show the kernel's KVM and guest_memfd facts",
         description="Probe /dev/kvm: API version, guest_memfd capabilities and flags, VM types, "
         "memory-attribute capabilities, whether KVM_SET_MEMORY_ATTRIBUTES2 exists, and whether "
-        "guest code runs natively or in KVM's emulator. Exits 1 when /dev/kvm is unusable.",
+        "guest code runs natively or in KVM's emulator, and each feature the kernel lacks with "
+        "the reason. Exits 0, also when /dev/kvm is missing or unusable (that is a finding).",
         epilog="examples:\n  guestmem probe\n  guestmem probe --format json",
     )
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
@@ -26,17 +28,20 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _missing_rows(facts: Facts) -> list[tuple[str, str]]:
+    return [
+        (f"missing: {name}", f"{why} — needed for {FEATURES[name]}") for name, why in facts.missing.items()
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
-        with Kvm(args.device) as kvm:
-            facts = gather(kvm)
-    except KvmUnavailable as err:
-        if args.format == "json":
-            schemas.dump("probe", {"device": args.device, "usable": False, "reason": str(err)})
-        print(f"guestmem: no usable KVM: {err}", file=sys.stderr)
-        return 1
+    facts = probe(args.device)
     if args.format == "json":
-        schemas.dump("probe", {"usable": True, **facts.to_json()})
+        schemas.dump("probe", facts.to_json())
+        return 0
+    if not facts.usable:
+        unusable = [("device", facts.device), ("usable", f"no ({facts.reason})"), *_missing_rows(facts)]
+        table(("fact", "value"), unusable, title="guestmem probe")
         return 0
     code = facts.guest_code
     runs = code.get("mode", "unknown")
@@ -79,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             "works" if hypercall.get("works") else f"no ({hypercall.get('reason')})",
         ),
         ("pins (CONFIG_GUP_TEST)", facts.gup_test or "available"),
+        *_missing_rows(facts),
     ]
     table(("fact", "value"), rows, title="guestmem probe")
     return 0

@@ -17,9 +17,13 @@ examples:
 
 The host's root filesystem is shared read-only; $GUESTMEM_SCRATCH (also $TMPDIR) is a
 writable host directory (--scratch, else a temporary one). A command starting with
-'guestmem' runs this guestmem with this Python.
+'guestmem' runs this guestmem with this Python. Its stdout and stderr come back apart,
+as they are written, through two virtio-serial ports of the runner's own (no udev
+needed), to a terminal, a pipe or a file alike.
 
 exit status: the command's, or
+  {vmrun.EXIT_OUTPUT_LOST}  the command's output could not reach the host (the VM lacks the
+       ports, or they closed before the output's end)
   {vmrun.EXIT_BAD_KERNEL}  the kernel file is missing or not an x86 bzImage
   {vmrun.EXIT_NO_QEMU}  QEMU (qemu-system-x86_64) is not installed
   {vmrun.EXIT_NO_VIRTME}  virtme-ng (vng) is not installed: pip install -e '.[vm]'

@@ -11,14 +11,19 @@ guest performs it and reports back with ``out`` to :data:`PORT_DONE`:
   the result ``rax`` is stored back into the mailbox (docs/semantics.md §9).
 * ``SPIN``: loop forever, to exercise the time limit. Any other value: ``hlt``.
 
-Layout (guest physical = guest virtual, long mode with 2 MiB pages, kvm-here.md §5):
-code at 0x1000, mailbox at 0x3000, PML4/PDPT/PDs at 0x10000.., bounce page at 1 MiB,
-all inside a 2 MiB anonymous slot at GPA 0; the window (guest_memfd, at 4 GiB) is mapped
-by 2 MiB pages through up to :data:`MAX_WINDOW_GIB` page directories.
+Layout (guest physical = guest virtual, long mode, kvm-here.md §5): code at 0x1000, mailbox
+at 0x3000, the PML4 at 0x10000, the low page directory at 0x11000, up to :data:`MAX_PDPTS`
+PDPTs from 0x12000, bounce page at 1 MiB, all inside a 2 MiB anonymous slot at GPA 0. The
+window (the guest_memfd, at 4 GiB) is mapped whole by 2 MiB pages, which every x86-64 CPU
+offers (1 GiB pages are not offered to guests under shadow paging): its page directories,
+4 KiB per GiB of window, fill an anonymous slot of their own at :data:`TABLES_GPA`, so a
+1 TiB window costs 4 MiB and a guest reaches any page of the guest_memfd (up to
+:data:`MAX_WINDOW`, past the largest memslot).
 """
 
 from __future__ import annotations
 
+import array
 import ctypes
 from typing import Final
 
@@ -32,11 +37,16 @@ LOW_SIZE: Final = 2 << 20
 CODE: Final = 0x1000
 MAILBOX: Final = 0x3000
 PML4: Final = 0x10000
-PDPT: Final = 0x11000
-PD_LOW: Final = 0x12000
-PD_WINDOW: Final = 0x13000
+PD_LOW: Final = 0x11000
+PDPT: Final = 0x12000
+#: PDPT pages (one per 512 GiB of guest physical addresses, from 0).
+MAX_PDPTS: Final = 64
 BOUNCE: Final = 0x100000
-MAX_WINDOW_GIB: Final = 64
+#: The window's page directories: their own anonymous memslot, below the window.
+TABLES_SLOT: Final = 15
+TABLES_GPA: Final = 1 << 30
+#: The end of the guest physical addresses the page tables can reach (32 TiB).
+MAX_WINDOW: Final = MAX_PDPTS << 39
 PORT_DONE: Final = 0x10
 #: Default time limit for one command, in seconds.
 LIMIT: Final = 10.0
@@ -73,24 +83,29 @@ _EFER_LME, _EFER_LMA = 1 << 8, 1 << 10
 
 class TinyGuest:
     """The program loaded into ``vm`` with guest physical ``[window_gpa, +window_size)``
-    mapped for it. The window must be 1 GiB aligned and at least 1 GiB up."""
+    mapped for it. The window must be 1 GiB aligned, at least 2 GiB up (above the page
+    directories' slot) and end by :data:`MAX_WINDOW`."""
 
     def __init__(self, vm: Vm, window_gpa: int, window_size: int, *, limit: float = LIMIT) -> None:
-        if window_gpa % (1 << 30) or window_gpa < 1 << 30:
-            raise ValueError(f"window gpa {window_gpa:#x} must be 1 GiB aligned and above 1 GiB")
-        gib = -(-window_size // (1 << 30))
-        if (window_gpa >> 30) + gib > 512 or gib > MAX_WINDOW_GIB:
+        if window_gpa % (1 << 30) or window_gpa < 2 << 30:
+            raise ValueError(f"window gpa {window_gpa:#x} must be 1 GiB aligned and at least 2 GiB up")
+        if window_size <= 0 or window_gpa + window_size > MAX_WINDOW:
             raise ValueError(f"window of {window_size:#x} bytes at {window_gpa:#x} is too large to map")
         self.vm = vm
         self.window_gpa = window_gpa
         self.window_size = window_size
         self.limit = limit
+        gib = -(-window_size // (1 << 30))
+        self.tables_size = gib * PAGE_SIZE
         self.low = syscalls.anonymous(LOW_SIZE)
+        self.tables = 0
         try:
+            self.tables = syscalls.anonymous(self.tables_size)
             self._load(gib)
-            vm.set_user_memory_region2(LOW_SLOT, 0, LOW_SIZE, self.low)
+            vm.set_user_memory_region(LOW_SLOT, 0, LOW_SIZE, self.low)
+            vm.set_user_memory_region(TABLES_SLOT, TABLES_GPA, self.tables_size, self.tables)
         except BaseException:
-            syscalls.munmap(self.low, LOW_SIZE)
+            self._unmap()
             raise
         self.mailbox = (ctypes.c_uint64 * 9).from_address(self.low + MAILBOX)
         self._cpuid = vm.kvm.supported_cpuid()
@@ -98,32 +113,41 @@ class TinyGuest:
         self.fresh = True
 
     def close(self) -> None:
-        """Unmap guest low memory (the VM closes the vCPUs; close the VM first)."""
+        """Unmap guest low memory and the page directories (the VM closes the vCPUs; close
+        the VM first)."""
         if self.low:
             del self.mailbox
+        self._unmap()
+
+    def _unmap(self) -> None:
+        if self.low:
             syscalls.munmap(self.low, LOW_SIZE)
             self.low = 0
+        if self.tables:
+            syscalls.munmap(self.tables, self.tables_size)
+            self.tables = 0
 
     # --- setup ------------------------------------------------------------------------------
     def _poke(self, gpa: int, data: bytes) -> None:
         ctypes.memmove(self.low + gpa, data, len(data))
 
     def _load(self, gib: int) -> None:
+        """The program and the page tables: the low 2 MiB, then ``gib`` GiB of window in
+        2 MiB pages, one page directory per GiB in the tables' slot."""
         self._poke(CODE, PROGRAM)
-        self._poke(PML4, (PDPT | _PTE_PRESENT_RW).to_bytes(8, "little"))
-        pdpt = bytearray(PAGE_SIZE)
-        pdpt[0:8] = (PD_LOW | _PTE_PRESENT_RW).to_bytes(8, "little")
-        self._poke(PD_LOW, (_PTE_PRESENT_RW | _PTE_LARGE).to_bytes(8, "little"))
         first = self.window_gpa >> 30
-        for i in range(gib):
-            pd_gpa = PD_WINDOW + i * PAGE_SIZE
-            pdpt[(first + i) * 8 : (first + i + 1) * 8] = (pd_gpa | _PTE_PRESENT_RW).to_bytes(8, "little")
-            base = (first + i) << 30
-            pd = b"".join(
-                ((base + (j << 21)) | _PTE_PRESENT_RW | _PTE_LARGE).to_bytes(8, "little") for j in range(512)
-            )
-            self._poke(pd_gpa, pd)
-        self._poke(PDPT, bytes(pdpt))
+        pdpts = array.array("Q", bytes(8 * 512 * -(-(first + gib) // 512)))  # the PDPT pages used
+        pml4 = array.array("Q", range(PDPT | _PTE_PRESENT_RW, PDPT + len(pdpts) * 8, PAGE_SIZE))
+        self._poke(PML4, pml4.tobytes())
+        pdpts[0] = PD_LOW | _PTE_PRESENT_RW
+        self._poke(PD_LOW, (_PTE_PRESENT_RW | _PTE_LARGE).to_bytes(8, "little"))
+        pdpts[first : first + gib] = array.array(
+            "Q", range(TABLES_GPA | _PTE_PRESENT_RW, TABLES_GPA + gib * PAGE_SIZE, PAGE_SIZE)
+        )
+        self._poke(PDPT, pdpts.tobytes())
+        flags = _PTE_PRESENT_RW | _PTE_LARGE
+        pds = array.array("Q", range(self.window_gpa | flags, (first + gib) << 30, 1 << 21))
+        ctypes.memmove(self.tables, pds.buffer_info()[0], len(pds) * 8)
 
     def _new_vcpu(self) -> Vcpu:
         vcpu = self.vm.create_vcpu(len(self.vm.vcpus))

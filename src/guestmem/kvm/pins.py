@@ -41,7 +41,7 @@ class Pin:
     """One pinned range; ``release()`` (or ``with``) unpins it."""
 
     def __init__(self, address: int, size: int) -> None:
-        self.fd = os.open(GUP_TEST, os.O_RDWR | os.O_CLOEXEC)
+        self.fd = syscalls.open_device(GUP_TEST)
         arg = PinLongtermTest(addr=address, size=size, flags=PIN_LONGTERM_TEST_FLAG_USE_WRITE)
         try:
             fcntl_ioctl(self.fd, PIN_LONGTERM_TEST_START, arg, "PIN_LONGTERM_TEST_START")

@@ -1,6 +1,6 @@
 """The one place where a failing system call becomes a typed error.
 
-Every ioctl goes through :func:`ioctl`, which raises
+Every KVM device is opened by :func:`open_device` and every ioctl goes through :func:`ioctl`, which raises
 :class:`~guestmem.errors.IoctlError` with the errno and the request's name from
 :data:`guestmem.uapi.kvm.IOCTL_NAMES`; ``try_ioctl`` returns 0 or the errno instead, in
 the manner of the kernel selftests' ``__vm_ioctl()``; the one hot path that calls
@@ -113,6 +113,13 @@ raw_ioctl: Final = fcntl.ioctl
 def failure(err: OSError, request: int) -> IoctlError:
     """The typed error of ``request`` failing with ``err``."""
     return IoctlError(err.errno or errno.EIO, ioctl_name(request))
+
+
+def open_device(path: str) -> int:
+    """Open a device (``/dev/kvm``, ``gup_test``) read-write and close-on-exec; ``OSError``
+    on failure. With :func:`ioctl`, the one way this package reaches the kernel's KVM, so a
+    test can stand in for a kernel that lacks a feature at these two points."""
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
 
 def ioctl(fd: int, request: int, arg: Arg = 0) -> int:

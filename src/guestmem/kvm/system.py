@@ -7,7 +7,6 @@ come from ``KVM_CAP_VM_TYPES`` (docs/semantics.md §7, kvm-here.md §2).
 from __future__ import annotations
 
 import ctypes
-import os
 
 from guestmem.errors import IoctlError, errno_of
 from guestmem.kvm import syscalls
@@ -50,7 +49,7 @@ class Kvm(syscalls.Handle):
 
     def __init__(self, path: str = DEVICE) -> None:
         try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            self.fd = syscalls.open_device(path)
         except OSError as err:
             raise KvmUnavailable(f"{path}: {err.strerror}") from None
         self.path = path

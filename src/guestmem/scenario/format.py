@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from guestmem import inputs
-from guestmem.backend.base import GUEST_WINDOW, MAX_PAGES
+from guestmem.backend.base import MAX_PAGES
 from guestmem.scenario.expect import NOT_WRITTEN, Expect, parse
 from guestmem.spec import platforms, revisions
 from guestmem.spec.terms import Direction, Policy
@@ -291,12 +291,6 @@ def _step(raw: Any, n: int, where: str, applies: Sequence[str], pages: int, plat
                 "offset",
                 f"guest access [{fields['offset']:#x}, +{length:#x}) is outside the "
                 f"guest_memfd ({pages} pages); the memslot covers only the file",
-            )
-        if fields["offset"] + length > GUEST_WINDOW:
-            raise bad(
-                "offset",
-                f"guest access [{fields['offset']:#x}, +{length:#x}) ends beyond the guest's "
-                f"window: the guest reaches the first {GUEST_WINDOW >> 30} GiB of the guest_memfd",
             )
     if op == "convert":
         _convert_fields(raw, fields, bad, number)

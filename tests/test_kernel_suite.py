@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
+from guestmem.backend.compare import observed
 from guestmem.backend.kernel import KernelBackend
 from guestmem.backend.model import ModelBackend
 from guestmem.scenario import load, suite_files
 from guestmem.scenario.format import Scenario
 from guestmem.scenario.runner import RunResult, run
 from kvm_support import SERIES, requires_conversions, series
-from test_kernel_differential import observed
 
 pytestmark = requires_conversions
 PLATFORMS = ("sw_protected", "default")

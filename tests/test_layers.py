@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "vmrun": 4,
     "report": 5,
     "bench": 5,
+    "stress": 5,
     "cli": 6,
     "__main__": 7,
 }

@@ -128,6 +128,9 @@ class ModelMachine:
     def populate(self, offset: int, size: int, source: bytes | None = None) -> Outcome:
         return _outcome(lambda: self.gmem.populate(offset, size, source))
 
+    def restore_memslot(self) -> Outcome:
+        return _outcome(self.gmem.restore_memslot)
+
     def launch(self) -> Outcome:
         return _outcome(self.vm.launch)
 

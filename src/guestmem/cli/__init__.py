@@ -32,6 +32,7 @@ COMMANDS: tuple[str, ...] = (
     "consume",
     "report",
     "bench",
+    "stress",
     "vm",
     "completion",
 )

@@ -443,6 +443,11 @@ class GuestMemfd:
         contents and attributes stay with the file."""
         self.memslot = False
 
+    def restore_memslot(self) -> None:
+        """Bind the file at ``gpa`` again (``KVM_SET_USER_MEMORY_REGION2`` with its size):
+        guest accesses reach the same contents and attributes as before the deletion."""
+        self.memslot = True
+
     def guest_read(self, offset: int, size: int, access: str | None = None) -> bytes:
         """The guest reads through its memslot; ``access`` is ``private``, ``shared`` or
         None for the page's current state. A mismatch raises :class:`MemoryFault`."""

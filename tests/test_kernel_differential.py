@@ -27,10 +27,11 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from guestmem.backend.base import Machine, Outcome
+from guestmem.backend.compare import observed
 from guestmem.backend.kernel import KernelBackend
 from guestmem.backend.model import ModelBackend
-from guestmem.model.provenance import Origin
 from guestmem.scenario import load, run
+from guestmem.scenario.write import expectation, toml_value
 from guestmem.spec.terms import Direction
 from guestmem.uapi.kvm import (
     GUEST_MEMFD_FLAG_INIT_SHARED,
@@ -38,12 +39,9 @@ from guestmem.uapi.kvm import (
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
     PAGE_SIZE,
 )
-from kvm_support import SERIES, SERIES_REASON, series
+from kvm_support import SERIES, SERIES_REASON, TEST_KERNELS, series
 
-EXAMPLES = {"v8": 500, "rfc-v5": 200}
 U64 = (1 << 64) - 1
-#: Origins whose bytes the revision does not promise (the model's stand-ins differ).
-UNPROMISED = {Origin.RANDOM.label, Origin.CIPHERTEXT.label, Origin.GARBAGE.label}
 
 Op = tuple[Any, ...]
 
@@ -51,7 +49,7 @@ Op = tuple[Any, ...]
 def _examples() -> int:
     if os.environ.get("GUESTMEM_DIFF_EXAMPLES"):
         return int(os.environ["GUESTMEM_DIFF_EXAMPLES"])
-    return EXAMPLES.get(SERIES or "", 0)
+    return TEST_KERNELS[SERIES].examples if SERIES in TEST_KERNELS else 0
 
 
 # --- generation ---------------------------------------------------------------------------------
@@ -165,63 +163,13 @@ def apply(machine: Machine, op: Op) -> Outcome:
     return result
 
 
-def observed(outcome: Outcome, mask: Outcome | None = None) -> dict[str, Any]:
-    """What must agree; ``mask``'s origins blank out bytes the revision does not promise."""
-    data = outcome.data
-    if data is not None and mask is not None and mask.origins:
-        buf = bytearray(data)
-        base = mask.origins[0][0]
-        for start, end, label in mask.origins:
-            if label in UNPROMISED:
-                buf[start - base : end - base] = b"?" * (end - start)
-        data = bytes(buf)
-    return {
-        "errno": outcome.errno,
-        "error_offset": outcome.error_offset,
-        "signal": outcome.signal,
-        "exit": outcome.exit,
-        "skipped": outcome.skipped,
-        "data": data,
-    }
-
-
 def _finals(pages: int) -> list[Op]:
     size = pages * PAGE_SIZE
     return [("host_read", 0, size), *(("guest_read", p * PAGE_SIZE, PAGE_SIZE) for p in range(pages))]
 
 
 # --- a disagreement as a scenario file ----------------------------------------------------------
-def _toml(value: Any) -> str:
-    if isinstance(value, int):
-        return hex(value) if value > 9 else str(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(value)
-
-
-def expectation(outcome: Outcome) -> str:
-    """The scenario-file expectation that the outcome satisfies exactly."""
-    if outcome.errno:
-        at = "none" if outcome.error_offset is None else hex(outcome.error_offset)
-        return f"{outcome.errno}@{at}"
-    if outcome.signal:
-        return outcome.signal
-    if outcome.exit:
-        reason = str(outcome.exit["reason"])
-        if reason == "MEMORY_FAULT":
-            private = outcome.exit.get("flags", 0) & (1 << 3)
-            return f"MEMORY_FAULT:{'private' if private else 'shared'}"
-        return "ok" if reason == "HYPERCALL" else reason
-    if outcome.skipped:
-        return "any"
-    if outcome.data is not None:
-        return "zeros" if outcome.data and not any(outcome.data) else outcome.data.hex()
-    return "ok"
-
-
-def scenario_toml(case: dict[str, Any], ops: list[Op], outcomes: list[Outcome], series: str) -> str:
+def scenariotoml_value(case: dict[str, Any], ops: list[Op], outcomes: list[Outcome], series: str) -> str:
     """A scenario file replaying ``ops`` whose expectations are the kernel's outcomes."""
     lines = [
         f'name = "differential_{case["platform"]}_{series}"',
@@ -252,7 +200,7 @@ def scenario_toml(case: dict[str, Any], ops: list[Op], outcomes: list[Outcome], 
             if error_offset_in:
                 fields["error_offset_in"] = error_offset_in
         fields["expect"] = expectation(outcome)
-        lines += ["", "[[step]]", *(f"{k} = {_toml(v)}" for k, v in fields.items())]
+        lines += ["", "[[step]]", *(f"{k} = {toml_value(v)}" for k, v in fields.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -269,7 +217,7 @@ def run_both(case: dict[str, Any], series: str) -> None:
             got = apply(kernel, op)
             outcomes.append(got)
             if observed(got, want) != observed(want, want):
-                toml = scenario_toml(case, ops[:number], outcomes, series)
+                toml = scenariotoml_value(case, ops[:number], outcomes, series)
                 note(toml)
                 raise AssertionError(
                     f"step {number} ({op[0]}): kernel {observed(got, want)} != model {observed(want, want)}\n"
@@ -330,7 +278,7 @@ def test_a_disagreement_prints_as_a_scenario_that_replays(tmp_path: Path) -> Non
     outcomes = [apply(model, op) for op in ops]
     model.close()
     path = tmp_path / "disagreement.toml"
-    path.write_text(scenario_toml(case, ops, outcomes, "v8"))
+    path.write_text(scenariotoml_value(case, ops, outcomes, "v8"))
     scenario = load(path)
     assert [s.op for s in scenario.steps] == [op[0] for op in ops]
     result = run(scenario, "sw_protected", ModelBackend(), "v8")

@@ -25,8 +25,10 @@ LAYERS: dict[str, int] = {
     "__init__": 0,
     "uapi": 0,
     "errors": 0,
+    "printable": 0,
     "spec": 1,
     "inputs": 1,
+    "outfile": 1,
     "terminal": 1,
     "progress": 1,
     "schemas": 1,
@@ -40,6 +42,7 @@ LAYERS: dict[str, int] = {
     "vmrun": 4,
     "report": 5,
     "bench": 5,
+    "stress": 5,
     "cli": 6,
     "__main__": 7,
 }

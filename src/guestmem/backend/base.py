@@ -43,6 +43,12 @@ class Outcome:
     skipped: str | None = None
     #: Provenance of ``data`` where the backend knows it (the model does).
     origins: list[tuple[int, int, str]] | None = field(default=None, compare=False)
+    #: A read summarised after its run was judged (``RunResult.compact`` in
+    #: :mod:`guestmem.scenario.runner`): ``data`` then holds the first bytes, these the
+    #: whole's length, its SHA-256 and, when every byte is the same, that byte.
+    data_size: int | None = None
+    data_sha256: str | None = None
+    data_fill: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -109,6 +115,12 @@ class Machine(Protocol):
     def pin(self, offset: int, size: int) -> Outcome: ...
     def unpin(self, offset: int, size: int) -> Outcome: ...
     def launch(self) -> Outcome: ...
+    def populate(self, offset: int, size: int, source: bytes | None = None) -> Outcome:
+        """The launch ioctl that puts the initial payload into private memory, from
+        ``source`` or, with none, from the pages themselves (docs/semantics.md §3
+        *Populate*)."""
+        ...
+
     def delete_memslot(self) -> Outcome:
         """Delete the memslot that binds the guest_memfd: the guest's GPAs there are no
         longer memory, and guest accesses exit as MMIO (docs/semantics.md §3 *Memslots*)."""

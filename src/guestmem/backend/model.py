@@ -62,7 +62,15 @@ class ModelMachine:
         self.abi = self.vm.revision.name
         self.size = size
         self.gpa_base = self.gmem.gpa
-        self.deadline: float | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        """The run's deadline: a long call on the file stops there (:class:`~guestmem.errors.TimeLimit`)."""
+        return self.gmem.deadline
+
+    @deadline.setter
+    def deadline(self, value: float | None) -> None:
+        self.gmem.deadline = value
 
     def _with_origins(self, outcome: Outcome, offset: int, size: int) -> Outcome:
         if outcome.data is not None:
@@ -116,6 +124,12 @@ class ModelMachine:
 
     def delete_memslot(self) -> Outcome:
         return _outcome(self.gmem.delete_memslot)
+
+    def populate(self, offset: int, size: int, source: bytes | None = None) -> Outcome:
+        return _outcome(lambda: self.gmem.populate(offset, size, source))
+
+    def restore_memslot(self) -> Outcome:
+        return _outcome(self.gmem.restore_memslot)
 
     def launch(self) -> Outcome:
         return _outcome(self.vm.launch)

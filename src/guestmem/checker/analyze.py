@@ -102,6 +102,7 @@ def explorations(
     done: Callable[[Search, Exploration], None] | None = None,
     depth: int = DEFAULT_DEPTH,
     engine: Engine | None = None,
+    deadline: float | None = None,
 ) -> dict[str, list[Exploration]]:
     """Every platform explored under every revision in ``abis`` (default bounds), each
     distinct transition relation (:func:`~guestmem.checker.schedule.relation`) once."""
@@ -111,7 +112,7 @@ def explorations(
         plan[abi] = []
         for platform in platforms.PLATFORMS.values():
             key = (platform.name, relation(platform, revisions.get(abi)))
-            unique.setdefault(key, Search(platform, abi, DEFAULT_PAGES, depth))
+            unique.setdefault(key, Search(platform, abi, DEFAULT_PAGES, depth, deadline=deadline))
             plan[abi].append(key)
     searches = list(unique.values())
     found = dict(zip(unique, run_searches(searches, workers, done=done, engine=engine), strict=True))
@@ -128,11 +129,13 @@ def analyze(
     done: Callable[[Search, Exploration], None] | None = None,
     depth: int = DEFAULT_DEPTH,
     engine: Engine | None = None,
+    deadline: float | None = None,
 ) -> list[RevisionAnalysis]:
     """Measure each revision in ``abis``; explorations run over ``workers`` processes (or
-    on ``engine``)."""
+    on ``engine``) and stop past ``deadline`` (``time.monotonic()``; their ``timed_out``
+    says so)."""
     abis = list(abis)
-    explored = explorations(abis, workers, done, depth, engine)
+    explored = explorations(abis, workers, done, depth, engine, deadline)
     out = []
     for abi in abis:
         flags_zero, policies = answers(abi)

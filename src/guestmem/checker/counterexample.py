@@ -8,10 +8,10 @@ the file therefore passes every step before it and fails exactly there.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from guestmem.checker.explore import Counterexample, Exploration
+from guestmem.outfile import Directory
 
 
 def _value(value: Any) -> str:
@@ -65,9 +65,6 @@ def to_toml(exploration: Exploration, cx: Counterexample) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(exploration: Exploration, cx: Counterexample, directory: Path) -> Path:
-    """Write the scenario file of ``cx`` into ``directory`` (created if needed)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / file_name(exploration, cx)
-    path.write_text(to_toml(exploration, cx))
-    return path
+def write(exploration: Exploration, cx: Counterexample, directory: Directory) -> str:
+    """Write the scenario file of ``cx`` into ``directory``; the path written."""
+    return directory.write(file_name(exploration, cx), to_toml(exploration, cx))

@@ -94,6 +94,10 @@ Batch = tuple[list[tuple[Key, Key, int]], dict[Any, Any]]
 Expansion = tuple[int, dict[Property, tuple[int, Violation]]] | None
 
 
+class _PastDeadline(Exception):
+    """The search's deadline passed while a level ran."""
+
+
 class EngineUnavailable(GuestmemError):
     """The engine cannot run here (Ray is not installed, or the cluster cannot take the
     workers asked for); ``guestmem`` reports it as bad input."""
@@ -404,15 +408,18 @@ class RayEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _stop_actors(self) -> None:
+        for actor in self.actors:
+            with contextlib.suppress(Exception):  # already gone
+                self.ray.kill(actor, no_restart=True)
+        self.actors = []
+
     def close(self) -> None:
         """Stop the actors, and the Ray instance if this engine started it."""
         ray = self.ray
         if ray is None:
             return
-        for actor in self.actors:
-            with contextlib.suppress(Exception):  # already gone
-                ray.kill(actor, no_restart=True)
-        self.actors = []
+        self._stop_actors()
         if self.started:
             global _SEEDED
             ray.shutdown()
@@ -429,6 +436,8 @@ class RayEngine:
     def _explore(self, search: Search, progress: Progress | None, *, lookups: bool) -> Exploration:
         if self.failed is not None:
             raise WorkerFailed(self.failed)
+        if not self.actors:  # stopped in the middle of a level by an earlier deadline
+            self._start_actors()
         start, cpu_start = time.perf_counter(), time.process_time()
         # This process's own explorer: the alphabet, and the replay of counterexamples.
         here = Explorer(
@@ -461,15 +470,30 @@ class RayEngine:
             size = result.per_level[-1]
             if size == 0:
                 break
+            if search.deadline is not None and time.monotonic() > search.deadline:
+                result.timed_out = True
+                break
             outs = [a.expand.options(num_returns=count + 1).remote() for a in actors]
             taken = [actors[j].absorb.remote(*[outs[i][j] for i in range(count)]) for j in range(count)]
             if progress is not None:
                 progress(level, 0, size, result.generated, distinct)
             where = f"{label}: depth {level}"
-            expansions: list[Expansion] = self._wait(
-                [out[count] for out in outs], where, progress, level, size, result.generated, distinct
-            )
-            absorbed: list[tuple[int, int]] = self._get(taken, where)
+            try:
+                expansions: list[Expansion] = self._wait(
+                    [out[count] for out in outs],
+                    where,
+                    progress,
+                    level,
+                    size,
+                    result.generated,
+                    distinct,
+                    search.deadline,
+                )
+                absorbed: list[tuple[int, int]] = self._get(taken, where)
+            except _PastDeadline:  # the levels before are whole: report them, as the local engine
+                result.timed_out = True
+                self._stop_actors()  # they are in the middle of this level
+                break
             if any(e is None for e in expansions):
                 raise NotLocal(label)
             least: dict[Property, tuple[int, Violation]] = {}
@@ -486,8 +510,11 @@ class RayEngine:
             distinct = sum(total for _, total in absorbed)
             if search.max_states is not None and distinct > search.max_states:
                 raise TooManyStates(label, search.max_states, level)
-        finished: list[tuple[int, float, int | None]] = self._get(
-            [a.finish.remote() for a in actors], f"{label}: the end"
+        result.reached = len(result.per_level) - 1
+        finished: list[tuple[int, float, int | None]] = (
+            self._get([a.finish.remote() for a in actors], f"{label}: the end")
+            if self.actors
+            else [(0, 0.0, None)] * count
         )
         result.distinct = distinct
         if progress is not None:
@@ -497,7 +524,7 @@ class RayEngine:
                 level, tag, violation = found[prop]
                 root, path = unpack(tag, level, base)
                 result.counterexamples[prop] = here._counterexample(root, path, violation)
-        result.shards = [shard for shard, _, _ in finished]
+        result.shards = [shard for shard, _, _ in finished] if self.actors else []
         growth = [grown for _, _, grown in finished]
         if None not in growth:
             result.bytes_per_state = per_state(sum(g for g in growth if g is not None), 0, distinct)
@@ -514,13 +541,17 @@ class RayEngine:
         size: int,
         generated: int,
         distinct: int,
+        deadline: float | None = None,
     ) -> list[Any]:
-        """The values of ``refs`` (one per actor), showing progress while they run."""
+        """The values of ``refs`` (one per actor), showing progress while they run; past
+        ``deadline``, :class:`_PastDeadline`."""
         ray = self.ray
         while True:
             _, running = ray.wait(refs, num_returns=len(refs), timeout=POLL)
             if not running:
                 break
+            if deadline is not None and time.monotonic() > deadline:
+                raise _PastDeadline()
             if progress is not None:
                 polls = [a.progress.options(concurrency_group="progress").remote() for a in self.actors]
                 done = self._get(polls, where)

@@ -98,6 +98,13 @@ from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SHIFT, PAGE_SIZ
 INITS = ("shared", "private")
 DEFAULT_PAGES = 2
 DEFAULT_DEPTH = 6
+#: Bounds accepted by ``guestmem explore`` (checked before anything runs). The states of
+#: a few pages are finite, so a search deeper than they reach ends when a level is empty;
+#: the time limit (``--timeout``) bounds the rest.
+MAX_PAGES = 8
+MAX_DEPTH = 1000
+#: Default ``--timeout`` of ``guestmem explore`` and ``analyze`` (seconds, the whole command).
+TIMEOUT = 600.0
 
 #: A state of the search: whether the VM runs, and one row per page (the visited-set key).
 Key = tuple[bool, tuple[PageRow, ...]]
@@ -190,6 +197,11 @@ class Exploration:
     #: Growth of the resident memory of those processes over the search, per distinct
     #: state held (None where it cannot be read, or did not grow).
     bytes_per_state: float | None = None
+    #: The search reached its deadline (``--timeout``) before ``depth``: the levels up to
+    #: ``reached`` were explored whole, and the counterexamples found there are the shortest.
+    timed_out: bool = False
+    #: Levels explored whole (``depth``, or less when the states ran out or time did).
+    reached: int = 0
 
     @property
     def label(self) -> str:
@@ -214,6 +226,8 @@ class Exploration:
             "generated": self.generated,
             "distinct": self.distinct,
             "per_level": self.per_level,
+            "complete": not self.timed_out,
+            "depth_reached": self.reached,
         }
         if timing:
             out |= {
@@ -231,6 +245,10 @@ class Exploration:
             }
         out["violations"] = [c.to_json() for c in self.counterexamples.values()]
         return out
+
+
+class SearchTimeout(Exception):
+    """The search passed its deadline (raised in a worker too, and carried back by the pool)."""
 
 
 @dataclass
@@ -294,8 +312,11 @@ class Explorer:
         variant: str = "",
         symmetry: bool = True,
         memo: bool = True,
+        deadline: float | None = None,
     ) -> None:
         self.platform = platforms.get(platform) if isinstance(platform, str) else platform
+        #: ``time.monotonic()`` past which the search stops (None: no limit).
+        self.deadline = deadline
         self.revision = revisions.get(abi) if isinstance(abi, str) else abi
         if pages < 1 or depth < 0:
             raise ValueError(f"pages must be >= 1 and depth >= 0 (got pages={pages}, depth={depth})")
@@ -507,11 +528,15 @@ class Explorer:
         found: dict[Property, tuple[int, int, Violation]] = {}
         generated = 0
         known = set(self.terms)
+        deadline = self.deadline
         for parent in range(lo, hi):
             state = frontier[parent]
             running, rows = state
-            if tick is not None and not (parent - lo) & 255:
-                tick(parent - lo)
+            if not (parent - lo) & 255:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise SearchTimeout()
+                if tick is not None:
+                    tick(parent - lo)
             for index in range(n):
                 page = local_page[index]
                 violations: Sequence[Violation]
@@ -611,7 +636,11 @@ class Explorer:
             if not frontier:
                 break
             tick = None if progress is None else _ticker(progress, level + 1, len(frontier), result, seen)
-            shards = self._expand_level(frontier, seen, workers, tick)
+            try:
+                shards = self._expand_level(frontier, seen, workers, tick)
+            except SearchTimeout:
+                result.timed_out = True
+                break
             next_frontier: list[Key] = []
             links: list[tuple[int, int]] = []
             for shard in shards:
@@ -632,6 +661,7 @@ class Explorer:
             levels.append(links)
             result.per_level.append(len(next_frontier))
             frontier = next_frontier
+        result.reached = len(levels) - 1
         result.distinct = len(seen)
         if progress is not None:
             progress(len(levels) - 1, 0, 0, result.generated, result.distinct)
@@ -857,9 +887,18 @@ def explore(
     memo: bool = True,
     progress: Progress | None = None,
     max_states: int | None = None,
+    deadline: float | None = None,
 ) -> Exploration:
-    """Search ``platform`` under ``abi``; see :class:`Explorer`."""
+    """Search ``platform`` under ``abi``; see :class:`Explorer`. Past ``deadline``
+    (``time.monotonic()``) the search stops after the last whole level (``timed_out``)."""
     explorer = Explorer(
-        platform, abi, pages=pages, depth=depth, variant=variant, symmetry=symmetry, memo=memo
+        platform,
+        abi,
+        pages=pages,
+        depth=depth,
+        variant=variant,
+        symmetry=symmetry,
+        memo=memo,
+        deadline=deadline,
     )
     return explorer.run(workers, progress, max_states)

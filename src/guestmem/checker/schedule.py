@@ -18,6 +18,7 @@ same exploration: ``analyze`` runs it once and relabels it (:func:`relabel`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -46,6 +47,8 @@ COVERED = frozenset(
         "rejects_error_offset_input",
         "accepts_attributes",
         "early_return",
+        "unmaps_private_on_to_private",
+        "populate_in_place",
         "effect",
         "guaranteed",
         "needs_consent",
@@ -79,6 +82,8 @@ def relation(platform: Platform, revision: Revision) -> Hashable:
         tuple(tuple(sorted(revision.capabilities(platform, b).items())) for b in (False, True)),
         revision.cap_gmem_attributes,
         getattr(revision, "cap_flags", None),
+        revision.unmaps_private_on_to_private and platform.unmap_loses_private,
+        revision.populate_in_place,
     )
 
 
@@ -100,6 +105,8 @@ class Search:
     depth: int
     variant: str = ""
     symmetry: bool = True
+    #: ``time.monotonic()`` past which the search stops (None: no limit).
+    deadline: float | None = None
     #: Stop (:class:`~guestmem.checker.explore.TooManyStates`) past this many distinct states.
     max_states: int | None = None
 
@@ -108,14 +115,13 @@ class Search:
         return f"{self.platform.name}{f' ({self.variant})' if self.variant else ''} under {self.abi}"
 
     @property
-    def weight(self) -> float:
+    def weight(self) -> int:
         """A rough cost estimate, for scheduling the largest first: page symmetry
-        divides the states by about the number of page orders."""
-        reduction = 1.0
+        divides the states by about the number of page orders (integers: exact at any depth)."""
+        reduction = 1
         if self.symmetry and symmetric(self.platform, revisions.get(self.abi)):
-            for n in range(2, self.pages + 1):
-                reduction *= n
-        return (4.0**self.pages) * (3.0**self.depth) / reduction
+            reduction = math.factorial(self.pages)
+        return int(4**self.pages * 3**self.depth) // reduction
 
 
 class Engine(Protocol):
@@ -134,6 +140,7 @@ def _run(job: tuple[int, Search]) -> tuple[int, Exploration]:
         depth=s.depth,
         variant=s.variant,
         symmetry=s.symmetry,
+        deadline=s.deadline,
         max_states=s.max_states,
     )
 
@@ -166,6 +173,7 @@ def run_searches(
                 variant=s.variant,
                 symmetry=s.symmetry,
                 progress=progress,
+                deadline=s.deadline,
                 max_states=s.max_states,
             )
             if done is not None:

@@ -1,10 +1,10 @@
 """The ``guestmem`` command line: one module per command, each with ``register(sub)``.
 
-Exit codes everywhere: 0 all expectations held, 1 one failed, 2 bad input (the message
-names the file, step, field and value), 3 a search could not finish (``explore`` and
-``analyze``: a bound reached or a worker lost; nothing is reported), 4 nothing ran because
-every run was skipped (kselftest's ``KSFT_SKIP``), 130 stopped by Ctrl-C (one line says
-what was finished).
+Exit codes everywhere: 0 all expectations held, 1 one failed, 2 bad input or an output
+file it will not or cannot write (one line naming the file, step, field and value, or the
+path and the reason), 3 a search could not finish (``explore`` and ``analyze``: a bound
+reached or a worker lost; nothing is reported), 4 nothing ran because every run was
+skipped (kselftest's ``KSFT_SKIP``), 130 stopped by Ctrl-C (one line says what was finished).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 from guestmem import __version__, progress
 from guestmem.errors import GuestmemError
+from guestmem.outfile import OutputError
+from guestmem.printable import printable
 from guestmem.spec import revisions
 
 #: Exit status of a search that could not finish.
@@ -33,6 +35,7 @@ COMMANDS: tuple[str, ...] = (
     "consume",
     "report",
     "bench",
+    "stress",
     "vm",
     "completion",
 )
@@ -104,8 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
-    except UsageError as err:
-        print(f"guestmem: {err}", file=sys.stderr)
+    except (UsageError, OutputError) as err:  # one line, whatever the input held
+        print(f"guestmem: {printable(str(err))}", file=sys.stderr)
         return 2
     except GuestmemError as err:
         from guestmem.checker.explore import Incomplete

@@ -9,10 +9,11 @@ from typing import Any
 
 from guestmem import progress, schemas
 from guestmem.checker import analyze
-from guestmem.checker.explore import Exploration
+from guestmem.checker.explore import TIMEOUT, Exploration
 from guestmem.checker.schedule import Search
 from guestmem.cli import chosen_revisions
-from guestmem.cli.explore import add_engine_options, check_engine, engine
+from guestmem.cli.explore import add_engine_options, add_workers, check_engine, deadline_of, engine, timed_out
+from guestmem.cli.run import add_timeout, timeout_of
 from guestmem.terminal import table
 
 DESCRIPTION = """\
@@ -27,7 +28,9 @@ examples:
   guestmem analyze --abi all --engine ray --address auto
 
 Exit status: 0 when no platform violates a property it claims, 1 when one does, 2 for
-bad input, 3 when an exploration could not finish (a Ray worker died)."""
+bad input, 3 when an exploration could not finish (a Ray worker died), 124 when --timeout
+stopped an exploration (what was explored whole is reported, and one line on stderr says
+how far each got)."""
 
 
 def register(sub: Any) -> None:
@@ -39,12 +42,8 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--abi", default="all", help="ABI revision or 'all' (default: all)")
     parser.add_argument("--format", choices=("text", "json", "markdown"), default="text")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="processes sharing the explorations (default: the CPU count; with --engine ray, the cluster's)",
-    )
+    add_workers(parser, "the explorations")
+    add_timeout(parser, "the explorations", "report how far they got (exit status 124)", TIMEOUT)
     add_engine_options(parser)
     parser.set_defaults(func=run)
 
@@ -57,6 +56,7 @@ def document(results: list[analyze.RevisionAnalysis]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     abis = chosen_revisions(args.abi)
     workers = check_engine(args)
+    deadline = deadline_of(args)
     with progress.Status("analyze", enabled=args.format != "json") as status, engine(args, workers) as on:
         count = [0]
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
         shown = workers if on is None else getattr(on, "workers", workers)
         status.update(f"exploring with {shown} worker(s)", force=True)
-        results = analyze.analyze(abis, workers=workers or 1, done=done, engine=on)
+        results = analyze.analyze(abis, workers=workers or 1, done=done, engine=on, deadline=deadline)
     if args.format == "json":
         schemas.write(document(results))
     elif args.format == "markdown":
@@ -80,4 +80,5 @@ def run(args: argparse.Namespace) -> int:
                 print(text.lstrip("# ") if text.startswith("#") else text)
             print()
     claimed = [p for r in results for e in r.explorations for p in e.violated(claimed_only=True)]
-    return 1 if claimed else 0
+    explored = [e for r in results for e in r.explorations]
+    return timed_out("analyze", explored, timeout_of(args, TIMEOUT)) or (1 if claimed else 0)

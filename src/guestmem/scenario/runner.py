@@ -10,6 +10,7 @@ list makes the run *not applicable*: nothing runs, and it is neither a pass nor 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from bisect import bisect_right
@@ -19,7 +20,7 @@ from typing import Any, overload
 
 from guestmem import backend as backends
 from guestmem.backend.base import MAX_PAGES, Backend, Machine, Outcome, Unavailable
-from guestmem.errors import IoctlError
+from guestmem.errors import IoctlError, TimeLimit
 from guestmem.scenario.expect import Expect, matches
 from guestmem.scenario.format import Scenario, ScenarioError, Step
 from guestmem.spec import revisions
@@ -34,6 +35,13 @@ from guestmem.uapi.kvm import (
 
 #: Default ``--timeout``: seconds one scenario run may take on one platform.
 TIMEOUT = 60.0
+#: What a run observes for the report's memory maps (model backend): the first pages of
+#: the file after each of the first steps.
+OBSERVED_PAGES = 16
+OBSERVED_STEPS = 500
+#: Bytes of short reads (a page or less) a run keeps whole after it ends; the rest is
+#: summarised as a long read is (:meth:`RunResult.compact`).
+KEPT = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -49,13 +57,19 @@ class PageView:
 
 
 class PageViews(Sequence[PageView]):
-    """Every page's :class:`PageView`, stored as runs of equal views: it costs what the
-    touched pages and attribute runs cost, never what the file's size does."""
+    """The :class:`PageView` of each of the first :data:`OBSERVED_PAGES` pages, stored as
+    runs of equal views; its length is the file's page count, and a page past the observed
+    ones raises ``IndexError``. It costs what the observed pages cost, never what the
+    file's size does."""
 
-    def __init__(self, npages: int, starts: list[int], views: list[PageView]) -> None:
+    def __init__(
+        self, npages: int, starts: list[int], views: list[PageView], observed: int | None = None
+    ) -> None:
         self.npages = npages
         self.starts = starts
         self.views = views
+        #: How many pages, from the first, have a view.
+        self.observed = npages if observed is None else observed
 
     def __len__(self) -> int:
         return self.npages
@@ -69,17 +83,17 @@ class PageViews(Sequence[PageView]):
             return [self[i] for i in range(*index.indices(self.npages))]
         if index < 0:
             index += self.npages
-        if not 0 <= index < self.npages:
+        if not 0 <= index < self.observed:
             raise IndexError(index)
         return self.views[bisect_right(self.starts, index) - 1]
 
     def __iter__(self) -> Iterator[PageView]:
-        for i in range(self.npages):
+        for i in range(self.observed):
             yield self[i]
 
     def runs(self) -> list[tuple[int, int, PageView]]:
-        """``(first page, end page, view)`` per run, ascending."""
-        ends = [*self.starts[1:], self.npages]
+        """``(first page, end page, view)`` per run of the observed pages, ascending."""
+        ends = [*self.starts[1:], self.observed]
         return list(zip(self.starts, ends, self.views, strict=True))
 
 
@@ -116,11 +130,32 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
     small (a selftest reads megabytes) and two reads can still be compared."""
     out = outcome.to_json()
     data = outcome.data
-    if data is not None and len(data) > JSON_DATA_LIMIT:
+    if outcome.data_size is not None:  # summarised when its run ended
+        out["data_size"] = outcome.data_size
+        out["data_sha256"] = outcome.data_sha256
+    elif data is not None and len(data) > JSON_DATA_LIMIT:
         out["data"] = data[:JSON_DATA_HEAD].hex()
         out["data_size"] = len(data)
         out["data_sha256"] = hashlib.sha256(data).hexdigest()
     return out
+
+
+def summarised(outcome: Outcome) -> Outcome:
+    """``outcome`` with its data summarised: the first :data:`JSON_DATA_HEAD` bytes, the
+    length, the SHA-256 and the byte every byte is, if one is (what JSON output, text and
+    the report show of a long read)."""
+    data = outcome.data
+    if data is None or outcome.data_size is not None or len(data) <= JSON_DATA_HEAD:
+        return outcome
+    fill = data[0] if data.count(data[:1]) == len(data) else None
+    return dataclasses.replace(
+        outcome,
+        data=data[:JSON_DATA_HEAD],
+        origins=None,
+        data_size=len(data),
+        data_sha256=hashlib.sha256(data).hexdigest(),
+        data_fill=fill,
+    )
 
 
 @dataclass
@@ -139,6 +174,20 @@ class RunResult:
     initial: PageViews | None = None
     #: The run was stopped at its time limit (``--timeout``); ``error`` says where.
     timed_out: bool = False
+
+    def compact(self) -> None:
+        """Keep what a judged run needs to be shown: reads longer than a page summarised
+        (:func:`summarised`), and short ones whole up to :data:`KEPT` bytes in all."""
+        kept = 0
+        for step in self.steps:
+            outcome = step.outcome
+            if outcome is None or outcome.data is None or outcome.data_size is not None:
+                continue
+            size = len(outcome.data)
+            if size <= JSON_DATA_LIMIT and kept + size <= KEPT:
+                kept += size
+                continue
+            step.outcome = summarised(outcome)
 
     @property
     def passed(self) -> bool:
@@ -228,28 +277,26 @@ def perform(machine: Machine, step: Step, abi: str) -> Outcome:
         return machine.delete_memslot()
     if op == "launch":
         return machine.launch()
+    if op == "populate":
+        return machine.populate(step.offset, step.size, step.data if "data" in step.raw else None)
     if op == "guest_request":
         assert step.to is not None
         return machine.guest_request(step.offset, step.size, step.to)
     raise AssertionError(f"unknown op {op!r}")
 
 
-def snapshot(machine: Machine) -> PageViews | None:
-    """Per-page attribute and provenance, where the backend exposes the model.
-
-    Only pages where something changes are visited: attribute-run boundaries and allocated
-    pages (an unallocated page's view depends on its attribute alone)."""
+def snapshot(machine: Machine, known: dict[PageView, PageView] | None = None) -> PageViews | None:
+    """Attribute and provenance of each of the first :data:`OBSERVED_PAGES` pages, where
+    the backend exposes the model; equal views are shared through ``known``."""
     gmem = getattr(machine, "gmem", None)
     if gmem is None or not hasattr(gmem, "origins"):
         return None
     npages = machine.size >> PAGE_SHIFT
-    # a view changes only where an attribute run starts or around an allocated, pinned or
-    # host-mapped page
-    marked = {*gmem.pages, *gmem.pins, *gmem.stale_pins, *(p for m in gmem.mappings for p in m.ptes)}
-    edges = {0, *(a for a, _b, _v in gmem.attributes.runs()), *marked, *(p + 1 for p in marked)}
+    observed = min(npages, OBSERVED_PAGES)
+    known = {} if known is None else known
     starts: list[int] = []
     views: list[PageView] = []
-    for index in sorted(p for p in edges if p < npages):
+    for index in range(observed):
         runs = gmem.origins(index << PAGE_SHIFT, PAGE_SIZE)
         labels = tuple(dict.fromkeys(o.label for _a, _b, o in runs))
         pins = gmem.pins.get(index, 0) + gmem.stale_pins.get(index, 0)
@@ -258,8 +305,8 @@ def snapshot(machine: Machine) -> PageViews | None:
         if views and views[-1] == view:
             continue
         starts.append(index)
-        views.append(view)
-    return PageViews(npages, starts, views)
+        views.append(known.setdefault(view, view))
+    return PageViews(npages, starts, views, observed)
 
 
 def check_limits(scenarios: Iterable[Scenario], backend: Backend) -> None:
@@ -285,12 +332,14 @@ def run(
     *,
     observe: bool = False,
     timeout: float | None = TIMEOUT,
+    compact: bool = True,
 ) -> RunResult:
     """Run ``scenario`` on ``platform`` under revision ``abi`` (default: the scenario's
     own); a revision the scenario does not apply to gives a *not applicable* result.
 
     A run that takes longer than ``timeout`` seconds (None: no limit) is stopped: a guest
-    command is cut at the limit, no further step runs, and the run fails as timed out."""
+    command is cut at the limit, no further step runs, and the run fails as timed out.
+    The result is compact (:meth:`RunResult.compact`) unless ``compact`` is False."""
     abi = abi or scenario.abi
     result = RunResult(scenario, platform, abi, backend.name)
     if not scenario.applies_to(abi):
@@ -310,9 +359,10 @@ def run(
         result.steps = [StepResult(s, s.expect_for(platform, abi), None, None) for s in scenario.steps]
         return result
     machine.deadline = deadline
+    known: dict[PageView, PageView] = {}
     try:
         if observe:
-            result.initial = snapshot(machine)
+            result.initial = snapshot(machine, known)
         for step in scenario.steps:
             expect = step.expect_for(platform, abi)
             if result.skipped is not None or result.error is not None:
@@ -320,6 +370,14 @@ def run(
                 continue
             try:
                 outcome = perform(machine, step, abi)
+            except TimeLimit:  # a long step stopped at the deadline: the run ends here
+                result.timed_out = True
+                result.error = (
+                    f"timed out: the run took more than {timeout:g} s (--timeout), at step {step.index} "
+                    "(stopped during it)"
+                )
+                result.steps.append(StepResult(step, expect, None, False))
+                continue
             except Exception as err:  # a backend bug: report it as this run's failure, go on
                 result.error = f"step {step.index} ({step.op}): {type(err).__name__}: {err}"
                 result.steps.append(StepResult(step, expect, None, False))
@@ -329,7 +387,7 @@ def run(
                 result.steps.append(StepResult(step, expect, outcome, None))
                 continue
             passed = any(matches(e, outcome) for e in expect)
-            pages = snapshot(machine) if observe else None
+            pages = snapshot(machine, known) if observe and step.index <= OBSERVED_STEPS else None
             result.steps.append(StepResult(step, expect, outcome, passed, pages))
             if deadline is not None and time.monotonic() > deadline:
                 result.timed_out = True
@@ -341,6 +399,8 @@ def run(
             machine.close()
         except Exception as err:
             result.error = result.error or f"close: {type(err).__name__}: {err}"
+    if compact:
+        result.compact()
     return result
 
 
@@ -353,18 +413,24 @@ def run_all(
     observe: bool = False,
     timeout: float | None = TIMEOUT,
     done: Callable[[RunResult, int, int], None] | None = None,
+    each: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
     """Every scenario on each of its platforms (or only ``platform``; ``all`` = all).
 
-    ``done(result, finished, total)`` is called after each run (for a progress display).
-    :class:`ScenarioError` before anything runs if a scenario exceeds the backend's limits."""
+    ``done(result, finished, total)`` is called after each run (for a progress display);
+    ``each(result)`` sees each run whole, before it is made compact. :class:`ScenarioError`
+    before anything runs if a scenario exceeds the backend's limits."""
     chosen = open_backend(backend)
     scenarios = list(scenarios)
     check_limits(scenarios, chosen)
     runs = [(scenario, name) for scenario in scenarios for name in select_platforms(scenario, platform)]
     results = []
     for scenario, name in runs:
-        results.append(run(scenario, name, chosen, abi, observe=observe, timeout=timeout))
+        result = run(scenario, name, chosen, abi, observe=observe, timeout=timeout, compact=each is None)
+        if each is not None:
+            each(result)
+            result.compact()
+        results.append(result)
         if done is not None:
             done(results[-1], len(results), len(runs))
     return results

@@ -35,4 +35,6 @@ PLATFORM = Platform(
     payload="KVM_SEV_SNP_LAUNCH_UPDATE encrypts and measures in place before LAUNCH_FINISH",
     host_access="SIGBUS through guest_memfd; a hypervisor read gives ciphertext",
     payload_in_place=True,
+    populate="KVM_SEV_SNP_LAUNCH_UPDATE",
+    populate_no_source="EINVAL",
 )

@@ -1,7 +1,10 @@
 """Session hooks: the test kernels boot in the background from the end of collection, so
-their minutes under emulation overlap the rest of the suite (tests/kernel_boots.py)."""
+their minutes under emulation overlap the rest of the suite (tests/kernel_boots.py); and
+the Ray instance the engine's tests share."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,3 +25,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     is absent (tests/kvm_support.py); the kernel is probed at the first such test."""
     for mark in item.iter_markers("needs"):
         kvm_support.skip_unless(*mark.args)
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """One Ray instance on this machine (2 CPUs) for every test of ``--engine ray``, started
+    in this process when the first of them runs and stopped at the end; its address."""
+    import ray
+
+    from guestmem.checker.distributed import start_ray
+
+    start_ray(ray, None, 2)
+    try:
+        yield str(ray.get_runtime_context().gcs_address)
+    finally:
+        ray.shutdown()

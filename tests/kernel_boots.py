@@ -1,8 +1,11 @@
 """The test kernels in ``shared/kernel/``, each booted once per test session.
 
-A boot runs ``guestmem probe``, ``guestmem check --backend kvm`` and the in-kernel tests
-(``tests/test_kernel_*.py``) inside the kernel and leaves their results in its scratch
-directory (:class:`Inside`). The boots start in the background as soon as collection has
+A boot of ``v8`` or ``rfc-v5`` runs ``guestmem probe``, ``guestmem check --backend kvm``, the
+upstream C selftests beside the port of each case (``tests/selftest_pairs.py``), a short
+``guestmem stress`` run and the in-kernel tests (``tests/test_kernel_*.py``) inside the
+kernel; a boot of ``v8-debug`` (KASAN, lockdep, fault injection; slow to boot) runs only the
+selftest pairs and a longer stress run. Each leaves its results in its scratch directory
+(:class:`Inside`). The boots start in the background as soon as collection has
 chosen a test that reads them (``tests/conftest.py``), side by side, so they run while the
 rest of the suite does; a test waits for its kernel's boot with :func:`result`. Under
 software emulation a boot takes minutes and keeps about one core busy.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -28,9 +32,18 @@ from typing import Any
 import pytest
 
 from guestmem import vmrun
+from kvm_support import TEST_KERNELS
 
 ROOT = Path(__file__).resolve().parent.parent
-KERNELS = {name: vmrun.test_kernel(name) for name in ("v8", "rfc-v5")}
+#: The revision kernels (kvm_support.TEST_KERNELS) and the debug build of v8, which runs only
+#: the selftest pairs and stress.
+KERNELS = {name: vmrun.test_kernel(name) for name in (*TEST_KERNELS, "v8-debug")}
+#: Seconds of ``guestmem stress`` inside each kernel (the debug kernel's run is the one
+#: that matters most: KASAN, lockdep and injected allocation failures watch it).
+STRESS_SECONDS = {"v8": 20, "rfc-v5": 20, "v8-debug": 45}
+#: The stress runs' seed: ``$GUESTMEM_STRESS_SEED``, else a new one each session (printed
+#: with the results, so a failing run can be replayed).
+STRESS_SEED = int(os.environ.get("GUESTMEM_STRESS_SEED") or random.SystemRandom().randrange(1 << 32))
 #: The in-kernel tests each boot runs.
 INSIDE_TESTS = ["tests/test_kernel_suite.py", "tests/test_kernel_differential.py"]
 #: The fixture whose parameter names the kernel a test reads (tests/test_vm.py).
@@ -75,16 +88,34 @@ class Inside:
         return json.loads(path.read_text())
 
 
-def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> Inside:
-    """Boot ``series`` and run everything inside; returns when the VM has stopped."""
-    inner = (
+def inner_script(series: str) -> str:
+    """What a boot of ``series`` runs inside (``$GUESTMEM_SCRATCH`` is the scratch directory)."""
+    pairs = (
+        'PYTHONPATH="$PWD/tests:$PYTHONPATH" python3 tests/selftest_pairs.py "$GUESTMEM_SCRATCH/pairs.json" '
+        '> "$GUESTMEM_SCRATCH/pairs.txt" 2>&1; '
+    )
+    stress = (
+        f"guestmem stress --seconds {STRESS_SECONDS[series]} --seed {STRESS_SEED} --format json "
+        '--save "$GUESTMEM_SCRATCH" > "$GUESTMEM_SCRATCH/stress.json" 2> "$GUESTMEM_SCRATCH/stress.txt"; '
+        'echo $? > "$GUESTMEM_SCRATCH/stress.status"; '
+    )
+    if series == "v8-debug":
+        return "mount -t debugfs none /sys/kernel/debug 2>/dev/null; " + pairs + stress + "true"
+    return (
         'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
         f"guestmem check --backend kvm --abi {series} --format json "
         '> "$GUESTMEM_SCRATCH/check.json"; '
         'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
-        f"exec env GUESTMEM_TEST_SERIES={series} python3 -m pytest -p no:cacheprovider -q -rs "
+        + pairs
+        + stress
+        + f"exec env GUESTMEM_TEST_SERIES={series} python3 -m pytest -p no:cacheprovider -q -rs "
         '--junitxml="$GUESTMEM_SCRATCH/junit.xml" ' + " ".join(INSIDE_TESTS)
     )
+
+
+def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> Inside:
+    """Boot ``series`` and run everything inside; returns when the VM has stopped."""
+    inner = inner_script(series)
     log = scratch / "console.log"
     start = time.monotonic()
     with log.open("wb") as out:
@@ -92,6 +123,7 @@ def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> I
             kernel=str(KERNELS[series]),
             command=["sh", "-c", inner],
             timeout=2400,
+            boot_timeout=900,  # the debug kernel boots in a minute when idle, far longer when not
             scratch=str(scratch),
             cwd=str(ROOT),
             out=out,

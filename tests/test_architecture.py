@@ -39,6 +39,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "pin": {"offset": 0, "size": PAGE_SIZE},
     "unpin": {"offset": PAGE_SIZE, "size": PAGE_SIZE},
     "launch": {},
+    "populate": {"offset": 0, "size": 2 * PAGE_SIZE, "data": b"\x5a" * 100},
     "delete_memslot": {},
     "guest_request": {"offset": 0, "size": PAGE_SIZE, "to": Direction.TO_PRIVATE},
 }

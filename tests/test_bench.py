@@ -37,6 +37,7 @@ EXPECTED: dict[str, tuple[str, float, bool]] = {
     "explore_states_per_cpu_s": ("value", 100_000, True),
     "analyze_all_cpu_s": ("value", 40, False),
     "explore_3_pages_cpu_s": ("value", 60, False),
+    "explore_ray_efficiency": ("value", 0.7, True),
     "rss_1tib_mib": ("value", 150, False),
 }
 
@@ -126,9 +127,21 @@ def test_checker_figures_count_states_and_compare_verdicts(quick_run: QuickRun) 
     rate = figures["explore_states_per_cpu_s"]
     assert rate["generated"] > rate["distinct"] > 0 and rate["distinct_per_cpu_s"] > 0
     assert rate["value"] == pytest.approx(rate["generated"] / rate["cpu_seconds"], rel=0.01)
+    assert rate["cpu_seconds"] >= 3  # long enough that start-up does not dominate
+    assert {"platforms", "pages", "depth", "sweeps"} <= set(rate) and rate["sweeps"] >= 1
     three = figures["explore_3_pages_cpu_s"]
     assert three["value"] == max(three["per_platform"].values())
     assert three["verdicts_differ"] == []  # 3 pages find what 2 pages find at the quick depth
+
+
+def test_ray_efficiency_compares_the_same_search_on_both_engines(quick_run: QuickRun) -> None:
+    _, figures = quick_run
+    ray = figures["explore_ray_efficiency"]
+    assert ray["same_result"] is True and ray["workers"] == 2 and ray["pages"] == 3
+    assert ray["generated"] > ray["distinct"] > 0
+    # both engines generate the same states: the ratio of rates is the ratio of CPU times
+    assert ray["value"] == pytest.approx(ray["local_cpu_seconds"] / ray["ray_cpu_seconds"], rel=0.02)
+    assert ray["ray_start_cpu_seconds"] > 0  # Ray's processes were counted
 
 
 def test_punch_hole_baseline_names_the_kernel_object(quick_run: QuickRun) -> None:

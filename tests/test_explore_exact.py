@@ -115,12 +115,9 @@ def test_local_steps_looked_up_equal_the_model_run_every_time(abi: str) -> None:
             assert fast.local_lookups and not slow.local_lookups
 
 
-def test_a_model_that_is_not_local_is_searched_again_without_lookups(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A model whose pin of one page also pins the next (an operation that changes a row
-    outside its range) is caught on the first such step: the search starts again running
-    the model for every step, and its result is the plain search's."""
+def pin_the_next_page_too(mp: pytest.MonkeyPatch) -> None:
+    """A model whose pin of one page also pins the next: an operation that changes a row
+    outside its range (the model is then not local)."""
     original = GuestMemfd.pin
 
     def pin_and_the_next_page(self: GuestMemfd, offset: int, size: int) -> None:
@@ -130,7 +127,16 @@ def test_a_model_that_is_not_local_is_searched_again_without_lookups(
             with contextlib.suppress(IoctlError):  # a private page cannot be pinned
                 original(self, following, PAGE_SIZE)
 
-    monkeypatch.setattr(GuestMemfd, "pin", pin_and_the_next_page)
+    mp.setattr(GuestMemfd, "pin", pin_and_the_next_page)
+
+
+def test_a_model_that_is_not_local_is_searched_again_without_lookups(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model whose pin of one page also pins the next (an operation that changes a row
+    outside its range) is caught on the first such step: the search starts again running
+    the model for every step, and its result is the plain search's."""
+    pin_the_next_page_too(monkeypatch)
     mutant = explore("sw_protected", "seed", pages=2, depth=3, symmetry=False)
     assert not mutant.local_lookups
     assert summary(mutant) == reference_search(platforms.get("sw_protected"), "seed", 2, 3)

@@ -151,7 +151,7 @@ def test_explore_out_it_cannot_create_is_bad_input(
     explore = ["explore", "--platform", "pkvm", "--depth", "1", "--out"]
     _bad([*explore, f"{taken}/cx"], capsys, "--out", f"{taken}/cx", "Not a directory")
     _bad([*explore, "/proc/none/cx"], capsys, "--out", "/proc/none/cx", "No such file")
-    _bad([*explore, "c\0x"], capsys, "--out", "null")
+    _bad([*explore, "c\0x"], capsys, "--out", "NUL")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
@@ -368,19 +368,30 @@ def test_huge_sparse_file_costs_what_its_touched_pages_cost(
     assert _run(["consume", str(tmp_path / "fx"), "--backend", "model"], capsys)[0] == 0
 
 
+def _slow(path: Path, converts: int) -> str:
+    """A run whose every conversion takes seconds on the model (4096 written pages made
+    ciphertext or garbage, each page's bytes derived anew) within every cost limit."""
+    writes = "".join(
+        f'[[step]]\nop = "host_write"\noffset = "{m}M"\ndata = "41"\nrepeat = 1048576\n' for m in range(16)
+    )
+    turn = '[[step]]\nop = "convert"\noffset = 0\nsize = "16M"\nto = "{}"\npolicy = "none"\n'
+    converts_text = "".join(turn.format("private" if n % 2 == 0 else "shared") for n in range(converts))
+    head = 'name = "slow"\nplatforms = ["snp"]\npages = 4096\ninit = "shared"\n'
+    return _write(path, head + writes + converts_text)
+
+
 def test_timeout_ends_a_slow_run_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A run past its --timeout stops at the next step boundary: no further step runs,
-    the run fails as timed out (exit 1), the next run starts afresh."""
-    steps = '[[step]]\nop = "host_write"\noffset = 0\ndata = "41"\nrepeat = 1048576\n' * 400
-    path = _write(tmp_path / "slow.toml", HEAD.replace("pages = 1", "pages = 256") + steps)
+    """A run past its --timeout stops, within a long step if it is in one: no further step
+    runs, the run fails as timed out (exit 1), the next run starts afresh."""
+    path = _slow(tmp_path / "slow.toml", 400)
     code, out, _err = _run(["run", path, "--timeout", "0.05", "--format", "json"], capsys)
     assert code == 1
     (run,) = json.loads(out)["runs"]
     assert run["error"].startswith("timed out: the run took more than 0.05 s (--timeout), at step ")
     ran = [s for s in run["steps"] if s["outcome"] is not None]
     assert 1 <= len(ran) < 400
-    assert all(s["passed"] is None for s in run["steps"][len(ran) :])
-    assert _run(["run", path, "--timeout", "0"], capsys)[0] == 0  # 0: no limit
+    assert all(s["passed"] is None for s in run["steps"][len(ran) + 1 :])
+    assert _run(["run", _slow(tmp_path / "short.toml", 2), "--timeout", "0"], capsys)[0] == 0  # 0: no limit
 
 
 def test_timeout_default_comes_from_the_environment(
@@ -389,13 +400,12 @@ def test_timeout_default_comes_from_the_environment(
     """``$GUESTMEM_TIMEOUT`` sets ``--timeout``'s default (``guestmem vm`` sets it under
     emulation); ``--timeout`` still wins; a bad value is bad input that names the variable
     and runs nothing."""
-    steps = '[[step]]\nop = "host_write"\noffset = 0\ndata = "41"\nrepeat = 1048576\n' * 400
-    path = _write(tmp_path / "slow.toml", HEAD.replace("pages = 1", "pages = 256") + steps)
+    path = _slow(tmp_path / "slow.toml", 400)
     monkeypatch.setenv("GUESTMEM_TIMEOUT", "0.05")
     code, out, _err = _run(["run", path, "--format", "json"], capsys)
     assert code == 1
     assert json.loads(out)["runs"][0]["error"].startswith("timed out: the run took more than 0.05 s")
-    assert _run(["run", path, "--timeout", "0"], capsys)[0] == 0
+    assert _run(["run", _slow(tmp_path / "short.toml", 2), "--timeout", "0"], capsys)[0] == 0
     for value in ("-1", "nan", "soon"):
         monkeypatch.setenv("GUESTMEM_TIMEOUT", value)
         code, out, err = _run(["run", path], capsys)
@@ -406,11 +416,14 @@ def test_timeout_default_comes_from_the_environment(
 
 
 def test_the_documented_limits_are_the_enforced_ones() -> None:
-    from guestmem import inputs
+    from guestmem import inputs, progress
     from guestmem.backend.base import MAX_PAGES
     from guestmem.backend.kernel import MEMORY_SHARE, MEMSLOT_MAX_PAGES, SLOT_BYTES_PER_PAGE
-    from guestmem.scenario.format import MAX_ACCESS, MAX_STEPS
-    from guestmem.scenario.runner import TIMEOUT
+    from guestmem.checker import explore
+    from guestmem.cli.explore import MAX_WORKERS
+    from guestmem.scenario import cost
+    from guestmem.scenario.format import MAX_ACCESS, MAX_NAME_CHARS, MAX_STEPS
+    from guestmem.scenario.runner import JSON_DATA_HEAD, KEPT, OBSERVED_PAGES, OBSERVED_STEPS, TIMEOUT
 
     doc = (Path(__file__).parent.parent / "docs" / "scenarios.md").read_text()
     limits = doc[doc.index("## Limits") : doc.index("## Fixtures")]
@@ -426,7 +439,20 @@ def test_the_documented_limits_are_the_enforced_ones() -> None:
         "2^31 − 1",
         f"an eighth of `MemAvailable` at {SLOT_BYTES_PER_PAGE} bytes",
         f"default {TIMEOUT:g}",
+        f"at most {MAX_NAME_CHARS} characters",
+        f"| one run's accesses | {cost.MAX_MOVED >> 20} MiB",
+        f"| one run's pins | {cost.MAX_PINNED} pages",
+        f"what `consume` reads, {cost.MAX_FIXTURE >> 20} MiB",
+        f"| a report | {cost.MAX_REPORT >> 20} MiB of HTML",
+        f"the first {OBSERVED_PAGES} pages and the first {OBSERVED_STEPS} steps",
+        f"short reads whole up to {KEPT >> 20} MiB per run",
+        f"longer than a page is kept as its first {JSON_DATA_HEAD} bytes",
+        f"`--pages` from 1 to {explore.MAX_PAGES}, `--depth` from 0 to {explore.MAX_DEPTH}",
+        f"`--workers`\nfrom 1 to {MAX_WORKERS}",
+        f"(default\n{explore.TIMEOUT:g} s for the whole command",
+        f"exit status is {progress.TIMED_OUT}",
     ]
+    assert cost.MAX_FIXTURE == inputs.MAX_FIXTURE_BYTES  # fill and consume: one limit
     for text in stated:
         assert text in limits, text
     assert (MAX_PAGES, MEMSLOT_MAX_PAGES, MEMORY_SHARE) == ((1 << 40) - 1, (1 << 31) - 1, 8)

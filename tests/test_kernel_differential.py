@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from guestmem.backend.base import Outcome
+from guestmem.backend.compare import observed
 from guestmem.backend.kernel import KernelBackend
 from guestmem.backend.model import ModelBackend
-from guestmem.model.provenance import Origin
 from guestmem.ops import (
     Convert,
     GuestRead,
@@ -52,18 +52,15 @@ from guestmem.uapi.kvm import (
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
     PAGE_SIZE,
 )
-from kvm_support import SERIES, SERIES_REASON, series
+from kvm_support import SERIES, SERIES_REASON, TEST_KERNELS, series
 
-EXAMPLES = {"v8": 500, "rfc-v5": 200}
 U64 = (1 << 64) - 1
-#: Origins whose bytes the revision does not promise (the model's stand-ins differ).
-UNPROMISED = {Origin.RANDOM.label, Origin.CIPHERTEXT.label, Origin.GARBAGE.label}
 
 
 def _examples() -> int:
     if os.environ.get("GUESTMEM_DIFF_EXAMPLES"):
         return int(os.environ["GUESTMEM_DIFF_EXAMPLES"])
-    return EXAMPLES.get(SERIES or "", 0)
+    return TEST_KERNELS[SERIES].examples if SERIES in TEST_KERNELS else 0
 
 
 # --- generation ---------------------------------------------------------------------------------
@@ -176,26 +173,6 @@ def _payload(length: int) -> st.SearchStrategy[bytes]:
 
 
 # --- running and comparing ----------------------------------------------------------------------
-def observed(outcome: Outcome, mask: Outcome | None = None) -> dict[str, Any]:
-    """What must agree; ``mask``'s origins blank out bytes the revision does not promise."""
-    data = outcome.data
-    if data is not None and mask is not None and mask.origins:
-        buf = bytearray(data)
-        base = mask.origins[0][0]
-        for start, end, label in mask.origins:
-            if label in UNPROMISED:
-                buf[start - base : end - base] = b"?" * (end - start)
-        data = bytes(buf)
-    return {
-        "errno": outcome.errno,
-        "error_offset": outcome.error_offset,
-        "signal": outcome.signal,
-        "exit": outcome.exit,
-        "skipped": outcome.skipped,
-        "data": data,
-    }
-
-
 def _finals(pages: int) -> list[Operation]:
     size = pages * PAGE_SIZE
     return [HostRead(0, size), *(GuestRead(p * PAGE_SIZE, PAGE_SIZE) for p in range(pages))]

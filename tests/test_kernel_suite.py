@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
+from guestmem.backend.compare import observed
 from guestmem.backend.kernel import KernelBackend
 from guestmem.backend.model import ModelBackend
 from guestmem.scenario import suite
 from guestmem.scenario.format import Scenario
 from guestmem.scenario.runner import RunResult, run
 from kvm_support import SERIES, requires_conversions, series
-from test_kernel_differential import observed
 
 pytestmark = requires_conversions
 PLATFORMS = ("sw_protected", "default")
@@ -49,12 +49,12 @@ def on_kernel(scenario: Scenario, platform: str) -> RunResult:
     that run reads the same result (under emulation a long selftest takes seconds a run)."""
     key = (scenario.name, platform)
     if key not in _KERNEL_RUNS:
-        _KERNEL_RUNS[key] = run(scenario, platform, KernelBackend(), series())
+        _KERNEL_RUNS[key] = run(scenario, platform, KernelBackend(), series(), compact=False)
     return _KERNEL_RUNS[key]
 
 
 def both(scenario: Scenario, platform: str) -> tuple[RunResult, RunResult]:
-    return run(scenario, platform, ModelBackend(), series()), on_kernel(scenario, platform)
+    return run(scenario, platform, ModelBackend(), series(), compact=False), on_kernel(scenario, platform)
 
 
 @pytest.mark.parametrize(("scenario", "platform"), _cases())

@@ -19,7 +19,7 @@ from guestmem.spec import platforms
 from guestmem.spec.terms import Direction, Effect, Phase, Policy, native
 from test_spec_cells import expected
 
-ABIS = ("seed", "iteration2", "rfc-v5", "v8")
+ABIS = ("seed", "iteration2", "rfc-v5", "v8", "v13")
 DOC = Path(__file__).resolve().parent.parent / "docs" / "matrix.md"
 RESULTS = {
     "zeros",

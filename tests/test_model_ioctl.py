@@ -320,7 +320,7 @@ _words = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(
     platform=st.sampled_from(["sw_protected", "pkvm", "tdx", "snp", "cca", "default"]),
-    abi=st.sampled_from(["seed", "iteration2", "rfc-v5", "v8"]),
+    abi=st.sampled_from(["seed", "iteration2", "rfc-v5", "v8", "v13"]),
     launched=st.booleans(),
     pinned=st.sets(st.integers(0, 7), max_size=2),
     offset=_words,

@@ -24,6 +24,7 @@ from guestmem.checker.properties import Property
 from guestmem.cli import main
 from guestmem.model.gmem import GuestMemfd
 from guestmem.model.provenance import ZEROED_PAGE
+from guestmem.outfile import Directory
 from guestmem.spec.revisions.seed import Seed
 from guestmem.spec.terms import Effect
 from guestmem.uapi.kvm import PAGE_SIZE
@@ -136,7 +137,7 @@ def test_explorer_catches_mutant(name: str, monkeypatch: pytest.MonkeyPatch, tmp
     result = explore(platform, "seed", depth=DEPTH, workers=1)
     assert prop in result.counterexamples, f"{name}: found only {[p.value for p in result.counterexamples]}"
     cx = result.counterexamples[prop]
-    path = counterexample.write(result, cx, tmp_path)
+    path = Path(counterexample.write(result, cx, Directory(tmp_path)))
     assert _failing_steps(path) == [cx.fails_at + 1]
     monkeypatch.undo()
     on_real_model = _failing_steps(path)

@@ -9,8 +9,10 @@ after every step, every page's attribute and contents.
 What the reference takes from docs/semantics.md beyond the §2 table:
 - a guest cannot run (access memory or issue requests) before launch on ``tdx``, ``snp``
   and ``cca`` (``EINVAL``); on ``pkvm`` the first run launches the VM (§3 *Launch*);
-- under ``v8``, a pre-launch to-private conversion on TDX and SNP keeps its contents
-  (the in-place populate reads the guest_memfd page; §8);
+- under ``v8`` (and ``v13``), a pre-launch to-private conversion on TDX and SNP keeps its
+  contents (the in-place populate reads the guest_memfd page; §8);
+- under ``rfc-v5`` and ``v8``, a running to-private conversion of a range that changes
+  state leaves the already-private pages of the range zeroed on TDX (§3 *Mixed ranges*);
 - a native effect (NONE except ``sw_protected``'s fill, ``rfc-v5``'s flags = 0 except
   ``sw_protected``'s scramble, everything under ``v8``) reaches only pages that change
   state; a policy KVM applies reaches every allocated page of the range (§3 *Whole range*);
@@ -42,6 +44,12 @@ FAULT_PRIVATE = 1 << 3
 LAUNCHED_PLATFORMS = {"pkvm", "tdx", "snp", "cca"}
 FIRST_RUN_LAUNCHES = {"pkvm"}
 X86_PRIVATE = {"sw_protected", "tdx", "snp"}
+#: ``v13`` answers every call as ``v8`` does, except in mixed ranges (semantics.md §1a).
+V8_LIKE = ("v8", "v13")
+#: Revisions that unmap the guest's private pages in a mixed to-private range, and the
+#: platforms where that unmap loses them (semantics.md §3 *Mixed ranges*).
+UNMAP_PRIVATE_TOO = ("rfc-v5", "v8")
+UNMAP_LOSES = {"tdx", "cca"}
 
 # semantics.md §1: flags per revision (seed and iteration2 share the encoding).
 SEED_FLAGS = {"default": 0, "zero": 1, "preserve": 2, "none": 4}
@@ -215,7 +223,7 @@ class Reference:
             if self.platform == "sw_protected":
                 return "preserved"
             return "preserved" if to == "private" and not self.running else "X"
-        if self.abi == "v8":
+        if self.abi in V8_LIKE:
             if to == "private" and not self.running and self.platform in ("tdx", "snp"):
                 return "preserved"  # in-place populate (module docstring)
             return NATIVE[self.platform][to]
@@ -233,7 +241,7 @@ class Reference:
 
     def applied_by_kvm(self, policy: str) -> bool:
         """§3 *Whole range*: KVM's own policies reach pages already in the target state."""
-        if self.abi == "v8":
+        if self.abi in V8_LIKE:
             return False
         if policy in ("unspecified", "none"):
             return self.platform == "sw_protected"  # rfc-v5's scramble, seed's 0xab fill
@@ -242,7 +250,7 @@ class Reference:
     def convert(self, offset: int, size: int, to: str, flags: int) -> Outcome:
         self.opaque = []
         # 2. flags
-        if self.abi == "v8":
+        if self.abi in V8_LIKE:
             policy = "unspecified" if flags == 0 else None
         else:
             policy = (RFC_DECODE if self.abi == "rfc-v5" else SEED_DECODE).get(flags)
@@ -253,14 +261,14 @@ class Reference:
         if self.abi == "rfc-v5":
             if to == "private" and self.platform not in X86_PRIVATE:
                 return Outcome(errno="EINVAL")
-        elif not self.has_private or (self.abi == "v8" and self.platform not in X86_PRIVATE):
+        elif not self.has_private or (self.abi in V8_LIKE and self.platform not in X86_PRIVATE):
             return Outcome(errno="EINVAL")
         # 6.-8. size, alignment, bounds
         if size == 0 or offset % PAGE or size % PAGE or offset + size > NPAGES * PAGE:
             return Outcome(errno="EINVAL")
         pages = range(offset // PAGE, (offset + size) // PAGE)
         changes = any(self.pages[i].private != (to == "private") for i in pages)
-        if self.abi == "v8" and not changes:
+        if self.abi in V8_LIKE and not changes:
             return Outcome()  # nothing to change
         # 9. policy supported
         effect = self.result(to, policy)
@@ -283,12 +291,22 @@ class Reference:
         # 12. attributes, then the content policy on allocated pages of the whole range
         # (a native effect only on pages that change state)
         whole_range = self.applied_by_kvm(policy)
+        loses = (
+            to == "private"
+            and changes
+            and self.running
+            and self.abi in UNMAP_PRIVATE_TOO
+            and self.platform in UNMAP_LOSES
+        )
         for i in pages:
             page = self.pages[i]
             unchanged = page.private == (to == "private")
             page.private = to == "private"
             if page.request == to:
                 page.request = None
+            if loses and unchanged and page.data is not None:
+                page.data = bytes(PAGE)
+                continue
             if page.data is None or effect == "preserved" or (unchanged and not whole_range):
                 continue
             if effect == "zeros":
@@ -345,7 +363,7 @@ class Refinement(RuleBasedStateMachine):
 
     @initialize(
         platform=st.sampled_from(["sw_protected", "pkvm", "tdx", "snp", "cca", "default"]),
-        abi=st.sampled_from(["seed", "iteration2", "rfc-v5", "v8"]),
+        abi=st.sampled_from(["seed", "iteration2", "rfc-v5", "v8", "v13"]),
         shared=st.booleans(),
     )
     def start(self, platform: str, abi: str, shared: bool) -> None:

@@ -78,7 +78,10 @@ def test_convert_fields(tmp_path: Path) -> None:
         (step('op = "host_smash"\noffset = 0'), "step 1: field 'op': unknown op 'host_smash'"),
         (step('op = "host_read"\noffset = 0'), "step 1: field 'size': required for op 'host_read'"),
         (step('op = "host_read"\noffset = 0\nsize = 8\nfoo = 1'), "step 1: field 'foo': unknown field"),
-        (step('op = "host_read"\noffset = true\nsize = 8'), "step 1: field 'offset': must be a number"),
+        (
+            step('op = "host_read"\noffset = true\nsize = 8'),
+            "step 1: field 'offset': must be an integer or a string such as '4K', not a boolean",
+        ),
         (step('op = "host_read"\noffset = "lots"\nsize = 8'), "step 1: field 'offset': bad number 'lots'"),
         (step('op = "host_read"\noffset = -1\nsize = 8'), "step 1: field 'offset': -1 does not fit in a u64"),
         (step('op = "host_write"\noffset = 0\ndata = "xyz"'), "step 1: field 'data': bad hex 'xyz'"),

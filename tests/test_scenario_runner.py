@@ -110,6 +110,7 @@ FLAGS = {
     "iteration2": {"zero": 1, "preserve": 2, "none": 4, "default": 0},
     "rfc-v5": {"zero": 1, "preserve": 2, "none": 0, "default": 0},
     "v8": {"zero": 1, "preserve": 2, "none": 4, "default": 0},
+    "v13": {"zero": 1, "preserve": 2, "none": 4, "default": 0},
 }
 
 

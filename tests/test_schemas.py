@@ -19,7 +19,7 @@ from guestmem.cli import analyze as analyze_cli
 from guestmem.cli import main
 from guestmem.scenario import suite_dir
 from guestmem.scenario.runner import JSON_DATA_LIMIT, outcome_json
-from guestmem.spec import platforms
+from guestmem.spec import platforms, revisions
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -57,7 +57,7 @@ def test_results_of_check_run_and_consume(capsys: pytest.CaptureFixture[str], tm
     assert check["exit_status"] == 0 and check["runs"]
     run = printed(capsys, ["run", PAYLOAD, "--abi", "all", "--format", "json"], (0, 1))  # written for seed
     valid("results", run)
-    assert {r["abi"] for r in run["runs"]} == {"seed", "iteration2", "rfc-v5", "v8"}
+    assert {r["abi"] for r in run["runs"]} == {"seed", "iteration2", "rfc-v5", "v8", "v13"}
     fill = printed(capsys, ["fill", str(tmp_path / "fx"), PAYLOAD, "--format", "json"], (0, 1))
     valid("fill", fill)
     assert fill["written"] and all(Path(p).is_file() for p in fill["written"])
@@ -82,7 +82,7 @@ def test_a_failing_run_still_validates(capsys: pytest.CaptureFixture[str], tmp_p
 def test_matrix(capsys: pytest.CaptureFixture[str]) -> None:
     doc = printed(capsys, ["matrix", "--abi", "all", "--format", "json"])
     valid("matrix", doc)
-    assert len(doc["revisions"]) == 4
+    assert len(doc["revisions"]) == len(revisions.REVISIONS)
 
 
 def test_explore(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

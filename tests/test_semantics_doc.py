@@ -15,6 +15,7 @@ import pytest
 
 from guestmem.errors import IoctlError
 from guestmem.model import GuestMemfd, Vm
+from guestmem.model.provenance import Origin
 from guestmem.report import matrix
 from guestmem.spec import platforms, revisions
 from guestmem.spec.terms import Direction, Policy
@@ -22,7 +23,7 @@ from guestmem.uapi.kvm import GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMA
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SEMANTICS = DOCS / "semantics.md"
-ABIS = ("seed", "iteration2", "rfc-v5", "v8")
+ABIS = ("seed", "iteration2", "rfc-v5", "v8", "v13")
 PLATFORMS = ("sw_protected", "pkvm", "tdx", "snp", "cca", "default")
 POLICIES = ("zero", "preserve", "none", "default")
 PHASES = ("pre_launch", "running")
@@ -37,6 +38,7 @@ FLAGS = {
     "iteration2": {"zero": 1, "preserve": 2, "none": 4, "default": 0},
     "rfc-v5": {"zero": 1, "preserve": 2, "none": 0, "default": 0},
     "v8": {"zero": 1, "preserve": 2, "none": 4, "default": 0},
+    "v13": {"zero": 1, "preserve": 2, "none": 4, "default": 0},
 }
 
 
@@ -362,3 +364,98 @@ def test_section1_table_matches_the_revisions() -> None:
         assert decoded is not None
         assert decoded.value in ("zero", "unspecified")
         assert (decoded.value == "zero") == (_zero == "ZERO"), abi
+
+
+# --- §1a: from v8 to v13, each probe measured under both revisions -------------------------------
+def _probe_flags(abi: str) -> str:
+    gmem = Vm("sw_protected", abi).create_guest_memfd(PAGE_SIZE, SHARED)
+    with pytest.raises(IoctlError) as info:
+        gmem.convert(0, PAGE_SIZE, P, 1)
+    return info.value.name
+
+
+def _probe_already_private(abi: str) -> str:
+    vm = Vm("sw_protected", abi)
+    gmem = vm.create_guest_memfd(2 * PAGE_SIZE, GUEST_MEMFD_FLAG_MMAP)
+    gmem.guest_write(0, PATTERN, "private")
+    before = gmem.digest()
+    gmem.convert(0, 2 * PAGE_SIZE, P, 0)
+    return "0, nothing changes" if gmem.digest() == before else "0, something changed"
+
+
+def _probe_pinned(abi: str) -> str:
+    gmem = Vm("sw_protected", abi).create_guest_memfd(2 * PAGE_SIZE, SHARED)
+    gmem.pin(PAGE_SIZE, PAGE_SIZE)
+    with pytest.raises(IoctlError) as info:
+        gmem.convert(0, 2 * PAGE_SIZE, P, 0)
+    at = "the page" if info.value.error_offset == PAGE_SIZE else hex(info.value.error_offset or 0)
+    return f"{info.value.name} at {at}"
+
+
+def _probe_first_fault(abi: str) -> str:
+    gmem = Vm("sw_protected", abi).create_guest_memfd(PAGE_SIZE, SHARED)
+    return "zeros" if gmem.mmap().read(0, PAGE_SIZE) == bytes(PAGE_SIZE) else "not zeros"
+
+
+def _probe_mixed(platform: str) -> Callable[[str], str]:
+    def probe(abi: str) -> str:
+        vm = Vm(platform, abi)
+        gmem = vm.create_guest_memfd(2 * PAGE_SIZE, SHARED)
+        vm.launch()
+        gmem.convert(0, PAGE_SIZE, P, 0)
+        gmem.guest_write(0, PATTERN, "private")
+        gmem.convert(0, 2 * PAGE_SIZE, P, 0)  # page 1 is still shared
+        got = gmem.guest_read(0, PAGE_SIZE, "private")
+        if got == PATTERN:
+            return "kept"
+        return "lost: zeros" if got == bytes(PAGE_SIZE) else "lost"
+
+    return probe
+
+
+def _probe_populate(abi: str) -> str:
+    vm = Vm("tdx", abi)
+    gmem = vm.create_guest_memfd(PAGE_SIZE, SHARED)
+    gmem.mmap().write(0, PATTERN)
+    gmem.convert(0, PAGE_SIZE, P, 0)
+    gmem.populate(0, PAGE_SIZE)
+    vm.launch()
+    payload = gmem.guest_read(0, PAGE_SIZE) == PATTERN and {o for *_, o in gmem.origins(0, PAGE_SIZE)} == {
+        Origin.PAYLOAD
+    }
+    return "0, the page's bytes become the payload" if payload else "0, something else"
+
+
+#: §1a's second table, row by row: what each probe measures.
+PROBES: dict[str, Callable[[str], str]] = {
+    "`flags` = 1 on `sw_protected`": _probe_flags,
+    "to-private of a range that is private already": _probe_already_private,
+    "to-private of a pinned page": _probe_pinned,
+    "a never-written shared page, read by the host": _probe_first_fault,
+    "the guest's byte after a to-private conversion of a range that also holds a shared page, `tdx`": (
+        _probe_mixed("tdx")
+    ),
+    "the same, `snp`": _probe_mixed("snp"),
+    "the same, `sw_protected`": _probe_mixed("sw_protected"),
+    "populate without a source before launch, `tdx`": _probe_populate,
+    "`KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES` on `tdx`": lambda abi: str(Vm("tdx", abi).check_extension(250)),
+}
+
+
+def test_section1a_probes_match_the_model() -> None:
+    text = SEMANTICS.read_text()
+    match = re.search(r"^## 1a\. .*?(?=^## |\Z)", text, re.M | re.S)
+    assert match, "docs/semantics.md has no section 1a"
+    rows = [row for row in table_rows(match.group(0)) if len(row) == 3]
+    assert [row[0] for row in rows] == list(PROBES)
+    for what, v8, v13 in rows:
+        assert (PROBES[what]("v8"), PROBES[what]("v13")) == (v8, v13), what
+
+
+def test_section1a_differs_only_in_the_mixed_range_on_tdx() -> None:
+    """The table's one row where the revisions part, as §3 *Mixed ranges* says."""
+    text = SEMANTICS.read_text()
+    match = re.search(r"^## 1a\. .*?(?=^## |\Z)", text, re.M | re.S)
+    assert match
+    differ = [row[0] for row in table_rows(match.group(0)) if len(row) == 3 and row[1] != row[2]]
+    assert differ == [next(iter(k for k in PROBES if k.endswith("`tdx`") and "byte" in k))]

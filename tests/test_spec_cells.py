@@ -31,6 +31,7 @@ FLAGS: dict[str, dict[str, int]] = {
     "iteration2": {"zero": 1, "preserve": 2, "none": 4, "default": 0},
     "rfc-v5": {"zero": 1, "preserve": 2, "none": 0, "default": 0},  # MODE_UNSPECIFIED = 0
     "v8": {"zero": 1, "preserve": 2, "none": 4, "default": 0},
+    "v13": {"zero": 1, "preserve": 2, "none": 4, "default": 0},
 }
 
 Z, PR, AB, CT, GB, RND = "zeros", "preserved", "fill:ab", "ciphertext", "garbage", "random"
@@ -119,6 +120,10 @@ PRE_LAUNCH_CHANGES: dict[str, dict[tuple[str, Direction, str], str]] = {
     # reads the page a pre-launch to-private conversion left.
     "v8": {("tdx", P, "default"): PR, ("snp", P, "default"): PR},
 }
+# semantics.md §1a: v13 changes only what happens to pages a conversion leaves in their
+# state, which no one-page cell has, so every cell is v8's.
+RUNNING["v13"] = RUNNING["v8"]
+PRE_LAUNCH_CHANGES["v13"] = PRE_LAUNCH_CHANGES["v8"]
 
 
 def expected(abi: str, platform: str, direction: Direction, policy: str, phase: str) -> str:

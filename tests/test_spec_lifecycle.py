@@ -18,7 +18,7 @@ PAYLOAD = bytes(range(1, 256)) * 16 + b"\x01" * 16
 SHARED_MMAP = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
 ALL = ("sw_protected", "pkvm", "tdx", "snp", "cca", "default")
 LAUNCHED = ("pkvm", "tdx", "snp", "cca")
-ABIS = ("seed", "iteration2", "rfc-v5", "v8")
+ABIS = ("seed", "iteration2", "rfc-v5", "v8", "v13")
 S, P = Direction.TO_SHARED, Direction.TO_PRIVATE
 
 
@@ -180,3 +180,69 @@ def test_no_consent_rule_elsewhere(platform: str) -> None:
     vm.launch()
     gmem.convert(0, PAGE, P, 0 if platform != "snp" else 4)
     assert gmem.is_private(0)
+
+
+# --- populate (semantics.md §3 *Populate*) ---------------------------------------------------
+#: The answer to a populate without a source where the revision needs one.
+NO_SOURCE = {"tdx": "EOPNOTSUPP", "snp": "EINVAL"}
+IN_PLACE = ("rfc-v5", "v8", "v13")
+
+
+@pytest.mark.parametrize("abi", IN_PLACE)
+@pytest.mark.parametrize("platform", ["tdx", "snp"])
+def test_populate_in_place_launch_flow(platform: str, abi: str) -> None:
+    """Write the payload into a shared page, convert it, populate it with no source: the
+    guest reads it after launch as the measured payload."""
+    vm = Vm(platform, abi)
+    gmem = vm.create_guest_memfd(2 * PAGE, SHARED_MMAP)
+    gmem.mmap().write(0, PAYLOAD)
+    gmem.convert(0, PAGE, P, 2 if abi == "rfc-v5" else 0)  # rfc-v5 keeps bytes with PRESERVE
+    gmem.populate(0, PAGE)
+    vm.launch()
+    assert gmem.guest_read(0, PAGE) == PAYLOAD
+    assert labels(gmem) == {"payload"}
+
+
+@pytest.mark.parametrize("abi", ["seed", "iteration2"])
+@pytest.mark.parametrize("platform", ["tdx", "snp"])
+def test_populate_needs_a_source_where_the_revision_changes_no_launch_ioctl(platform: str, abi: str) -> None:
+    vm = Vm(platform, abi)
+    gmem = vm.create_guest_memfd(2 * PAGE, GUEST_MEMFD_FLAG_MMAP)
+    before = gmem.digest()
+    assert fails(gmem.populate, 0, PAGE).name == NO_SOURCE[platform]
+    assert gmem.digest() == before
+    gmem.populate(0, PAGE, PAYLOAD[:100])
+    vm.launch()
+    assert gmem.guest_read(0, PAGE) == PAYLOAD[:100] + bytes(PAGE - 100)
+    assert labels(gmem) == {"payload"}
+
+
+@pytest.mark.parametrize("abi", IN_PLACE)
+@pytest.mark.parametrize("platform", ["tdx", "snp"])
+def test_populate_needs_a_source_without_in_place_conversion(platform: str, abi: str) -> None:
+    vm = Vm(platform, abi, in_place_conversion=False)
+    gmem = vm.create_guest_memfd(PAGE, GUEST_MEMFD_FLAG_MMAP)
+    assert fails(gmem.populate, 0, PAGE).name == NO_SOURCE[platform]
+    gmem.populate(0, PAGE, PAYLOAD)
+
+
+@pytest.mark.parametrize("abi", ABIS)
+def test_populate_errors_in_order_and_change_nothing(abi: str) -> None:
+    """ENOTTY without the ioctl; then EINVAL once running, for a bad range, for a shared
+    page; each failure leaves everything as it was (semantics.md §3 *All or nothing*)."""
+    for platform in ("sw_protected", "pkvm", "cca", "default"):
+        gmem = Vm(platform, abi).create_guest_memfd(PAGE, GUEST_MEMFD_FLAG_MMAP)
+        assert fails(gmem.populate, 0, PAGE, PAYLOAD).name == "ENOTTY"
+    vm = Vm("tdx", abi)
+    gmem = vm.create_guest_memfd(4 * PAGE, SHARED_MMAP)
+    gmem.mmap().write(0, PAYLOAD * 4)
+    gmem.convert(0, 2 * PAGE, P, 2 if abi in ("seed", "iteration2", "rfc-v5") else 0)
+    before = gmem.digest()
+    for offset, size in ((0, 0), (1, PAGE), (0, PAGE + 1), (3 * PAGE, 2 * PAGE), (PAGE, 2 * PAGE)):
+        assert fails(gmem.populate, offset, size, PAYLOAD).name == "EINVAL", (offset, size)
+    assert gmem.digest() == before
+    gmem.populate(0, 2 * PAGE, PAYLOAD)
+    vm.launch()
+    after = gmem.digest()
+    assert fails(gmem.populate, 0, PAGE, PAYLOAD).name == "EINVAL"
+    assert gmem.digest() == after

@@ -23,11 +23,11 @@ import pytest
 import kernel_boots
 from guestmem import vmrun
 from kernel_boots import ROOT, Inside
+from kvm_support import TEST_KERNELS
 from test_kernel_suite import _cases as suite_cases
 
 KERNELS = kernel_boots.KERNELS
 needs_boot = kernel_boots.needs_boot
-MIN_EXAMPLES = {"v8": 500, "rfc-v5": 200}
 
 
 def guestmem_vm(
@@ -429,7 +429,7 @@ def test_a_command_that_destroys_the_channel_loses_its_output() -> None:
 
 
 # --- one boot per kernel: probe and the in-kernel tests -----------------------------------------
-@pytest.fixture(scope="module", params=["v8", "rfc-v5"])
+@pytest.fixture(scope="module", params=list(TEST_KERNELS))
 def inside(request: pytest.FixtureRequest) -> Inside:
     series: str = request.param
     return kernel_boots.result(series)
@@ -445,9 +445,9 @@ def test_probe_inside_finds_the_series(inside: Inside) -> None:
     assert "sw_protected" in facts["vm_types"]
     assert facts["vm_type_facts"]["sw_protected"]["private_memory"] is True
     assert facts["vm_type_facts"]["default"]["private_memory"] is False
-    assert facts["series"] == inside.series
-    flags_cap = facts["proposed_capabilities"]["251"]
-    assert flags_cap == (3 if inside.series == "rfc-v5" else 0)
+    kernel = TEST_KERNELS[inside.series]
+    assert facts["series"] == kernel.probed
+    assert facts["proposed_capabilities"]["251"] == kernel.flags_cap
     assert facts["hypercall_exit"]["works"] is True
     assert facts["gup_test"] is None
 
@@ -501,7 +501,7 @@ def test_kernel_tests_pass_inside(inside: Inside) -> None:
 def test_differential_reached_its_count(inside: Inside) -> None:
     ran = inside.json("differential.json")
     assert ran["series"] == inside.series
-    assert ran["examples"] >= MIN_EXAMPLES[inside.series]
+    assert ran["examples"] >= TEST_KERNELS[inside.series].examples
 
 
 def test_every_test_that_boots_is_marked_vm() -> None:

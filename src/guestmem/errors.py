@@ -138,6 +138,11 @@ class MmioExit(GuestExit):
         return (type(self), (self.gpa, self.len, self.is_write))
 
 
+class TimeLimit(GuestmemError):
+    """A run's time limit (``--timeout``) passed in the middle of a long step, which stopped
+    there: what the step had done stays done (the run ends, and its machine with it)."""
+
+
 @functools.cache
 def _strerror(code: int) -> str:
     return os.strerror(code)

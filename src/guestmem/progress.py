@@ -17,6 +17,9 @@ from typing import TextIO
 
 #: Exit status after Ctrl-C (128 + SIGINT), as a shell reports it.
 INTERRUPTED = 130
+#: Exit status when a time limit stopped the work (as ``timeout(1)``): ``guestmem explore``
+#: and ``analyze`` past ``--timeout``, ``guestmem vm`` past its ``--timeout``.
+TIMED_OUT = 124
 _ACTIVE: list[Status] = []
 
 

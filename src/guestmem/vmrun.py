@@ -60,17 +60,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from guestmem import outfile, progress
+
 QEMU = "qemu-system-x86_64"
 VNG = "vng"
 #: Exit statuses of the runner's own failures (the command's status passes through). They sit
-#: in 119-125, beside timeout(1)'s 124, so that none is also a status of ``guestmem`` itself
-#: (0, 1, 2, 4 = KSFT_SKIP, 130), of a kselftest run inside or of the shell (126, 127).
+#: in 119-125, with timeout(1)'s 124 meaning "did not finish in time" as it does for
+#: ``guestmem explore`` and ``analyze``, apart from guestmem's other statuses (0, 1, 2,
+#: 4 = KSFT_SKIP, 130), those of a kselftest run inside and the shell's (126, 127).
 EXIT_OUTPUT_LOST = 119
 EXIT_BAD_KERNEL = 120
 EXIT_NO_QEMU = 121
 EXIT_NO_VIRTME = 122
 EXIT_NO_IOCTL = 123
-EXIT_TIMEOUT = 124
+EXIT_TIMEOUT = progress.TIMED_OUT
 EXIT_BOOT = 125
 EXIT_STATUS = {
     "the command's output did not reach the host": EXIT_OUTPUT_LOST,
@@ -423,7 +426,7 @@ class VmRun:
         accel = self.accel or ("kvm" if host_can_nest() else "tcg")
         with contextlib.ExitStack() as stack:
             scratch = self.scratch or stack.enter_context(tempfile.TemporaryDirectory(prefix="guestmem-vm-"))
-            os.makedirs(scratch, exist_ok=True)
+            directory = stack.enter_context(outfile.Directory(scratch, create=True, what="--scratch"))
             for name in (STATUS_FILE, STATUS_FILE + ".check", CHECK_FILE, NO_CHANNEL_FILE):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(scratch, name))
@@ -436,7 +439,7 @@ class VmRun:
                 end=end,
                 emulated=accel == "tcg",
             )
-            Path(scratch, "run.sh").write_text(script)
+            directory.write("run.sh", script)
             sockets = stack.enter_context(
                 tempfile.TemporaryDirectory(prefix="guestmem-vm-io-", dir=_socket_dir())
             )

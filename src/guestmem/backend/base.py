@@ -46,6 +46,12 @@ class Outcome:
     skipped: str | None = None
     #: Provenance of ``data`` where the backend knows it (the model does).
     origins: list[tuple[int, int, str]] | None = field(default=None, compare=False)
+    #: A read summarised after its run was judged (``RunResult.compact`` in
+    #: :mod:`guestmem.scenario.runner`): ``data`` then holds the first bytes, these the
+    #: whole's length, its SHA-256 and, when every byte is the same, that byte.
+    data_size: int | None = None
+    data_sha256: str | None = None
+    data_fill: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -75,13 +81,19 @@ class PageView:
 
 
 class PageViews(Sequence[PageView]):
-    """Every page's :class:`PageView`, stored as runs of equal views: it costs what the
-    touched pages and attribute runs cost, never what the file's size does."""
+    """The :class:`PageView` of each of the first ``observed`` pages (all of them unless
+    :meth:`Machine.observe` was given a limit), stored as runs of equal views; its length
+    is the file's page count, and a page past the observed ones raises ``IndexError``. It
+    costs what the touched pages and attribute runs cost, never what the file's size does."""
 
-    def __init__(self, npages: int, starts: list[int], views: list[PageView]) -> None:
+    def __init__(
+        self, npages: int, starts: list[int], views: list[PageView], observed: int | None = None
+    ) -> None:
         self.npages = npages
         self.starts = starts
         self.views = views
+        #: How many pages, from the first, have a view.
+        self.observed = npages if observed is None else observed
 
     def __len__(self) -> int:
         return self.npages
@@ -95,17 +107,17 @@ class PageViews(Sequence[PageView]):
             return [self[i] for i in range(*index.indices(self.npages))]
         if index < 0:
             index += self.npages
-        if not 0 <= index < self.npages:
+        if not 0 <= index < self.observed:
             raise IndexError(index)
         return self.views[bisect_right(self.starts, index) - 1]
 
     def __iter__(self) -> Iterator[PageView]:
-        for i in range(self.npages):
+        for i in range(self.observed):
             yield self[i]
 
     def runs(self) -> list[tuple[int, int, PageView]]:
-        """``(first page, end page, view)`` per run, ascending."""
-        ends = [*self.starts[1:], self.npages]
+        """``(first page, end page, view)`` per run of the observed pages, ascending."""
+        ends = [*self.starts[1:], self.observed]
         return list(zip(self.starts, ends, self.views, strict=True))
 
 
@@ -176,15 +188,21 @@ class Machine(Protocol):
     def pin(self, offset: int, size: int) -> Outcome: ...
     def unpin(self, offset: int, size: int) -> Outcome: ...
     def launch(self) -> Outcome: ...
+    def populate(self, offset: int, size: int, source: bytes | None = None) -> Outcome:
+        """The launch ioctl that puts the initial payload into private memory, from
+        ``source`` or, with none, from the pages themselves (docs/semantics.md §3
+        *Populate*)."""
+        ...
+
     def delete_memslot(self) -> Outcome:
         """Delete the memslot that binds the guest_memfd: the guest's GPAs there are no
         longer memory, and guest accesses exit as MMIO (docs/semantics.md §3 *Memslots*)."""
         ...
 
     def guest_request(self, offset: int, size: int, to: Direction) -> Outcome: ...
-    def observe(self) -> PageViews | None:
-        """Every page as it is now (:class:`PageView`), where the backend can see inside
-        (the model); None where it cannot (a real kernel)."""
+    def observe(self, limit: int | None = None) -> PageViews | None:
+        """Every page as it is now (:class:`PageView`), or the first ``limit`` pages, where
+        the backend can see inside (the model); None where it cannot (a real kernel)."""
         ...
 
     def check_extension(self, cap: int) -> int: ...

@@ -26,6 +26,7 @@ default VM has no launch ioctl, so the first ``launch`` succeeds and a second is
 from __future__ import annotations
 
 import errno
+import threading
 import time
 
 from guestmem.backend.base import (
@@ -100,6 +101,9 @@ class KernelMachine:
         #: it costs what the conversions cost, never what the file's size does.
         initial = int(self.private_memory and not flags & GUEST_MEMFD_FLAG_INIT_SHARED)
         self.private = RangeMap(size // PAGE_SIZE, initial)
+        #: Guards ``private`` and the lazily made helpers, for callers that use one machine
+        #: from several threads (``guestmem stress``: each thread on its own pages).
+        self.book = threading.Lock()
         self.vm: Vm = kvm.create_vm(spec.vm_type)
         self.gmem: GuestMemfd | None = None
         try:
@@ -135,7 +139,7 @@ class KernelMachine:
             self.gmem.close()
         self.kvm.close()
 
-    def observe(self) -> PageViews | None:
+    def observe(self, limit: int | None = None) -> PageViews | None:
         """A real guest_memfd's pages cannot be seen from outside: None."""
         return None
 
@@ -156,9 +160,10 @@ class KernelMachine:
             raise self.mmap_error
         if not which:
             return self.host
-        if which not in self.others:  # another process: its own page tables, same file
-            self.others[which] = HostAccess(self.mapping, self.size)
-        return self.others[which]
+        with self.book:
+            if which not in self.others:  # another process: its own page tables, same file
+                self.others[which] = HostAccess(self.mapping, self.size)
+            return self.others[which]
 
     def host_write(self, offset: int, data: bytes, mapping: int = 0) -> Outcome:
         return outcome_of(lambda: self._host(mapping).write(offset, data))
@@ -178,7 +183,8 @@ class KernelMachine:
             )
         if access is not None and self.private_memory:
             first, last = offset // PAGE_SIZE, (offset + max(size, 1) - 1) // PAGE_SIZE
-            other = self.private.first_not(first, last + 1, int(access == "private"))
+            with self.book:
+                other = self.private.first_not(first, last + 1, int(access == "private"))
             if other is not None:
                 return (
                     f"a {self.platform} guest cannot make a {access} access to a "
@@ -193,8 +199,9 @@ class KernelMachine:
         return None
 
     def _guest(self) -> TinyGuest:
-        if self.guest is None:
-            self.guest = TinyGuest(self.vm, GPA_BASE, self.size)
+        with self.book:
+            if self.guest is None:
+                self.guest = TinyGuest(self.vm, GPA_BASE, self.size)
         # one command may run until the run's deadline, and never longer than LIMIT
         left = LIMIT if self.deadline is None else self.deadline - time.monotonic()
         self.guest.limit = min(LIMIT, max(left, 0.001))
@@ -237,8 +244,9 @@ class KernelMachine:
         gmem = self.gmem
         outcome = outcome_of(lambda: gmem.set_memory_attributes2(arg))
         if outcome.ok:
-            end = min((offset + size) // PAGE_SIZE, self.private.limit)
-            self.private.set(offset // PAGE_SIZE, end, int(bool(attributes)))
+            with self.book:
+                end = min((offset + size) // PAGE_SIZE, self.private.limit)
+                self.private.set(offset // PAGE_SIZE, end, int(bool(attributes)))
         return outcome
 
     def punch_hole(self, offset: int, size: int) -> Outcome:
@@ -278,6 +286,19 @@ class KernelMachine:
     def delete_memslot(self) -> Outcome:
         """``KVM_SET_USER_MEMORY_REGION2`` with size 0 on the guest_memfd's slot."""
         return outcome_of(lambda: self.vm.set_user_memory_region2(GMEM_SLOT, GPA_BASE, 0))
+
+    def populate(self, offset: int, size: int, source: bytes | None = None) -> Outcome:
+        """TDX's and SNP's launch ioctls need those VM types, which the kernels here lack:
+        the step is skipped (docs/semantics.md §3 *Populate* is model-only)."""
+        return Outcome(skipped="populate needs a TDX or SNP VM, which this kernel cannot create")
+
+    def restore_memslot(self) -> Outcome:
+        """The memslot again, as the machine made it (same GPA, host address and file)."""
+        address = self.mapping.address if self.mapping is not None else 0
+        gmem = self.gmem
+        return outcome_of(
+            lambda: self.vm.set_user_memory_region2(GMEM_SLOT, GPA_BASE, self.size, address, gmem=gmem)
+        )
 
     def launch(self) -> Outcome:
         """The default VM has no launch ioctl: bookkeeping only, as the model does."""

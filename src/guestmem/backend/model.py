@@ -61,7 +61,15 @@ class ModelMachine:
         self.abi = self.vm.revision.name
         self.size = size
         self.gpa_base = self.gmem.gpa
-        self.deadline: float | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        """The run's deadline: a long call on the file stops there (:class:`~guestmem.errors.TimeLimit`)."""
+        return self.gmem.deadline
+
+    @deadline.setter
+    def deadline(self, value: float | None) -> None:
+        self.gmem.deadline = value
 
     def _with_origins(self, outcome: Outcome, offset: int, size: int) -> Outcome:
         if outcome.data is not None:
@@ -118,6 +126,12 @@ class ModelMachine:
     def delete_memslot(self) -> Outcome:
         return outcome_of(self.gmem.delete_memslot)
 
+    def populate(self, offset: int, size: int, source: bytes | None = None) -> Outcome:
+        return outcome_of(lambda: self.gmem.populate(offset, size, source))
+
+    def restore_memslot(self) -> Outcome:
+        return outcome_of(self.gmem.restore_memslot)
+
     def launch(self) -> Outcome:
         return outcome_of(self.vm.launch)
 
@@ -129,20 +143,21 @@ class ModelMachine:
             outcome.exit = hypercall_exit(self.gpa_base + offset, size, to)
         return outcome
 
-    def observe(self) -> PageViews:
-        """Every page's :class:`~guestmem.backend.base.PageView`.
+    def observe(self, limit: int | None = None) -> PageViews:
+        """Every page's :class:`~guestmem.backend.base.PageView`, or the first ``limit`` pages'.
 
         Only pages where something changes are visited: attribute-run boundaries and allocated
         pages (an unallocated page's view depends on its attribute alone)."""
         gmem = self.gmem
         npages = self.size >> PAGE_SHIFT
+        observed = npages if limit is None else min(npages, limit)
         # a view changes only where an attribute run starts or around an allocated, pinned or
         # host-mapped page
         marked = {*gmem.pages, *gmem.pins, *gmem.stale_pins, *(p for m in gmem.mappings for p in m.ptes)}
         edges = {0, *(a for a, _b, _v in gmem.attributes.runs()), *marked, *(p + 1 for p in marked)}
         starts: list[int] = []
         views: list[PageView] = []
-        for index in sorted(p for p in edges if p < npages):
+        for index in sorted(p for p in edges if p < observed):
             runs = gmem.origins(index << PAGE_SHIFT, PAGE_SIZE)
             labels = tuple(dict.fromkeys(o.label for _a, _b, o in runs))
             pins = gmem.pins.get(index, 0) + gmem.stale_pins.get(index, 0)
@@ -152,7 +167,7 @@ class ModelMachine:
                 continue
             starts.append(index)
             views.append(view)
-        return PageViews(npages, starts, views)
+        return PageViews(npages, starts, views, observed)
 
     def check_extension(self, cap: int) -> int:
         """``KVM_CHECK_EXTENSION`` on the VM (docs/semantics.md §7)."""

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from guestmem.bench.explore import analyze_all_cpu_s, explore_3_pages_cpu_s, explore_states_per_cpu_s
+from guestmem.bench.explore import (
+    analyze_all_cpu_s,
+    explore_3_pages_cpu_s,
+    explore_ray_efficiency,
+    explore_states_per_cpu_s,
+)
 from guestmem.bench.figure import Figure
 from guestmem.bench.kvm_run import kvm_run_vs_c
 from guestmem.bench.native import Unmeasurable
@@ -23,6 +28,7 @@ FIGURES: dict[str, Measure] = {
     "explore_states_per_cpu_s": explore_states_per_cpu_s,
     "analyze_all_cpu_s": analyze_all_cpu_s,
     "explore_3_pages_cpu_s": explore_3_pages_cpu_s,
+    "explore_ray_efficiency": explore_ray_efficiency,
     "rss_1tib_mib": rss_1tib_mib,
 }
 QUICK_REPS = 5

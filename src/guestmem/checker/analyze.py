@@ -23,7 +23,7 @@ from typing import Any
 from guestmem.backend.model import ModelMachine
 from guestmem.checker.explore import DEFAULT_DEPTH, DEFAULT_PAGES, Exploration
 from guestmem.checker.properties import open_machine
-from guestmem.checker.schedule import Search, relabel, relation, run_searches
+from guestmem.checker.schedule import Engine, Search, relabel, relation, run_searches
 from guestmem.spec import platforms, revisions
 from guestmem.spec.terms import Direction, Phase, Policy
 from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE
@@ -101,6 +101,8 @@ def explorations(
     workers: int = 1,
     done: Callable[[Search, Exploration], None] | None = None,
     depth: int = DEFAULT_DEPTH,
+    engine: Engine | None = None,
+    deadline: float | None = None,
 ) -> dict[str, list[Exploration]]:
     """Every platform explored under every revision in ``abis`` (default bounds), each
     distinct transition relation (:func:`~guestmem.checker.schedule.relation`) once."""
@@ -110,10 +112,10 @@ def explorations(
         plan[abi] = []
         for platform in platforms.PLATFORMS.values():
             key = (platform.name, relation(platform, revisions.get(abi)))
-            unique.setdefault(key, Search(platform, abi, DEFAULT_PAGES, depth))
+            unique.setdefault(key, Search(platform, abi, DEFAULT_PAGES, depth, deadline=deadline))
             plan[abi].append(key)
     searches = list(unique.values())
-    found = dict(zip(unique, run_searches(searches, workers, done=done), strict=True))
+    found = dict(zip(unique, run_searches(searches, workers, done=done, engine=engine), strict=True))
     return {
         abi: [found[key] if found[key].abi == abi else relabel(found[key], abi) for key in plan[abi]]
         for abi in abis
@@ -126,10 +128,14 @@ def analyze(
     workers: int = 1,
     done: Callable[[Search, Exploration], None] | None = None,
     depth: int = DEFAULT_DEPTH,
+    engine: Engine | None = None,
+    deadline: float | None = None,
 ) -> list[RevisionAnalysis]:
-    """Measure each revision in ``abis``; explorations run over ``workers`` processes."""
+    """Measure each revision in ``abis``; explorations run over ``workers`` processes (or
+    on ``engine``) and stop past ``deadline`` (``time.monotonic()``; their ``timed_out``
+    says so)."""
     abis = list(abis)
-    explored = explorations(abis, workers, done, depth)
+    explored = explorations(abis, workers, done, depth, engine, deadline)
     out = []
     for abi in abis:
         flags_zero, policies = answers(abi)

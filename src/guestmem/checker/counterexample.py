@@ -7,11 +7,11 @@ the file therefore passes every step before it and fails exactly there.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from guestmem.checker.explore import Counterexample, Exploration
 from guestmem.ops import toml
+from guestmem.outfile import Directory
 
 
 def file_name(exploration: Exploration, cx: Counterexample) -> str:
@@ -48,9 +48,6 @@ def to_toml(exploration: Exploration, cx: Counterexample) -> str:
     return toml.document({**head, "step": steps}, comments)
 
 
-def write(exploration: Exploration, cx: Counterexample, directory: Path) -> Path:
-    """Write the scenario file of ``cx`` into ``directory`` (created if needed)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / file_name(exploration, cx)
-    path.write_text(to_toml(exploration, cx))
-    return path
+def write(exploration: Exploration, cx: Counterexample, directory: Directory) -> str:
+    """Write the scenario file of ``cx`` into ``directory``; the path written."""
+    return directory.write(file_name(exploration, cx), to_toml(exploration, cx))

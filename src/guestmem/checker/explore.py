@@ -54,7 +54,11 @@ on the way (a shorter-or-less prefix to a permuted state would give a lesser pat
 the permuted operations lead to the permuted states), so the first violation the search
 meets is the one the unreduced search meets. ``workers`` > 1 splits each level into
 contiguous shards expanded by forked processes and merged in shard order, which gives
-results identical to one worker.
+results identical to one worker. (:mod:`guestmem.checker.distributed` shares the same
+search over the processes of a Ray cluster.)
+
+``max_states`` bounds the visited set: a search whose distinct states exceed it stops
+with :class:`TooManyStates` at the depth where they did, and reports nothing.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ from guestmem.checker.properties import (
     record_trace,
     restore,
 )
+from guestmem.errors import GuestmemError
 from guestmem.model.gmem import UNALLOCATED, PageRow
 from guestmem.model.provenance import FILL_PAGE, KEYED, KEYED_ORIGINS, ZEROED_PAGE, keyed_bytes, keyed_domain
 from guestmem.ops import Convert, GuestRead, HostRead, Launch, Operation, expectation
@@ -94,6 +99,13 @@ from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SHIFT, PAGE_SIZ
 INITS = ("shared", "private")
 DEFAULT_PAGES = 2
 DEFAULT_DEPTH = 6
+#: Bounds accepted by ``guestmem explore`` (checked before anything runs). The states of
+#: a few pages are finite, so a search deeper than they reach ends when a level is empty;
+#: the time limit (``--timeout``) bounds the rest.
+MAX_PAGES = 8
+MAX_DEPTH = 1000
+#: Default ``--timeout`` of ``guestmem explore`` and ``analyze`` (seconds, the whole command).
+TIMEOUT = 600.0
 
 
 class Key(NamedTuple):
@@ -176,6 +188,19 @@ class Exploration:
     #: Whether local steps were looked up (False with ``memo=False``, or when the model
     #: turned out not to be local and the search ran again computing every step).
     local_lookups: bool = False
+    #: What ran the search: ``local`` (this process and its forked workers) or ``ray``.
+    engine: str = "local"
+    #: Distinct states held by each process that held part of the visited set (one for
+    #: ``local``; one per actor for ``ray``).
+    shards: list[int] = field(default_factory=list)
+    #: Growth of the resident memory of those processes over the search, per distinct
+    #: state held (None where it cannot be read, or did not grow).
+    bytes_per_state: float | None = None
+    #: The search reached its deadline (``--timeout``) before ``depth``: the levels up to
+    #: ``reached`` were explored whole, and the counterexamples found there are the shortest.
+    timed_out: bool = False
+    #: Levels explored whole (``depth``, or less when the states ran out or time did).
+    reached: int = 0
 
     @property
     def label(self) -> str:
@@ -200,6 +225,8 @@ class Exploration:
             "generated": self.generated,
             "distinct": self.distinct,
             "per_level": self.per_level,
+            "complete": not self.timed_out,
+            "depth_reached": self.reached,
         }
         if timing:
             out |= {
@@ -208,9 +235,19 @@ class Exploration:
                 "cpu_seconds": round(self.cpu_seconds, 3),
                 "states_per_cpu_second": round(self.rate),
                 "local_lookups": self.local_lookups,
+                "engine": self.engine,
+                "memory": {
+                    "states_per_shard": self.shards,
+                    "largest_shard": max(self.shards, default=0),
+                    "bytes_per_state": None if self.bytes_per_state is None else round(self.bytes_per_state),
+                },
             }
         out["violations"] = [c.to_json() for c in self.counterexamples.values()]
         return out
+
+
+class SearchTimeout(Exception):
+    """The search passed its deadline (raised in a worker too, and carried back by the pool)."""
 
 
 @dataclass
@@ -274,8 +311,11 @@ class Explorer:
         variant: str = "",
         symmetry: bool = True,
         memo: bool = True,
+        deadline: float | None = None,
     ) -> None:
         self.platform = platforms.get(platform) if isinstance(platform, str) else platform
+        #: ``time.monotonic()`` past which the search stops (None: no limit).
+        self.deadline = deadline
         self.revision = revisions.get(abi) if isinstance(abi, str) else abi
         if pages < 1 or depth < 0:
             raise ValueError(f"pages must be >= 1 and depth >= 0 (got pages={pages}, depth={depth})")
@@ -493,11 +533,15 @@ class Explorer:
         found: dict[Property, tuple[int, int, Violation]] = {}
         generated = 0
         known = set(self.terms)
+        deadline = self.deadline
         for parent in range(lo, hi):
             state = frontier[parent]
             running, rows = state
-            if tick is not None and not (parent - lo) & 255:
-                tick(parent - lo)
+            if not (parent - lo) & 255:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise SearchTimeout()
+                if tick is not None:
+                    tick(parent - lo)
             for index in range(n):
                 page = local_page[index]
                 violations: Sequence[Violation]
@@ -545,25 +589,36 @@ class Explorer:
         terms = {page: term for page, term in self.terms.items() if page not in known}
         return _Shard(generated, keys, states, parents, op_indices, found, terms)
 
-    def run(self, workers: int = 1, progress: Progress | None = None) -> Exploration:
+    def run(
+        self, workers: int = 1, progress: Progress | None = None, max_states: int | None = None
+    ) -> Exploration:
         """Search to ``depth``; the result does not depend on ``workers``.
 
         If the model turns out not to be local (an operation on one page changed another,
         as a deliberately broken model may), the search starts again running the model
         for every step."""
         try:
-            return self._run(workers, progress)
+            return self._run(workers, progress, max_states)
         except NotLocal:
-            self.local = [None] * len(self.ops)
-            self.memo.clear()
-            self.kept.clear()
-            self.recipes.clear()
-            self.ranged = frozenset()
-            self._loaded = None
-            return self._run(workers, progress)
+            self.without_lookups()
+            return self._run(workers, progress, max_states)
 
-    def _run(self, workers: int, progress: Progress | None) -> Exploration:
-        start, cpu_start = time.perf_counter(), cpu_time()
+    def without_lookups(self) -> None:
+        """From now on run the model for every step (the model is not local)."""
+        self.local = [None] * len(self.ops)
+        self.memo.clear()
+        self.kept.clear()
+        self.recipes.clear()
+        self.ranged = frozenset()
+        self._loaded = None
+
+    def title(self) -> str:
+        """The search as messages name it: ``snp under seed``."""
+        variant = f" ({self.variant})" if self.variant else ""
+        return f"{self.platform.name}{variant} under {self.revision.name}"
+
+    def _run(self, workers: int, progress: Progress | None, max_states: int | None) -> Exploration:
+        start, cpu_start, rss_start = time.perf_counter(), cpu_time(), resident_bytes()
         result = Exploration(
             self.platform.name,
             self.revision.name,
@@ -588,7 +643,11 @@ class Explorer:
             if not frontier:
                 break
             tick = None if progress is None else _ticker(progress, level + 1, len(frontier), result, seen)
-            shards = self._expand_level(frontier, seen, workers, tick)
+            try:
+                shards = self._expand_level(frontier, seen, workers, tick)
+            except SearchTimeout:
+                result.timed_out = True
+                break
             next_frontier: list[Key] = []
             links: list[tuple[int, int]] = []
             for shard in shards:
@@ -604,9 +663,12 @@ class Explorer:
                         seen.add(key)
                         next_frontier.append(state)
                         links.append((parent, op_index))
+            if max_states is not None and len(seen) > max_states:
+                raise TooManyStates(self.title(), max_states, level + 1)
             levels.append(links)
             result.per_level.append(len(next_frontier))
             frontier = next_frontier
+        result.reached = len(levels) - 1
         result.distinct = len(seen)
         if progress is not None:
             progress(len(levels) - 1, 0, 0, result.generated, result.distinct)
@@ -617,6 +679,8 @@ class Explorer:
                 result.counterexamples[prop] = self._counterexample(origin, [*path, op_index], violation)
         result.seconds = time.perf_counter() - start
         result.cpu_seconds = cpu_time() - cpu_start
+        result.shards = [result.distinct]
+        result.bytes_per_state = per_state(resident_bytes(), rss_start, result.distinct)
         return result
 
     def _expand_level(
@@ -743,6 +807,39 @@ class NotLocal(Exception):
     """An operation on one page changed another page (the model is not local)."""
 
 
+class Incomplete(GuestmemError):
+    """A search stopped before its end: no result, no verdict (``guestmem`` exits 3)."""
+
+
+class TooManyStates(Incomplete):
+    """The visited set outgrew ``max_states``."""
+
+    def __init__(self, label: str, max_states: int, depth: int) -> None:
+        super().__init__(
+            f"{label}: more than {max_states} distinct states by depth {depth} (--max-states "
+            f"{max_states}); the search stopped there and reports no result"
+        )
+        self.max_states = max_states
+        self.depth = depth
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux ``/proc/self/statm``), or None."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def per_state(after: int | None, before: int | None, states: int) -> float | None:
+    """Resident memory grown from ``before`` to ``after``, per state (None if unknown or
+    not grown)."""
+    if after is None or before is None or states <= 0 or after <= before:
+        return None
+    return (after - before) / states
+
+
 def ignore_interrupts() -> None:
     """In a worker: leave Ctrl-C to the parent, which stops the pool and reports."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # also drops one that came while blocked
@@ -786,9 +883,19 @@ def explore(
     symmetry: bool = True,
     memo: bool = True,
     progress: Progress | None = None,
+    max_states: int | None = None,
+    deadline: float | None = None,
 ) -> Exploration:
-    """Search ``platform`` under ``abi``; see :class:`Explorer`."""
+    """Search ``platform`` under ``abi``; see :class:`Explorer`. Past ``deadline``
+    (``time.monotonic()``) the search stops after the last whole level (``timed_out``)."""
     explorer = Explorer(
-        platform, abi, pages=pages, depth=depth, variant=variant, symmetry=symmetry, memo=memo
+        platform,
+        abi,
+        pages=pages,
+        depth=depth,
+        variant=variant,
+        symmetry=symmetry,
+        memo=memo,
+        deadline=deadline,
     )
-    return explorer.run(workers, progress)
+    return explorer.run(workers, progress, max_states)

@@ -19,6 +19,7 @@ from guestmem.ops import (
     Launch,
     Operation,
     Pin,
+    Populate,
     PunchHole,
     Unpin,
 )
@@ -38,6 +39,10 @@ ALPHABET = (Launch, HostWrite, GuestWrite, GuestRequest, Convert, PunchHole, Pin
 NOT_EXPLORED = {
     DeleteMemslot: "the search state is the launch phase and the pages; a deleted memslot is "
     "neither, and no property of docs/semantics.md §5 depends on it",
+    Populate: "a launch ioctl of TDX and SNP that loads the initial payload before the guest runs; "
+    "its rules (a source, or in place while in-place conversion is on) are errno checks the "
+    "suite's populate_*.toml files pin, and it adds no guest-visible state a §5 property reads "
+    "beyond what a pre-launch host write and conversion already give",
 }
 
 

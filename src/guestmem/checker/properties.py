@@ -12,7 +12,9 @@ provenance of every byte a read returned) and the model state before and after i
 - **integrity**: once running (from the start on a platform without a launch phase), a
   guest read of a private page returns host-written bytes the guest never asked for
   (``Origin.HOST``; measured pre-launch payload is ``PAYLOAD``, bytes the guest asked for
-  are ``ACCEPTED``);
+  are ``ACCEPTED``), or finds its own private bytes gone with a page that a conversion of
+  a range unmapped without converting it (``Origin.LOST``: docs/semantics.md §3 *Mixed
+  ranges*);
 - **policy**: after a successful conversion whose result is a guarantee (§2: zeros,
   preserved, ``0xab``), the next reader of each allocated page in the range (the host
   after P→S, the guest after S→P) sees exactly that;
@@ -207,6 +209,20 @@ class Monitor:
                 for a, b, label in outcome.origins or ()
                 if label == "host" and before.private(a >> PAGE_SHIFT)
             ]
+            lost = [(a, b) for a, b, label in outcome.origins or () if label == "lost"]
+            if lost and not injected:
+                a, b = lost[0]
+                start = op.span[0]
+                gone = outcome.data[a - start : b - start]
+                found.append(
+                    Violation(
+                        Property.INTEGRITY,
+                        step,
+                        f"the running guest finds its private bytes [{a:#x}, {b:#x}) gone: a "
+                        "conversion of a range unmapped the page from the guest without converting it",
+                        f"not:{gone.hex()}",
+                    )
+                )
             if injected:
                 a, b = injected[0]
                 forged = outcome.data[a - op.span[0] : b - op.span[0]]

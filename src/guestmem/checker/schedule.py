@@ -2,8 +2,9 @@
 
 :func:`run_searches` runs a list of :class:`Search` es: with one worker one after the
 other in this process (a single search may still shard its levels), with more as tasks
-of one process pool, the largest first. Results come back in the order asked for and
-do not depend on the number of workers.
+of one process pool, the largest first; given an :class:`Engine` (``--engine ray``), one
+after the other, each shared over the engine's workers. Results come back in the order
+asked for and do not depend on the number of workers or the engine.
 
 :func:`relation` is the table of every answer the model and the property monitor get
 from an ABI revision, over every input they can ask it with (docs/semantics.md §1-§4: flags
@@ -17,8 +18,10 @@ same exploration: ``analyze`` runs it once and relabels it (:func:`relabel`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from guestmem.checker.explore import (
     Exploration,
@@ -44,6 +47,8 @@ COVERED = frozenset(
         "rejects_error_offset_input",
         "accepts_attributes",
         "early_return",
+        "unmaps_private_on_to_private",
+        "populate_in_place",
         "effect",
         "guaranteed",
         "needs_consent",
@@ -77,6 +82,8 @@ def relation(platform: Platform, revision: Revision) -> Hashable:
         tuple(tuple(sorted(revision.capabilities(platform, b).items())) for b in (False, True)),
         revision.cap_gmem_attributes,
         getattr(revision, "cap_flags", None),
+        revision.unmaps_private_on_to_private and platform.unmap_loses_private,
+        revision.populate_in_place,
     )
 
 
@@ -98,26 +105,43 @@ class Search:
     depth: int
     variant: str = ""
     symmetry: bool = True
+    #: ``time.monotonic()`` past which the search stops (None: no limit).
+    deadline: float | None = None
+    #: Stop (:class:`~guestmem.checker.explore.TooManyStates`) past this many distinct states.
+    max_states: int | None = None
 
     @property
     def label(self) -> str:
         return f"{self.platform.name}{f' ({self.variant})' if self.variant else ''} under {self.abi}"
 
     @property
-    def weight(self) -> float:
+    def weight(self) -> int:
         """A rough cost estimate, for scheduling the largest first: page symmetry
-        divides the states by about the number of page orders."""
-        reduction = 1.0
+        divides the states by about the number of page orders (integers: exact at any depth)."""
+        reduction = 1
         if self.symmetry and symmetric(self.platform, revisions.get(self.abi)):
-            for n in range(2, self.pages + 1):
-                reduction *= n
-        return (4.0**self.pages) * (3.0**self.depth) / reduction
+            reduction = math.factorial(self.pages)
+        return int(4**self.pages * 3**self.depth) // reduction
+
+
+class Engine(Protocol):
+    """Something other than this process and its forked workers that runs a search
+    (:class:`guestmem.checker.distributed.RayEngine`)."""
+
+    def explore(self, search: Search, progress: Progress | None = None) -> Exploration: ...
 
 
 def _run(job: tuple[int, Search]) -> tuple[int, Exploration]:
     index, s = job
     return index, explore(
-        s.platform, s.abi, pages=s.pages, depth=s.depth, variant=s.variant, symmetry=s.symmetry
+        s.platform,
+        s.abi,
+        pages=s.pages,
+        depth=s.depth,
+        variant=s.variant,
+        symmetry=s.symmetry,
+        deadline=s.deadline,
+        max_states=s.max_states,
     )
 
 
@@ -127,11 +151,18 @@ def run_searches(
     *,
     progress: Progress | None = None,
     done: Callable[[Search, Exploration], None] | None = None,
+    engine: Engine | None = None,
 ) -> list[Exploration]:
     """Run every search; ``done`` is told of each as it finishes (in any order),
-    ``progress`` follows the states of a search running in this process."""
+    ``progress`` follows the states of a search running in this process (or on
+    ``engine``)."""
     results: list[Exploration | None] = [None] * len(searches)
-    if workers <= 1 or len(searches) == 1:
+    if engine is not None:
+        for i, s in enumerate(searches):
+            results[i] = engine.explore(s, progress)
+            if done is not None:
+                done(s, results[i])  # type: ignore[arg-type]
+    elif workers <= 1 or len(searches) == 1:
         for i, s in enumerate(searches):
             results[i] = explore(
                 s.platform,
@@ -142,6 +173,8 @@ def run_searches(
                 variant=s.variant,
                 symmetry=s.symmetry,
                 progress=progress,
+                deadline=s.deadline,
+                max_states=s.max_states,
             )
             if done is not None:
                 done(s, results[i])  # type: ignore[arg-type]
@@ -156,4 +189,4 @@ def run_searches(
     return [r for r in results if r is not None]
 
 
-__all__ = ["COVERED", "Search", "cpu_time", "relabel", "relation", "run_searches"]
+__all__ = ["COVERED", "Engine", "Search", "cpu_time", "relabel", "relation", "run_searches"]

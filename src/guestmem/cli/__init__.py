@@ -1,8 +1,10 @@
 """The ``guestmem`` command line: one module per command, each with ``register(sub)``.
 
-Exit codes everywhere: 0 all expectations held, 1 one failed, 2 bad input (the message
-names the file, step, field and value), 4 nothing ran because every run was skipped
-(kselftest's ``KSFT_SKIP``), 130 stopped by Ctrl-C (one line says what was finished).
+Exit codes everywhere: 0 all expectations held, 1 one failed, 2 bad input or an output
+file it will not or cannot write (one line naming the file, step, field and value, or the
+path and the reason), 3 a search could not finish (``explore`` and ``analyze``: a bound
+reached or a worker lost; nothing is reported), 4 nothing ran because every run was
+skipped (kselftest's ``KSFT_SKIP``), 130 stopped by Ctrl-C (one line says what was finished).
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ from collections.abc import Sequence
 
 from guestmem import __version__, progress
 from guestmem.errors import GuestmemError
+from guestmem.outfile import OutputError
+from guestmem.printable import printable
 from guestmem.spec import revisions
 
+#: Exit status of a search that could not finish.
+INCOMPLETE = 3
 #: Command modules under guestmem.cli, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = (
     "check",
@@ -29,6 +35,7 @@ COMMANDS: tuple[str, ...] = (
     "consume",
     "report",
     "bench",
+    "stress",
     "vm",
     "completion",
 )
@@ -81,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Model, run and check guest_memfd private/shared conversions "
         "(KVM_SET_MEMORY_ATTRIBUTES2) per platform and ABI revision.",
         epilog="example: guestmem check --platform all --abi seed\n\n"
-        "exit status: 0 every expectation held, 1 one failed, 2 bad input, 4 every run skipped,\n"
-        "130 stopped by Ctrl-C",
+        "exit status: 0 every expectation held, 1 one failed, 2 bad input, 3 a search could not\n"
+        "finish, 4 every run skipped, 130 stopped by Ctrl-C",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"guestmem {__version__}")
@@ -100,9 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
-    except UsageError as err:
-        print(f"guestmem: {err}", file=sys.stderr)
+    except (UsageError, OutputError) as err:  # one line, whatever the input held
+        print(f"guestmem: {printable(str(err))}", file=sys.stderr)
         return 2
+    except GuestmemError as err:
+        from guestmem.checker.explore import Incomplete
+
+        if not isinstance(err, Incomplete):
+            raise
+        print(f"guestmem: {args.command}: {err}", file=sys.stderr)
+        return INCOMPLETE
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:

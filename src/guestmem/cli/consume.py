@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from guestmem.cli import UsageError
 from guestmem.cli.run import add_timeout, timeout_of
+from guestmem.outfile import check_path, shown
 from guestmem.scenario import ScenarioError, fixture
 from guestmem.scenario import output as show
 from guestmem.scenario.runner import check_limits, open_backend
@@ -37,15 +39,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    directory = Path(args.dir)
+    check_path(args.dir)
     try:
-        if not directory.is_dir():
-            raise UsageError(f"{directory}: not a directory")
-        paths = sorted(directory.glob("*.json"))
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{args.dir!r}: cannot list: {err}") from None
+        with os.scandir(args.dir) as entries:  # an unreadable directory is an error, not empty
+            paths = sorted(Path(args.dir, e.name) for e in entries if e.name.endswith(".json"))
+    except NotADirectoryError:
+        raise UsageError(f"{shown(args.dir)}: not a directory") from None
+    except OSError as err:
+        raise UsageError(f"{shown(args.dir)}: cannot list the directory: {err.strerror or err}") from None
     if not paths:
-        raise UsageError(f"{directory}: no *.json fixtures")
+        raise UsageError(f"{shown(args.dir)}: no *.json fixtures")
     backend = open_backend(args.backend)
     try:
         loaded = [fixture.load(p) for p in paths]

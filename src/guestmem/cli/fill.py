@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
-from guestmem import schemas
+from guestmem import outfile, schemas
 from guestmem.cli import UsageError
-from guestmem.cli.run import add_timeout, check_selection, execute, load_all
-from guestmem.scenario import fixture, suite_files
+from guestmem.cli.run import add_timeout, check_selection, execute, load_all, planned
+from guestmem.printable import printable
+from guestmem.scenario import cost, fixture, suite_files
 from guestmem.scenario import output as show
+from guestmem.scenario.runner import RunResult, select_platforms
 from guestmem.spec import platforms, revisions
 
 EXAMPLE = """\
@@ -54,65 +54,53 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_selection(args)
-    out = Path(args.dir)
-    if "\0" in args.dir:
-        raise UsageError(f"{args.dir!r}: a path cannot contain a NUL byte")
-    try:
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"{out}: not a directory")
-    except OSError as err:
-        raise UsageError(f"{_clip(args.dir)}: {err.strerror or err}") from None
+    outfile.check_directory(args.dir)
     scenarios = load_all(args.files or [str(p) for p in suite_files()])
-    results = execute(scenarios, args, backend="model")
-    if not results:
+    if not any(select_platforms(s, args.platform) for s in scenarios):
         raise UsageError(f"no scenario runs on platform {args.platform!r}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"{out}: cannot create the directory: {err.strerror or err}") from None
-    written: list[str] = []
-    not_frozen: list[dict[str, str]] = []
-    used: set[str] = set()
-    for result in results:
-        if result.status != "pass":
-            not_frozen.append(
-                {"scenario": result.scenario.name, "platform": result.platform, "abi": result.abi}
-                | {"status": result.status}
-            )
-            if args.format == "text":
-                print(f"not frozen: {show.title(result)}: {result.status} on the model", file=sys.stderr)
-            continue
-        name = fixture.file_name(result)
+    names: dict[tuple[int, str, str], str] = {}  # every run's file, before anything runs
+    for scenario, platform, abi in planned(scenarios, args):
+        try:
+            cost.check_fixture(scenario, platform, abi)
+        except cost.CostError as err:
+            raise UsageError(str(err)) from None
+        name = fixture.file_name_of(scenario.name, platform, abi)
         stem, count = name.removesuffix(".json"), 1
-        while name in used:
+        while name in names.values():
             count += 1
             name = f"{stem}-{count}.json"
-        used.add(name)
-        text = json.dumps(fixture.freeze(result), indent=2) + "\n"
-        try:
-            _write(out, name, text)
-        except OSError as err:
-            raise UsageError(f"{out / name}: cannot write: {err.strerror or err}") from None
-        written.append(str(out / name))
+        names[id(scenario), platform, abi] = name
+    written: list[str] = []
+    not_frozen: list[dict[str, str]] = []
+    with outfile.Directory(args.dir, create=True) as out:
+        for name in names.values():  # a target it refuses is refused before anything runs
+            out.check(name)
+
+        def freeze(result: RunResult) -> None:
+            """Write the fixture of a passing run as soon as it ends (then the run is made compact)."""
+            if result.status != "pass":
+                not_frozen.append(
+                    {"scenario": result.scenario.name, "platform": result.platform, "abi": result.abi}
+                    | {"status": result.status}
+                )
+                if args.format == "text":
+                    print(f"not frozen: {show.title(result)}: {result.status} on the model", file=sys.stderr)
+                return
+            name = names[id(result.scenario), result.platform, result.abi]
+            text = json.dumps(fixture.freeze(result), indent=2) + "\n"
+            if len(text) > cost.MAX_FIXTURE:  # the estimate bounds it; never write what consume refuses
+                raise UsageError(
+                    f"{printable(result.scenario.file)}: the fixture of the run on {result.platform} "
+                    f"({result.abi}) is {len(text)} bytes, more than the {cost.MAX_FIXTURE >> 20} MiB "
+                    "a fixture may have"
+                )
+            written.append(out.write(name, text))
+
+        results = execute(scenarios, args, backend="model", each=freeze)
     code = show.exit_code(results)
     if args.format == "json":
-        body = {"dir": str(out), "written": written, "not_frozen": not_frozen, "exit_status": code}
+        body = {"dir": args.dir, "written": written, "not_frozen": not_frozen, "exit_status": code}
         schemas.dump("fill", body)
     else:
-        print(f"wrote {len(written)} fixtures to {out}")
+        print(f"wrote {len(written)} fixtures to {printable(args.dir)}")
     return code
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _write(directory: Path, name: str, text: str) -> None:
-    """Write ``directory/name``; ``name`` is one path component, and a symbolic link
-    planted there is not followed."""
-    if os.sep in name or name in (".", "..") or "\0" in name:
-        raise AssertionError(f"not a plain file name: {name!r}")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(directory / name, flags, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        stream.write(text)

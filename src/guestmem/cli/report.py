@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from guestmem import schemas
+from guestmem import outfile, schemas
 from guestmem.cli import UsageError
-from guestmem.cli.run import add_timeout, check_selection, execute, load_all, selected_revisions
+from guestmem.cli.run import add_timeout, check_selection, execute, load_all, planned, selected_revisions
+from guestmem.printable import printable
 from guestmem.report import html, matrix
+from guestmem.scenario import cost, suite_files
 from guestmem.scenario import output as show
-from guestmem.scenario import suite_files
+from guestmem.scenario.runner import OBSERVED_PAGES, OBSERVED_STEPS
 from guestmem.spec import platforms, revisions
 
 EXAMPLE = """\
@@ -49,35 +50,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_selection(args)
-    out = Path(args.out)
-    if "\0" in args.out:
-        raise UsageError(f"--out: {args.out!r}: a path cannot contain a NUL byte")
-    try:
-        if out.is_dir():
-            raise UsageError(f"--out: {out} is a directory")
-        if out.exists() and not out.is_file():
-            raise UsageError(f"--out: {out} is not a regular file")
-        if not out.parent.is_dir():
-            raise UsageError(f"--out: directory {out.parent} does not exist")
-    except OSError as err:
-        shown = args.out if len(args.out) <= 80 else args.out[:79] + "…"
-        raise UsageError(f"--out: {shown}: {err.strerror or err}") from None
+    outfile.check_file(args.out, "--out")  # before running: a path it cannot write is bad input
     scenarios = load_all(args.files or [str(p) for p in suite_files()])
+    size = cost.report_bound(planned(scenarios, args), OBSERVED_STEPS, OBSERVED_PAGES)
+    if size > cost.MAX_REPORT:
+        raise UsageError(
+            f"--out: the report of these {len(scenarios)} file(s) could take {size} bytes, more than "
+            f"its limit of {cost.MAX_REPORT >> 20} MiB (run fewer files, platforms or revisions at once)"
+        )
     results = execute(scenarios, args, backend="model", observe=True)
     if not results:
         raise UsageError(f"no scenario runs on platform {args.platform!r}")
     chosen = [a for a in selected_revisions(args) if a is not None] or [revisions.DEFAULT]
     matrices = {abi: matrix.compute(abi) for abi in chosen}
     revision = "each scenario's own" if args.abi is None else ", ".join(chosen)
-    try:
-        out.write_text(html.render(results, matrices, revision=revision), encoding="utf-8")
-    except OSError as err:
-        raise UsageError(f"--out: {out}: cannot write: {err.strerror or err}") from None
+    outfile.write_file(args.out, html.render(results, matrices, revision=revision), "--out")
     code = show.exit_code(results)
     if args.format == "json":
         counts = {s: sum(r.status == s for r in results) for s in ("pass", "fail", "skip")}
         body = {
-            "out": str(out),
+            "out": args.out,
             "runs": len(results),
             "passed": counts["pass"],
             "failed": counts["fail"],
@@ -87,5 +79,5 @@ def run(args: argparse.Namespace) -> int:
         }
         schemas.dump("report", body)
     else:
-        print(f"wrote {out} ({len(results)} runs)")
+        print(f"wrote {printable(args.out)} ({len(results)} runs)")
     return code

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from guestmem import progress
 from guestmem.cli import UsageError, chosen_revisions
 from guestmem.scenario import Scenario, ScenarioError, format
 from guestmem.scenario import output as show
-from guestmem.scenario.runner import TIMEOUT, RunResult, run_all
+from guestmem.scenario.runner import TIMEOUT, RunResult, run_all, select_platforms
 from guestmem.spec import platforms, revisions
 
 EXAMPLE = """\
@@ -49,25 +49,30 @@ def positive_seconds(text: str) -> float:
 TIMEOUT_VARIABLE = "GUESTMEM_TIMEOUT"
 
 
-def add_timeout(parser: argparse.ArgumentParser) -> None:
+def add_timeout(
+    parser: argparse.ArgumentParser,
+    what: str = "a scenario run (one platform)",
+    then: str = "report it timed out",
+    default: float = TIMEOUT,
+) -> None:
     parser.add_argument(
         "--timeout",
         type=seconds,
         default=argparse.SUPPRESS,
         metavar="SECONDS",
-        help=f"stop a scenario run (one platform) after this long and report it timed out "
-        f"(default ${TIMEOUT_VARIABLE} if set, else {TIMEOUT:g}; 0: no limit)",
+        help=f"stop {what} after this long and {then} "
+        f"(default ${TIMEOUT_VARIABLE} if set, else {default:g}; 0: no limit)",
     )
 
 
-def timeout_of(args: argparse.Namespace) -> float | None:
-    """``--timeout`` as given, else ``$GUESTMEM_TIMEOUT``, else :data:`TIMEOUT` seconds."""
+def timeout_of(args: argparse.Namespace, default: float = TIMEOUT) -> float | None:
+    """``--timeout`` as given, else ``$GUESTMEM_TIMEOUT``, else ``default`` seconds."""
     if hasattr(args, "timeout"):
         given: float | None = args.timeout
         return given
     text = os.environ.get(TIMEOUT_VARIABLE)
     if text is None:
-        return TIMEOUT
+        return default
     try:
         return seconds(text)
     except argparse.ArgumentTypeError as err:
@@ -122,16 +127,32 @@ def execute(
     backend: str | None = None,
     observe: bool = False,
     what: str | None = None,
+    each: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
-    """Every scenario on each selected platform, under each selected revision.
+    """Every scenario on each selected platform, under each selected revision; ``each``
+    sees every run whole before it is made compact.
 
     With ``what`` (the command's name), a progress line on a terminal (not for ``--format
     json``) counts the runs finished, and Ctrl-C names them."""
     abis = selected_revisions(args)
     if what is None:
-        return _execute(scenarios, args, abis, backend, observe, None)
+        return _execute(scenarios, args, abis, backend, observe, None, each)
     with progress.Status(what, enabled=args.format != "json") as status:
-        return _execute(scenarios, args, abis, backend, observe, status)
+        return _execute(scenarios, args, abis, backend, observe, status, each)
+
+
+def planned(scenarios: Sequence[Scenario], args: argparse.Namespace) -> list[tuple[Scenario, str, str]]:
+    """The runs :func:`execute` would make and run (scenario, platform, revision): a run
+    under a revision its file does not list makes none."""
+    out = []
+    for abi in selected_revisions(args):
+        for scenario in scenarios:
+            revision = abi or scenario.abi
+            if scenario.applies_to(revision):
+                out += [
+                    (scenario, platform, revision) for platform in select_platforms(scenario, args.platform)
+                ]
+    return out
 
 
 def _execute(
@@ -141,6 +162,7 @@ def _execute(
     backend: str | None,
     observe: bool,
     status: progress.Status | None,
+    each: Callable[[RunResult], None] | None,
 ) -> list[RunResult]:
     results: list[RunResult] = []
 
@@ -159,6 +181,7 @@ def _execute(
                 observe=observe,
                 timeout=timeout_of(args),
                 done=done,
+                each=each,
             )
             results += batch
             if status is not None:

@@ -8,6 +8,7 @@ import sys
 from guestmem import vmrun
 from guestmem.cli import UsageError
 from guestmem.cli.run import positive_seconds
+from guestmem.printable import printable
 
 EXAMPLE = f"""\
 examples:
@@ -48,7 +49,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--kernel",
         default=default,
         metavar="BZIMAGE",
-        help=f"the kernel to boot (default: $GUESTMEM_KERNEL or the v8 test kernel: {default})",
+        help="the kernel to boot (default: $GUESTMEM_KERNEL or the v8 test kernel"
+        + (f": {printable(default)})" if default is not None else ", none here)"),
     )
     parser.add_argument(
         "--timeout",

@@ -1,12 +1,15 @@
 """Long-term page pins through ``CONFIG_GUP_TEST`` (``/sys/kernel/debug/gup_test``), as the
 v8 ``elevated_refcount`` selftest takes them (docs/semantics.md §3 *Pins*): ``PIN_LONGTERM_TEST_START``
 pins ``[addr, addr+size)`` of this process, ``PIN_LONGTERM_TEST_STOP`` releases them.
-The test module holds one pinned range per open file.
+The test module holds one pinned range at a time for the whole system (a second
+``PIN_LONGTERM_TEST_START``, on any open file, is ``EINVAL`` until the first is stopped).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import os
 
 from guestmem.errors import IoctlError
@@ -59,6 +62,34 @@ class Pin:
             finally:
                 os.close(self.fd)
                 self.fd = -1
+
+
+class SpliceRef:
+    """References to ``[address, +size)`` held by a pipe that ``vmsplice(2)`` filled and
+    nobody reads (docs/semantics.md §3 *Pins*: such a page has an extra reference, and a
+    to-private conversion fails with ``EAGAIN`` on it); ``release()`` closes the pipe.
+    The pipe is grown to hold the whole range; a fault part-way leaves the rest out, so a
+    short splice raises ``EFAULT`` (after releasing what it took)."""
+
+    def __init__(self, address: int, size: int) -> None:
+        self.read_fd, self.fd = os.pipe2(os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self.fd, F_SETPIPE_SZ, max(size, 1 << 16))
+            done = syscalls.vmsplice(self.fd, address, size)
+            if done != size:
+                raise IoctlError(errno.EFAULT, "vmsplice")
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        for fd in (self.fd, self.read_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.read_fd = -1
+
+
+F_SETPIPE_SZ = 1031
 
 
 def named_ioctl(fd: int, request: int, arg: syscalls.Arg, name: str) -> int:

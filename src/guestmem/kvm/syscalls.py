@@ -50,6 +50,14 @@ _libc.fallocate.restype = ctypes.c_int
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 _MAP_FAILED: Final = ctypes.c_void_p(-1).value
 
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_libc.vmsplice.restype = ctypes.c_ssize_t
+_libc.vmsplice.argtypes = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_size_t, ctypes.c_uint]
+
 CLOCK_MONOTONIC: Final = 1  # the clock of time.monotonic()
 TIMER_ABSTIME: Final = 1
 SIGEV_THREAD_ID: Final = 4  # Linux: signal one thread, named by its kernel thread id
@@ -154,6 +162,16 @@ def madvise(address: int, length: int, advice: int) -> None:
     """``madvise(2)``; ``IoctlError(errno, "madvise")`` on failure."""
     if _libc.madvise(address, length, advice) != 0:
         raise _fail("madvise")
+
+
+def vmsplice(fd: int, address: int, length: int) -> int:
+    """``vmsplice(2)`` of ``[address, +length)`` into the pipe ``fd`` (no flags: the pipe
+    holds references to the pages until it is read or closed); returns the bytes spliced."""
+    iov = _Iovec(address, length)
+    done = _libc.vmsplice(fd, ctypes.byref(iov), 1, 0)
+    if done < 0:
+        raise _fail("vmsplice")
+    return int(done)
 
 
 def munmap(address: int, length: int) -> None:

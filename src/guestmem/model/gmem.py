@@ -14,14 +14,16 @@ import errno
 import hashlib
 import itertools
 import struct
+import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
-from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit, errno_of
+from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit, TimeLimit, errno_code, errno_of
 from guestmem.model.provenance import (
     FILL_PAGE,
     INIT_PAGE,
     KEYED,
+    LOST_PAGE,
     ZEROED_PAGE,
     Origin,
     Page,
@@ -230,6 +232,9 @@ class GuestMemfd:
         self.mappings: list[HostMapping] = []
         #: The memslot binding the file at ``gpa`` (docs/semantics.md §3 *Memslots*).
         self.memslot = True
+        #: ``time.monotonic()`` past which a call's per-page work stops with
+        #: :class:`~guestmem.errors.TimeLimit` (a scenario run's ``--timeout``); None: never.
+        self.deadline: float | None = None
         self.ino = next(_INODES)
 
     def __repr__(self) -> str:
@@ -424,6 +429,7 @@ class GuestMemfd:
         if self.attributes.first_not(lo, hi, 0) is not None:
             raise IoctlError(errno.EFAULT, "pin")
         for index in range(lo, hi):
+            self._on_time(index - lo)
             self.pages.setdefault(index, INIT_PAGE)
             self.pins[index] = self.pins.get(index, 0) + 1
 
@@ -453,6 +459,11 @@ class GuestMemfd:
         no longer memory, so guest accesses exit to the VMM as MMIO (§3 *Memslots*);
         contents and attributes stay with the file."""
         self.memslot = False
+
+    def restore_memslot(self) -> None:
+        """Bind the file at ``gpa`` again (``KVM_SET_USER_MEMORY_REGION2`` with its size):
+        guest accesses reach the same contents and attributes as before the deletion."""
+        self.memslot = True
 
     def guest_read(self, offset: int, size: int, access: str | None = None) -> bytes:
         """The guest reads through its memslot; ``access`` is ``private``, ``shared`` or
@@ -500,6 +511,45 @@ class GuestMemfd:
         if hi > self.npages:
             raise IoctlError(errno.EINVAL, "KVM_HC_MAP_GPA_RANGE")
         self.requests.set(lo, hi, REQUEST_FOR[Direction(to)])
+
+    # --- launch-time population (docs/semantics.md §3 *Populate*) ------------------------------
+    def populate(self, offset: int, size: int, source: bytes | None = None) -> None:
+        """The platform's launch ioctl that puts the initial payload into private memory
+        (TDX ``KVM_TDX_INIT_MEM_REGION``, SNP ``KVM_SEV_SNP_LAUNCH_UPDATE``).
+
+        With ``source`` (the VMM's separate buffer, zero-filled to ``size``) the trusted
+        side copies it into each page; without one it takes each page's own contents, which
+        needs the revision to allow it and in-place conversion to be on. Checked in this
+        order, all before anything changes: no such ioctl on the platform → ``ENOTTY``; the
+        VM is running → ``EINVAL``; an empty, unaligned or out-of-file range → ``EINVAL``;
+        no source where one is needed → the platform's answer (TDX ``EOPNOTSUPP``, SNP
+        ``EINVAL``); a page of the range is shared → ``EINVAL``. The bytes become the
+        measured payload.
+        """
+        vm = self.vm
+        platform = vm.platform
+        call = platform.populate or "populate"
+        if not platform.populate:
+            raise IoctlError(errno.ENOTTY, call)
+        if vm.phase is Phase.RUNNING:
+            raise IoctlError(errno.EINVAL, call)
+        if offset < 0 or size <= 0 or offset % PAGE_SIZE or size % PAGE_SIZE or offset + size > self.size:
+            raise IoctlError(errno.EINVAL, call)
+        if source is None and not (vm.revision.populate_in_place and vm.in_place_conversion):
+            raise IoctlError(errno_code(platform.populate_no_source), call)
+        lo, hi = offset >> PAGE_SHIFT, (offset + size) >> PAGE_SHIFT
+        if self.attributes.first_not(lo, hi, KVM_MEMORY_ATTRIBUTE_PRIVATE) is not None:
+            raise IoctlError(errno.EINVAL, call)
+        pages = self.pages
+        if source is not None:
+            buffer = source[:size].ljust(size, b"\0")
+            for index in range(lo, hi):
+                start = (index - lo) << PAGE_SHIFT
+                pages[index] = (buffer[start : start + PAGE_SIZE], ((0, PAGE_SIZE, Origin.PAYLOAD),))
+            return
+        for index in range(lo, hi):
+            data, runs = pages.get(index, INIT_PAGE)
+            pages[index] = (data, relabel(runs, Origin.HOST, Origin.PAYLOAD))
 
     # --- the conversion ioctl --------------------------------------------------------------------
     def convert(self, offset: int, size: int, to: Direction | str, flags: int = 0, **fields: int) -> None:
@@ -588,14 +638,38 @@ class GuestMemfd:
         assert effect is not None
         consented = self._consented(lo, hi, wanted)
         indices = self.allocated(lo, hi)
+        lost = self._lost(indices) if to_private and not unchanged else []
         if not revision.applied_by_kvm(platform, direction, policy):
             # a native effect comes from the conversion: pages already there keep theirs
             indices = [i for i in indices if self.attributes[i] != attributes]
         self.attributes.set(lo, hi, attributes)
         self._apply(effect, direction, indices, consented)
+        self.pages.update(dict.fromkeys(lost, LOST_PAGE))
         for start, end, value in list(self.requests.runs(lo, hi)):
             if value == wanted:
                 self.requests.set(start, end, NO_REQUEST)
+
+    def _on_time(self, count: int) -> None:
+        """Every 64 pages of a call's work: stop with :class:`TimeLimit` past the deadline."""
+        if self.deadline is not None and not count & 63 and time.monotonic() > self.deadline:
+            raise TimeLimit("a step stopped at its run's time limit")
+
+    def _lost(self, indices: Iterable[int]) -> list[int]:
+        """Pages of a to-private conversion that changes state which were private already and
+        leave the guest with what they held (docs/semantics.md §3 *Mixed ranges*): the
+        revision unmaps them from the guest too, and on this platform that removes them
+        from the confidential VM. Only a running guest has them mapped (a model
+        assumption, §8). A page that held only zeros reads the same zeros once the guest
+        accepts it again, so only pages with other bytes count as lost."""
+        vm = self.vm
+        if not (
+            vm.revision.unmaps_private_on_to_private
+            and vm.platform.unmap_loses_private
+            and vm.phase is Phase.RUNNING
+        ):
+            return []
+        pages, attributes = self.pages, self.attributes
+        return [i for i in indices if attributes[i] & KVM_MEMORY_ATTRIBUTE_PRIVATE and any(pages[i][0])]
 
     def _fail(self, view: memoryview, code: int, error_offset: int) -> None:
         """Write ``error_offset`` back, then fail; an unwritable argument gives ``EFAULT``."""
@@ -604,19 +678,19 @@ class GuestMemfd:
         struct.pack_into("<Q", view, 32, error_offset)
         raise IoctlError(code, IOCTL, error_offset)
 
-    def _consented(self, lo: int, hi: int, wanted: int) -> set[int] | None:
-        """Pages in the range whose conversion the guest asked for (None: all of them)."""
+    def _consented(self, lo: int, hi: int, wanted: int) -> RangeMap | None:
+        """Which pages of the range the guest asked to convert, as runs (1: asked; it
+        costs what the requests' runs cost, never what the range's size does); None: all."""
         if self.requests.first_not(lo, hi, wanted) is None:
             return None
-        return {
-            p
-            for start, end, value in self.requests.runs(lo, hi)
-            if value == wanted
-            for p in range(start, end)
-        }
+        asked = RangeMap(hi, 0)
+        for start, end, value in self.requests.runs(lo, hi):
+            if value == wanted:
+                asked.set(start, end, 1)
+        return asked
 
     def _apply(
-        self, effect: Effect, direction: Direction, indices: Iterable[int], consented: set[int] | None
+        self, effect: Effect, direction: Direction, indices: Iterable[int], consented: RangeMap | None
     ) -> None:
         pages = self.pages
         if effect is Effect.ZEROS:
@@ -629,11 +703,12 @@ class GuestMemfd:
             origin = KEYED[effect]
             domain = keyed_domain(origin, direction)
             key = self.vm.key
-            for index in indices:
+            for count, index in enumerate(indices):
+                self._on_time(count)
                 data = keyed_bytes(key, domain, index << PAGE_SHIFT, pages[index][0])
                 pages[index] = (data, ((0, PAGE_SIZE, origin),))
 
-    def _carry(self, direction: Direction, indices: Iterable[int], consented: set[int] | None) -> None:
+    def _carry(self, direction: Direction, indices: Iterable[int], consented: RangeMap | None) -> None:
         """Preserved contents change hands: record whether the guest asked (provenance)."""
         pages = self.pages
         if direction is Direction.TO_SHARED:
@@ -643,7 +718,8 @@ class GuestMemfd:
             vm = self.vm
             measured = vm.platform.launch and vm.phase is Phase.PRE_LAUNCH
             new = Origin.PAYLOAD if measured else Origin.ACCEPTED
-        for index in indices:
-            if consented is None or index in consented or new is Origin.PAYLOAD:
+        for count, index in enumerate(indices):
+            self._on_time(count)
+            if consented is None or consented[index] or new is Origin.PAYLOAD:
                 data, runs = pages[index]
                 pages[index] = (data, relabel(runs, old, new))

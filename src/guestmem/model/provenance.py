@@ -30,6 +30,7 @@ class Origin(enum.IntEnum):
     CIPHERTEXT = 9  # host view of memory under the VM key
     GARBAGE = 10  # guest view of host plaintext through the VM key
     RANDOM = 11  # rfc-v5 scramble
+    LOST = 12  # guest-private bytes gone with a page a conversion unmapped without converting it
 
     @property
     def label(self) -> str:
@@ -62,6 +63,9 @@ ZERO_BYTES = bytes(PAGE_SIZE)
 INIT_PAGE: Page = (ZERO_BYTES, ((0, PAGE_SIZE, Origin.INIT_ZERO),))
 ZEROED_PAGE: Page = (ZERO_BYTES, ((0, PAGE_SIZE, Origin.ZEROED),))
 FILL_PAGE: Page = (b"\xab" * PAGE_SIZE, ((0, PAGE_SIZE, Origin.FILL),))
+#: A private page removed from the confidential VM and handed back zeroed
+#: (docs/semantics.md §3 *Mixed ranges*).
+LOST_PAGE: Page = (ZERO_BYTES, ((0, PAGE_SIZE, Origin.LOST),))
 
 
 def paint(runs: Runs, lo: int, hi: int, origin: Origin) -> Runs:

@@ -21,6 +21,7 @@ from guestmem.ops.operations import (
     Launch,
     Operation,
     Pin,
+    Populate,
     PunchHole,
     Unpin,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "Launch",
     "Operation",
     "Pin",
+    "Populate",
     "PunchHole",
     "Unpin",
     "expectation",

@@ -368,6 +368,35 @@ class Launch(Operation):
 
 
 @dataclass(frozen=True)
+class Populate(Operation):
+    """The launch ioctl that puts the initial payload into private memory
+    (``KVM_TDX_INIT_MEM_REGION``, ``KVM_SEV_SNP_LAUNCH_UPDATE``): from ``data`` or, with
+    none, from the guest_memfd pages themselves (docs/semantics.md §3 *Populate*)."""
+
+    offset: int = 0
+    size: int = 0
+    data: bytes | None = None
+    name: ClassVar[str] = "populate"
+    FIELDS: ClassVar[tuple[str, ...]] = ("offset", "size", "data", "repeat")
+    REQUIRED: ClassVar[tuple[str, ...]] = ("offset", "size")
+
+    def bind(self, machine: Machine) -> Callable[[], Outcome]:
+        offset, size, data = self.offset, self.size, self.data
+        return lambda: machine.populate(offset, size, data)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return self.offset, self.size
+
+    def fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": self.name, "offset": self.offset, "size": self.size}
+        return out | ({} if self.data is None else _data_fields(self.data))
+
+    def label(self) -> str:
+        return super().label() + (" in place" if self.data is None else " from a source")
+
+
+@dataclass(frozen=True)
 class DeleteMemslot(Operation):
     """The memslot binding the guest_memfd is deleted (docs/semantics.md §3 *Memslots*)."""
 
@@ -420,6 +449,7 @@ OPERATIONS: dict[str, type[Operation]] = {
         Pin,
         Unpin,
         Launch,
+        Populate,
         DeleteMemslot,
         GuestRequest,
     )

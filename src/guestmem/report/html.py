@@ -20,10 +20,11 @@ from datetime import UTC, datetime
 
 from guestmem import __version__
 from guestmem.backend.base import PageView
+from guestmem.printable import printable
 from guestmem.report.matrix import KINDS, NOTES, PHASES, POLICIES, general_notes
 from guestmem.scenario.expect import describe
 from guestmem.scenario.format import Step
-from guestmem.scenario.runner import RunResult, StepResult
+from guestmem.scenario.runner import OBSERVED_PAGES, OBSERVED_STEPS, RunResult, StepResult
 from guestmem.spec import platforms as known_platforms
 from guestmem.spec.terms import Direction
 from guestmem.uapi.kvm import PAGE_SIZE
@@ -45,6 +46,7 @@ class Seen:
 #: readers; each text colour has a contrast ratio of at least 4.5 against its background.
 SEEN: dict[str, Seen] = {
     "disclosed": Seen("disclosed", "guest data, disclosed at the guest's request", "#f57c00", "#000000"),
+    "lost": Seen("lost", "guest data lost to a conversion of other pages (zeros)", "#b71c1c", "#ffffff"),
     "ciphertext": Seen("cipher", "ciphertext (under the VM's key)", "#4a148c", "#ffffff"),
     "garbage": Seen("garbage", "garbage (plaintext read through the VM's key)", "#ce93d8", "#000000"),
     "random": Seen("random", "random bytes (rfc-v5 scramble)", "#5d4037", "#ffffff"),
@@ -59,7 +61,9 @@ SEEN: dict[str, Seen] = {
 }
 UNALLOCATED = Seen("unalloc", "zeros (not allocated)", "#ffffff", "#333333")
 UNKNOWN = Seen("?", "unknown provenance", "#ffffff", "#b00020")
-MAX_PAGES = 16
+#: Pages across and steps down a memory map shows (what a run observes).
+MAX_PAGES = OBSERVED_PAGES
+MAX_STEPS = OBSERVED_STEPS
 #: Scenarios whose maps are open in the report: the review's worked examples.
 OPEN_PREFIX = "review_"
 
@@ -146,8 +150,9 @@ details.run > summary { cursor: pointer; font-weight: 600; padding: 0.15em 0; }
 
 
 def e(value: object) -> str:
-    """Escape any value for HTML text or a quoted attribute."""
-    return html.escape(str(value), quote=True)
+    """Escape any value for HTML text or a quoted attribute (and bidirectional controls and
+    line separators, shown as ``\\uXXXX``: a name must not turn the page's text around)."""
+    return html.escape(printable(str(value), controls=False), quote=True)
 
 
 def seen(view: PageView) -> Seen:
@@ -204,7 +209,7 @@ def memory_map(result: RunResult) -> str:
         + "".join(_page_cell(p, v, False) for p, v in enumerate(result.initial[:npages]))
         + "</tr>"
     ]
-    for s in result.steps:
+    for s in result.steps[:MAX_STEPS]:
         verdict = {True: ("ok", "ok"), False: ("FAIL", "bad"), None: ("skipped", "skipped")}[s.passed]
         saw = "not run" if s.outcome is None else describe(s.outcome, 8)
         failed = " failed" if s.passed is False else ""
@@ -218,8 +223,12 @@ def memory_map(result: RunResult) -> str:
         else:
             cells = "".join(_page_cell(p, v, p in hit) for p, v in enumerate(s.pages[:npages]))
         rows.append(f"<tr>{label}{cells}</tr>")
-    more = len(result.initial) - npages
-    note = f"<p class='map-note'>first {npages} of {len(result.initial)} pages shown</p>" if more > 0 else ""
+    shown = []
+    if len(result.initial) > npages:
+        shown.append(f"first {npages} of {len(result.initial)} pages shown")
+    if len(result.steps) > MAX_STEPS:
+        shown.append(f"first {MAX_STEPS} of {len(result.steps)} steps shown")
+    note = f"<p class='map-note'>{'; '.join(shown)}</p>" if shown else ""
     caption = f"{e(result.scenario.name)} on {e(result.platform)} ({e(result.abi)}): memory map"
     return (
         f"<div class='scroll'><table class='map' aria-label='{caption}'><thead><tr><th class='step'>step</th>"

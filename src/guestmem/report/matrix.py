@@ -19,9 +19,9 @@ How a cell is set up where the model needs help, each kept visible as a note:
   the pattern enters private memory as a pre-launch S→P payload; ``unwritten`` when no
   conversion of the revision carries it (the page is then private from creation, never
   written).
-- ``v8-populate``: ``v8`` has no content flags; a pre-launch to-private conversion that
-  keeps its bytes does so by the model assumption in :mod:`guestmem.spec.revisions.v8`
-  (the in-place populate of v8 22/46 and 23/46).
+- ``v8-populate``: ``v8`` and ``v13`` have no content flags; a pre-launch to-private
+  conversion that keeps its bytes does so by the model assumption in
+  :mod:`guestmem.spec.revisions.v8` (the in-place populate of v8 22/46 and 23/46).
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ NOTES: dict[str, tuple[str, str]] = {
     ),
     "v8-populate": (
         "v",
-        "v8 has no content flags; the bytes survive by the model assumption that a pre-launch "
-        "to-private conversion feeds the in-place populate (v8 22/46, 23/46)",
+        "v8 and v13 have no content flags; the bytes survive by the model assumption that a "
+        "pre-launch to-private conversion feeds the in-place populate (v8 22/46, 23/46)",
     ),
 }
 
@@ -109,7 +109,7 @@ NOTES: dict[str, tuple[str, str]] = {
 GENERAL = (
     "`none` asks for no guarantee: its cells show the platform's native effect (docs/semantics.md §2 "
     "'native: X'). `default` is flags = 0: ZERO under seed and iteration2, 'unspecified' under "
-    "rfc-v5, the only legal value under v8.",
+    "rfc-v5, the only legal value under v8 and v13.",
     "ciphertext and garbage are the model's deterministic per-VM-key bytes (never the plaintext, "
     "never all zero); random stands for rfc-v5's get_random_bytes() scramble, also keyed and "
     "deterministic in the model.",
@@ -125,6 +125,8 @@ REVISION_NOTES: dict[str, str] = {
     "(docs/semantics.md §1).",
     "v8": "`zero`, `preserve` and `none` pass seed's flag values, which v8 refuses: flags must be 0 "
     "(docs/semantics.md §1).",
+    "v13": "`zero`, `preserve` and `none` pass seed's flag values, which v13 refuses: flags must be 0 "
+    "(docs/semantics.md §1). The cells are v8's; what changed is in docs/semantics.md §1a.",
 }
 
 _PRESERVED_ORIGINS = frozenset({"host", "guest_private", "guest_shared", "disclosed", "payload", "accepted"})
@@ -253,12 +255,15 @@ def cell(platform: str, abi: str, direction: Direction, policy: Policy, phase: P
         probe.notes.insert(0, "consent")
     if result.startswith("E"):  # the call failed: how the page was prepared does not matter
         probe.notes = [n for n in probe.notes if n == "consent"]
+    revision = revisions.get(abi)
+    decoded = revision.decode(revision.encode(policy))
     if (
-        abi == "v8"
+        decoded is not None
+        and not revision.guaranteed(platforms.get(platform), direction, decoded)
         and direction is Direction.TO_PRIVATE
         and phase is Phase.PRE_LAUNCH
         and result == "preserved"
-        and platforms.get(platform).launch
+        and platforms.get(platform).payload_in_place
     ):
         probe.notes.append("v8-populate")
     return {

@@ -11,6 +11,7 @@ kind the exit reports, docs/semantics.md §9), ``HYPERCALL``, or ``MMIO`` (optio
 from __future__ import annotations
 
 import errno as _errno
+import signal
 from dataclasses import dataclass
 
 from guestmem.backend.base import Outcome
@@ -19,6 +20,8 @@ from guestmem.uapi.kvm import KVM_MEMORY_EXIT_FLAG_PRIVATE
 
 #: ``error_offset = "none"``: the call must not write ``error_offset`` back (docs/semantics.md §4).
 NOT_WRITTEN = -1
+#: The signal names an outcome can carry.
+_SIGNALS = frozenset(s.name for s in signal.Signals)  # canonical names, as outcomes give them
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,14 @@ def parse(text: str, error_offset: int | None = None) -> Expect:
     if text.startswith("not:"):
         return Expect("not", text, data=_hex(text[4:], text))
     if text.startswith("SIG"):
-        if not text[3:].isalpha() or not text[3:].isupper():
-            raise ValueError(f"{text!r} is not a signal name")
+        if text not in _SIGNALS:  # an outcome names a real signal: another could never match
+            raise ValueError(f"{text!r} is not a signal name (a host access faults with SIGBUS)")
         return Expect("signal", text, name=text)
     if text.startswith("E") and "@" in text:
         name, _, where = text.partition("@")
         try:
+            if not where.isascii():
+                raise ValueError(where)
             offset = NOT_WRITTEN if where == "none" else int(where, 0)
         except ValueError:
             raise ValueError(
@@ -189,6 +194,11 @@ def describe(outcome: Outcome, limit: int = 16) -> str:
         return f"{reason} exit"
     if outcome.data is None:
         return "ok"
+    if outcome.data_size is not None:  # summarised after its run
+        if outcome.data_fill is not None:
+            byte = "zeros" if outcome.data_fill == 0 else f"{outcome.data_fill:02x}"
+            return f"{byte} x{outcome.data_size}"
+        return f"{outcome.data[:limit].hex()}... ({outcome.data_size} bytes)"
     return summarize(outcome.data, limit)
 
 

@@ -25,7 +25,7 @@ from guestmem.model.provenance import KEYED_LABELS
 from guestmem.ops import expectation
 from guestmem.scenario.expect import NOT_WRITTEN, Expect, matches
 from guestmem.scenario.format import Scenario, ScenarioError, from_dict
-from guestmem.scenario.runner import RunResult, StepResult
+from guestmem.scenario.runner import RunResult, StepResult, outcome_json, summarised
 
 VERSION = 1
 #: The fields of a fixture document.
@@ -80,7 +80,10 @@ def freeze(result: RunResult) -> dict[str, Any]:
             "platform": result.platform,
             "revision": result.abi,
             "document": document,
-            "model": [None if s.outcome is None else s.outcome.to_json() for s in result.steps],
+            # for reference: a read longer than a few bytes kept as its head, length and hash
+            "model": [
+                None if s.outcome is None else outcome_json(summarised(s.outcome)) for s in result.steps
+            ],
         },
     )
 
@@ -90,12 +93,16 @@ def file_name(result: RunResult) -> str:
     name: only letters, digits and ``_.+-`` (any other run becomes ``_``), no leading dot,
     at most :data:`NAME_CHARS` characters. A name that had to change also gets a short hash
     of the original, so different names stay different files."""
-    name = result.scenario.name
+    return file_name_of(result.scenario.name, result.platform, result.abi)
+
+
+def file_name_of(name: str, platform: str, abi: str) -> str:
+    """:func:`file_name` of a run of the scenario ``name`` on ``platform`` under ``abi``."""
     safe = _UNSAFE.sub("_", name).lstrip(".") or "_"
     if safe != name or len(safe) > NAME_CHARS:
         digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
         safe = f"{safe[: NAME_CHARS - 9]}-{digest}"
-    return f"{safe}.{result.platform}.{result.abi}.json"
+    return f"{safe}.{platform}.{abi}.json"
 
 
 def load(path: str | Path) -> tuple[Scenario, str]:
@@ -105,7 +112,7 @@ def load(path: str | Path) -> tuple[Scenario, str]:
         doc = inputs.load_json(path, inputs.MAX_FIXTURE_BYTES)
     except inputs.InputError as err:
         raise ScenarioError(str(err)) from None
-    if not isinstance(doc, Mapping) or doc.get("fixture") != VERSION or doc.get("fixture") is True:
+    if not isinstance(doc, Mapping) or type(doc.get("fixture")) is not int or doc["fixture"] != VERSION:
         raise ScenarioError(f"{where}: field 'fixture': not a guestmem fixture (version {VERSION})")
     for key in doc:
         if key not in FIELDS:
@@ -119,7 +126,40 @@ def load(path: str | Path) -> tuple[Scenario, str]:
             raise ScenarioError(f"{where}: field {key!r}: required in a fixture")
         if key != "document" and not isinstance(doc[key], str):
             raise ScenarioError(f"{where}: field {key!r}: must be a string, not {doc[key]!r:.60}")
+    for key in ("scenario", "file"):
+        if key in doc and not isinstance(doc[key], str):
+            raise ScenarioError(f"{where}: field {key!r}: must be a string, not {doc[key]!r:.60}")
     scenario = from_dict(doc["document"], where)
-    if scenario.platforms != (doc["platform"],) or scenario.abi != doc["revision"]:
+    if scenario.platforms != (doc["platform"],):
         raise ScenarioError(f"{where}: field 'platform': does not match the fixture's document")
+    if scenario.abi != doc["revision"]:
+        raise ScenarioError(f"{where}: field 'revision': does not match the fixture's document")
+    if "scenario" in doc and doc["scenario"] != scenario.name:
+        raise ScenarioError(f"{where}: field 'scenario': {doc['scenario']!r:.60} is not the document's name")
+    if "model" in doc:
+        _check_model(doc["model"], len(scenario.steps), where)
     return scenario, doc["platform"]
+
+
+#: The keys of one outcome in a fixture's ``model`` (``outcome_json``): always, and for a
+#: long read.
+OUTCOME_KEYS = frozenset({"errno", "error_offset", "signal", "data", "exit"})
+LONG_READ_KEYS = frozenset({"data_size", "data_sha256"})
+
+
+def _check_model(model: Any, steps: int, where: str) -> None:
+    """``model``: one outcome (or null, for a step that did not run) per step."""
+    if not isinstance(model, list) or len(model) != steps:
+        shown = f"a list of {len(model)}" if isinstance(model, list) else type(model).__name__
+        raise ScenarioError(
+            f"{where}: field 'model': must be a list of {steps} outcomes, one per step, not {shown}"
+        )
+    for number, outcome in enumerate(model, start=1):
+        if outcome is None:
+            continue
+        if (
+            not isinstance(outcome, Mapping)
+            or not OUTCOME_KEYS <= set(outcome) <= OUTCOME_KEYS | LONG_READ_KEYS
+        ):
+            keys = ", ".join(sorted(OUTCOME_KEYS))
+            raise ScenarioError(f"{where}: field 'model': step {number}: not an outcome (keys {keys})")

@@ -18,7 +18,7 @@ from typing import Any
 from guestmem import inputs
 from guestmem.backend.base import MAX_PAGES
 from guestmem.ops import OPERATIONS, Operation
-from guestmem.scenario import params
+from guestmem.scenario import cost, params
 from guestmem.scenario.expect import NOT_WRITTEN, Expect, parse
 from guestmem.spec import platforms, revisions
 from guestmem.spec.terms import Direction, Policy
@@ -35,6 +35,8 @@ TOP_LEVEL = ("name", "about", "platforms", "abi", "pages", "init", "params", "st
 MAX_STEPS = 10_000
 #: Bytes one host or guest read or write may move.
 MAX_ACCESS = 1 << 20
+#: Longest scenario name (it heads every output line and names fixture files).
+MAX_NAME_CHARS = 1000
 _SIZE = re.compile(r"^(\d+)([KMG])$")
 
 
@@ -170,6 +172,8 @@ def from_dict(doc: Mapping[str, Any], where: str) -> Scenario:
     name = doc.get("name")
     if not isinstance(name, str) or not name.strip():
         raise top("name", "required, a non-empty string")
+    if len(name) > MAX_NAME_CHARS:
+        raise top("name", f"{len(name)} characters is more than the limit of {MAX_NAME_CHARS}")
     control = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
     if control is not None:
         raise top("name", f"control character {control!r} in {_clip(name)!r}")
@@ -200,8 +204,15 @@ def from_dict(doc: Mapping[str, Any], where: str) -> Scenario:
     if len(raw_steps) > MAX_STEPS:
         raise top("step", f"{len(raw_steps)} steps is more than the limit of {MAX_STEPS}")
     ordered = tuple(p for p in platforms.PLATFORMS if p in plats)
-    steps = tuple(_step(raw, n, where, applies, pages, ordered) for n, raw in enumerate(raw_steps, start=1))
-    return Scenario(name, about, ordered, abi, pages, init, steps, where, raw=doc, revisions=applies)
+    budget = cost.Budget(where)  # a run's totals, checked as each step is read
+    steps = []
+    for n, raw in enumerate(raw_steps, start=1):
+        steps.append(_step(raw, n, where, applies, pages, ordered))
+        try:
+            budget.add(steps[-1])
+        except cost.CostError as err:
+            raise ScenarioError(str(err)) from None
+    return Scenario(name, about, ordered, abi, pages, init, tuple(steps), where, raw=doc, revisions=applies)
 
 
 def _revisions(doc: Mapping[str, Any], top: Any) -> tuple[str, ...]:
@@ -225,7 +236,7 @@ def _clip(text: str, limit: int = 60) -> str:
 
 
 def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", str: "a string", list: "a list", float: "a number"}.get(
+    return {bool: "a boolean", int: "an integer", str: "a string", list: "a list", float: "a float"}.get(
         type(value), "a table" if isinstance(value, Mapping) else type(value).__name__
     )
 
@@ -278,7 +289,7 @@ def _step(raw: Any, n: int, where: str, applies: Sequence[str], pages: int, plat
     elif "repeat" in raw:
         raise bad("repeat", "needs 'data'")
     if "mapping" in raw:
-        if raw["mapping"] not in (0, 1) or isinstance(raw["mapping"], bool):
+        if type(raw["mapping"]) is not int or raw["mapping"] not in (0, 1):
             raise bad(
                 "mapping", f"must be 0 (the VMM's mapping) or 1 (a second process's), not {raw['mapping']!r}"
             )
@@ -291,6 +302,8 @@ def _step(raw: Any, n: int, where: str, applies: Sequence[str], pages: int, plat
         if raw["to"] not in ("private", "shared"):
             raise bad("to", f"must be 'private' or 'shared', not {raw['to']!r}")
         fields["to"] = Direction(f"to_{raw['to']}")
+    if op == "populate" and "data" in fields and len(fields["data"]) > fields["size"]:
+        raise bad("data", f"{len(fields['data'])} bytes of source do not fit in size {fields['size']:#x}")
     if op in ("host_read", "guest_read") and fields["size"] > MAX_ACCESS:
         raise bad("size", f"{fields['size']} is more than the {MAX_ACCESS}-byte limit of one access")
     if op.startswith("guest_") and op != "guest_request":
@@ -408,12 +421,12 @@ def _expect(
 def parse_number(value: Any) -> int:
     """An offset or size: an integer, ``"0x1000"``, ``"4K"``/``"2M"``/``"1G"``, or
     ``"page:N"`` (N pages of 4096 bytes). Must fit in a u64."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, not {_kind(value)}")
-    if isinstance(value, int):
+    if type(value) is int:
         number = value
     elif isinstance(value, str):
         text = value.strip()
+        if not text.isascii():  # int() would also read other scripts' digits ("٣")
+            raise ValueError(f"bad number {value!r} (use ASCII digits: 4096, '0x1000', '4K' or 'page:1')")
         match = _SIZE.match(text)
         try:
             if text.startswith("page:"):
@@ -425,7 +438,8 @@ def parse_number(value: Any) -> int:
         except ValueError:
             raise ValueError(f"bad number {value!r} (use 4096, '0x1000', '4K' or 'page:1')") from None
     else:
-        raise ValueError(f"must be a number, not {_kind(value)}")
+        shown = f" ({value!r:.40})" if isinstance(value, float) else ""
+        raise ValueError(f"must be an integer or a string such as '4K', not {_kind(value)}{shown}")
     if not 0 <= number < _U64:
         raise ValueError(f"{value!r} does not fit in a u64")
     return number

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from guestmem import schemas, terminal
+from guestmem.printable import printable
 from guestmem.scenario.expect import describe
 from guestmem.scenario.runner import RunResult, StepResult
 from guestmem.spec import platforms
@@ -41,7 +42,8 @@ _COUNTS = {"pass": "passed", "fail": "failed", "skip": "skipped", "n/a": "not ap
 
 
 def title(result: RunResult) -> str:
-    return f"{result.scenario.name} [{result.platform}]"
+    """``name [platform]``, the name's line-changing characters escaped (:mod:`guestmem.printable`)."""
+    return f"{printable(result.scenario.name)} [{result.platform}]"
 
 
 def step_verdict(step: StepResult) -> str:
@@ -57,13 +59,17 @@ def saw(step: StepResult) -> str:
 
 def to_json(results: Sequence[RunResult]) -> dict[str, Any]:
     """A ``guestmem.results/1`` document (schemas/results.schema.json)."""
+    return {**_head(results), "runs": [r.to_json() for r in results]}
+
+
+def _head(results: Sequence[RunResult]) -> dict[str, Any]:
+    """The results document without its runs."""
     return schemas.document(
         "results",
         {
             "passed": all(r.passed for r in results),
             "exit_status": exit_code(results),
             "summary": summary(results),
-            "runs": [r.to_json() for r in results],
         },
     )
 
@@ -183,8 +189,8 @@ def junit(results: Sequence[RunResult]) -> ET.Element:
             suite,
             "testcase",
             classname=f"guestmem.{r.platform}",
-            name=f"{r.scenario.name} [{r.abi}]",
-            file=r.scenario.file,
+            name=f"{printable(r.scenario.name)} [{r.abi}]",
+            file=printable(r.scenario.file),
         )
         if r.error:
             ET.SubElement(case, "error", message=r.error, type="backend").text = r.error
@@ -195,7 +201,9 @@ def junit(results: Sequence[RunResult]) -> ET.Element:
             ET.SubElement(case, "skipped", message=r.skipped or "")
         elif r.status == "n/a":
             ET.SubElement(case, "skipped", message=f"not applicable to {r.abi}: {r.not_applicable}")
-        ET.SubElement(case, "system-out").text = f"backend={r.backend} abi={r.abi} file={r.scenario.file}"
+        ET.SubElement(
+            case, "system-out"
+        ).text = f"backend={r.backend} abi={r.abi} file={printable(r.scenario.file)}"
     for element in (root, *suites.values()):
         cases = element.iter("testcase")
         counted = list(cases)
@@ -224,8 +232,8 @@ def _expected(step: StepResult) -> str:
 def print_results(results: Sequence[RunResult], fmt: str, *, per_step: bool = False) -> int:
     """Results in ``fmt``; text is a line per case and a per-platform summary (``check``,
     ``consume``) or, with ``per_step``, every step of every run (``run``). The exit status."""
-    if fmt == "json":
-        schemas.write(to_json(results))
+    if fmt == "json":  # as to_json(results), one run at a time
+        schemas.write_list(_head(results), "runs", (r.to_json() for r in results))
     elif fmt == "tap":
         print_tap(results, totals=True)
     elif fmt == "junit":

@@ -10,6 +10,7 @@ list makes the run *not applicable*: nothing runs, and it is neither a pass nor 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guestmem import backend as backends
-from guestmem.backend.base import MAX_PAGES, Backend, Machine, Outcome, PageViews, Unavailable
-from guestmem.errors import IoctlError
+from guestmem.backend.base import MAX_PAGES, Backend, Machine, Outcome, PageView, PageViews, Unavailable
+from guestmem.errors import IoctlError, TimeLimit
 from guestmem.scenario.expect import Expect, matches
 from guestmem.scenario.format import Scenario, ScenarioError, Step
 from guestmem.uapi.kvm import (
@@ -28,6 +29,13 @@ from guestmem.uapi.kvm import (
 
 #: Default ``--timeout``: seconds one scenario run may take on one platform.
 TIMEOUT = 60.0
+#: What a run observes for the report's memory maps (model backend): the first pages of
+#: the file after each of the first steps.
+OBSERVED_PAGES = 16
+OBSERVED_STEPS = 500
+#: Bytes of short reads (a page or less) a run keeps whole after it ends; the rest is
+#: summarised as a long read is (:meth:`RunResult.compact`).
+KEPT = 4 << 20
 
 
 @dataclass
@@ -63,11 +71,32 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
     small (a selftest reads megabytes) and two reads can still be compared."""
     out = outcome.to_json()
     data = outcome.data
-    if data is not None and len(data) > JSON_DATA_LIMIT:
+    if outcome.data_size is not None:  # summarised when its run ended
+        out["data_size"] = outcome.data_size
+        out["data_sha256"] = outcome.data_sha256
+    elif data is not None and len(data) > JSON_DATA_LIMIT:
         out["data"] = data[:JSON_DATA_HEAD].hex()
         out["data_size"] = len(data)
         out["data_sha256"] = hashlib.sha256(data).hexdigest()
     return out
+
+
+def summarised(outcome: Outcome) -> Outcome:
+    """``outcome`` with its data summarised: the first :data:`JSON_DATA_HEAD` bytes, the
+    length, the SHA-256 and the byte every byte is, if one is (what JSON output, text and
+    the report show of a long read)."""
+    data = outcome.data
+    if data is None or outcome.data_size is not None or len(data) <= JSON_DATA_HEAD:
+        return outcome
+    fill = data[0] if data.count(data[:1]) == len(data) else None
+    return dataclasses.replace(
+        outcome,
+        data=data[:JSON_DATA_HEAD],
+        origins=None,
+        data_size=len(data),
+        data_sha256=hashlib.sha256(data).hexdigest(),
+        data_fill=fill,
+    )
 
 
 @dataclass
@@ -86,6 +115,20 @@ class RunResult:
     initial: PageViews | None = None
     #: The run was stopped at its time limit (``--timeout``); ``error`` says where.
     timed_out: bool = False
+
+    def compact(self) -> None:
+        """Keep what a judged run needs to be shown: reads longer than a page summarised
+        (:func:`summarised`), and short ones whole up to :data:`KEPT` bytes in all."""
+        kept = 0
+        for step in self.steps:
+            outcome = step.outcome
+            if outcome is None or outcome.data is None or outcome.data_size is not None:
+                continue
+            size = len(outcome.data)
+            if size <= JSON_DATA_LIMIT and kept + size <= KEPT:
+                kept += size
+                continue
+            step.outcome = summarised(outcome)
 
     @property
     def passed(self) -> bool:
@@ -131,6 +174,16 @@ def gmem_flags(scenario: Scenario) -> int:
     return GUEST_MEMFD_FLAG_MMAP | (GUEST_MEMFD_FLAG_INIT_SHARED if scenario.init == "shared" else 0)
 
 
+def observed(machine: Machine, known: dict[PageView, PageView]) -> PageViews | None:
+    """The first :data:`OBSERVED_PAGES` pages as the machine shows them
+    (:meth:`~guestmem.backend.base.Machine.observe`; None on a kernel), equal views shared
+    through ``known``."""
+    pages = machine.observe(OBSERVED_PAGES)
+    if pages is not None:
+        pages.views = [known.setdefault(view, view) for view in pages.views]
+    return pages
+
+
 def check_limits(scenarios: Iterable[Scenario], backend: Backend) -> None:
     """Refuse, before anything runs, a scenario larger than ``backend`` accepts
     (:class:`ScenarioError` naming the file, the field, the value and the reason)."""
@@ -153,12 +206,14 @@ def run(
     *,
     observe: bool = False,
     timeout: float | None = TIMEOUT,
+    compact: bool = True,
 ) -> RunResult:
     """Run ``scenario`` on ``platform`` under revision ``abi`` (default: the scenario's
     own); a revision the scenario does not apply to gives a *not applicable* result.
 
     A run that takes longer than ``timeout`` seconds (None: no limit) is stopped: a guest
-    command is cut at the limit, no further step runs, and the run fails as timed out."""
+    command is cut at the limit, no further step runs, and the run fails as timed out.
+    The result is compact (:meth:`RunResult.compact`) unless ``compact`` is False."""
     abi = abi or scenario.abi
     result = RunResult(scenario, platform, abi, backend.name)
     if not scenario.applies_to(abi):
@@ -178,9 +233,10 @@ def run(
         result.steps = [StepResult(s, s.expect_for(platform, abi), None, None) for s in scenario.steps]
         return result
     machine.deadline = deadline
+    known: dict[PageView, PageView] = {}
     try:
         if observe:
-            result.initial = machine.observe()
+            result.initial = observed(machine, known)
         for step in scenario.steps:
             expect = step.expect_for(platform, abi)
             if result.skipped is not None or result.error is not None:
@@ -188,6 +244,14 @@ def run(
                 continue
             try:
                 outcome = step.operation.apply(machine)
+            except TimeLimit:  # a long step stopped at the deadline: the run ends here
+                result.timed_out = True
+                result.error = (
+                    f"timed out: the run took more than {timeout:g} s (--timeout), at step {step.index} "
+                    "(stopped during it)"
+                )
+                result.steps.append(StepResult(step, expect, None, False))
+                continue
             except Exception as err:  # a backend bug: report it as this run's failure, go on
                 result.error = f"step {step.index} ({step.op}): {type(err).__name__}: {err}"
                 result.steps.append(StepResult(step, expect, None, False))
@@ -197,7 +261,7 @@ def run(
                 result.steps.append(StepResult(step, expect, outcome, None))
                 continue
             passed = any(matches(e, outcome) for e in expect)
-            pages = machine.observe() if observe else None
+            pages = observed(machine, known) if observe and step.index <= OBSERVED_STEPS else None
             result.steps.append(StepResult(step, expect, outcome, passed, pages))
             if deadline is not None and time.monotonic() > deadline:
                 result.timed_out = True
@@ -209,6 +273,8 @@ def run(
             machine.close()
         except Exception as err:
             result.error = result.error or f"close: {type(err).__name__}: {err}"
+    if compact:
+        result.compact()
     return result
 
 
@@ -221,18 +287,24 @@ def run_all(
     observe: bool = False,
     timeout: float | None = TIMEOUT,
     done: Callable[[RunResult, int, int], None] | None = None,
+    each: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
     """Every scenario on each of its platforms (or only ``platform``; ``all`` = all).
 
-    ``done(result, finished, total)`` is called after each run (for a progress display).
-    :class:`ScenarioError` before anything runs if a scenario exceeds the backend's limits."""
+    ``done(result, finished, total)`` is called after each run (for a progress display);
+    ``each(result)`` sees each run whole, before it is made compact. :class:`ScenarioError`
+    before anything runs if a scenario exceeds the backend's limits."""
     chosen = open_backend(backend)
     scenarios = list(scenarios)
     check_limits(scenarios, chosen)
     runs = [(scenario, name) for scenario in scenarios for name in select_platforms(scenario, platform)]
     results = []
     for scenario, name in runs:
-        results.append(run(scenario, name, chosen, abi, observe=observe, timeout=timeout))
+        result = run(scenario, name, chosen, abi, observe=observe, timeout=timeout, compact=each is None)
+        if each is not None:
+            each(result)
+            result.compact()
+        results.append(result)
         if done is not None:
             done(results[-1], len(results), len(runs))
     return results

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
+from collections.abc import Iterable
 from importlib import resources
 from typing import Any, TextIO
 
@@ -52,6 +54,26 @@ def write(doc: dict[str, Any], stream: TextIO | None = None) -> None:
     out = stream or sys.stdout
     json.dump(doc, out, indent=2)
     print(file=out)
+
+
+def write_list(
+    doc: dict[str, Any], key: str, items: Iterable[dict[str, Any]], stream: TextIO | None = None
+) -> None:
+    """Print ``doc`` with ``items`` as its last key ``key``, as :func:`write` would print the
+    whole, made one item at a time (a results document of many long runs is never held
+    whole)."""
+    if not str(doc.get("schema", "")).startswith("guestmem."):
+        raise ValueError("not a guestmem document: the 'schema' key is missing")
+    out = stream or sys.stdout
+    head = json.dumps({**doc, key: []}, indent=2)
+    assert head.endswith("[]\n}")
+    out.write(head[: -len("[]\n}")])
+    first = True
+    for item in items:
+        out.write("[\n" if first else ",\n")
+        out.write(textwrap.indent(json.dumps(item, indent=2), "    "))
+        first = False
+    out.write("[]\n}\n" if first else "\n  ]\n}\n")
 
 
 def load(kind: str) -> dict[str, Any]:

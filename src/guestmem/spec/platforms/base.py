@@ -33,6 +33,16 @@ class Platform:
     #: A pre-launch to-private conversion keeps contents for an in-place populate
     #: (TDX ``INIT_MEM_REGION``, SNP ``LAUNCH_UPDATE``, CCA ``RMI_POPULATE``).
     payload_in_place: bool = False
+    #: Removing a private page from the guest's page tables also removes it from the
+    #: confidential VM, so what it held is gone (TDX ``PAGE.REMOVE``, CCA ``DATA_DESTROY``);
+    #: elsewhere the next fault maps the same page again (docs/semantics.md §3 *Mixed
+    #: ranges*).
+    unmap_loses_private: bool = False
+    #: The launch ioctl that puts an initial payload into private memory, and the answer
+    #: when it is given no source under a revision or setting that needs one
+    #: (docs/semantics.md §3 *Populate*); empty where the model has no such ioctl.
+    populate: str = ""
+    populate_no_source: str = ""
     #: The first vCPU run launches the VM (pKVM has no finalize step; docs/semantics.md §3
     #: *Launch*); elsewhere a guest cannot run before ``launch``.
     first_run_launches: bool = False

@@ -3,8 +3,10 @@
 The RMM owns the realm's granules and scrubs them on delegate and undelegate, so the
 host reads zeros after P→S and the guest reads zeros after S→P. The RMM copies the
 initial payload (``RMI_DATA_CREATE`` via ``KVM_ARM_RMI_POPULATE``) only before
-activation, so PRESERVE is pre-launch only. Rules: docs/semantics.md §2 row ``cca``;
-several cells are inferred (§8 item 8).
+activation, so PRESERVE is pre-launch only. Unmapping a realm's private page destroys it
+in the RMM, as the Arm host series on v8 would in a mixed range (docs/semantics.md §3
+*Mixed ranges*; no revision lets CCA convert, so the model never shows it). Rules:
+docs/semantics.md §2 row ``cca``; several cells are inferred (§8 item 8).
 """
 
 from __future__ import annotations
@@ -35,4 +37,5 @@ PLATFORM = Platform(
     host_access="SIGBUS (granule protection fault) through guest_memfd",
     payload_in_place=True,
     confidential=True,
+    unmap_loses_private=True,
 )

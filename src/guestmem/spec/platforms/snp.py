@@ -36,4 +36,6 @@ PLATFORM = Platform(
     host_access="SIGBUS through guest_memfd; a hypervisor read gives ciphertext",
     payload_in_place=True,
     confidential=True,
+    populate="KVM_SEV_SNP_LAUNCH_UPDATE",
+    populate_no_source="EINVAL",
 )

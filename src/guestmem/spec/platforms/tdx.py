@@ -3,8 +3,10 @@
 The TDX module owns the Secure-EPT and encrypts private memory under the TD's key. It
 zeroes at ``TDG.MEM.PAGE.ACCEPT`` (S→P: the guest reads zeros) and the host reads zeros
 after ``PAGE.REMOVE`` (P→S). Plaintext cannot cross at runtime, so PRESERVE exists only
-before finalize, for the in-place ``KVM_TDX_INIT_MEM_REGION`` (v8 23/46).
-Rules: docs/semantics.md §2 row ``tdx``.
+before finalize, for the in-place ``KVM_TDX_INIT_MEM_REGION`` (v8 23/46); without a
+source it answers ``EOPNOTSUPP`` where the revision needs one (docs/semantics.md §3
+*Populate*). Removing a private mapping removes the page from the TD, which is how
+``v8`` loses a guest's page in a mixed range (§3 *Mixed ranges*). Rules: docs/semantics.md §2 row ``tdx``.
 """
 
 from __future__ import annotations
@@ -36,4 +38,7 @@ PLATFORM = Platform(
     host_access="SIGBUS through guest_memfd; a kernel read of the direct map gives zeros",
     payload_in_place=True,
     confidential=True,
+    unmap_loses_private=True,
+    populate="KVM_TDX_INIT_MEM_REGION",
+    populate_no_source="EOPNOTSUPP",
 )

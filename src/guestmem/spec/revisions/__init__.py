@@ -11,8 +11,9 @@ from guestmem.spec.revisions.iteration2 import Iteration2
 from guestmem.spec.revisions.rfc_v5 import RfcV5
 from guestmem.spec.revisions.seed import Seed
 from guestmem.spec.revisions.v8 import V8
+from guestmem.spec.revisions.v13 import V13
 
-REVISIONS: dict[str, Seed] = {r.name: r for r in (Seed(), Iteration2(), RfcV5(), V8())}
+REVISIONS: dict[str, Seed] = {r.name: r for r in (Seed(), Iteration2(), RfcV5(), V8(), V13())}
 DEFAULT = "seed"
 
 

@@ -16,6 +16,11 @@
   scramble to the whole range, also when the range already has the attributes; a native
   effect reaches only the pages that change state (§3 *Whole range*).
 - A non-zero ``error_offset`` on input is ignored.
+- The mappings a conversion drops follow the range's current attributes (RFC v5 17/53),
+  so a to-private conversion of a mixed range unmaps the already-private pages too: on
+  TDX the guest loses them (§3 *Mixed ranges*).
+- ``KVM_TDX_INIT_MEM_REGION`` and ``KVM_SEV_SNP_LAUNCH_UPDATE`` may omit the source and
+  populate in place (RFC v5 24/53, 25/53; §3 *Populate*).
 - Capabilities: ``KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES`` and
   ``KVM_CAP_MEMORY_ATTRIBUTES2_FLAGS``, numbered 250 and 251 as on the project's RFC v5
   kernel (posted as 249 and 250; 249 is taken in the kernel it is built on; §7).
@@ -49,6 +54,8 @@ class RfcV5(Seed):
     title = "content modes as coded in RFC v3-v5 (2026-04-28)"
     rejects_error_offset_input = False
     cap_gmem_attributes = KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES
+    unmaps_private_on_to_private = True
+    populate_in_place = True
     #: ``KVM_CAP_MEMORY_ATTRIBUTES2_FLAGS``: the content modes a VM type supports.
     cap_flags = KVM_CAP_MEMORY_ATTRIBUTES2_FLAGS
 

@@ -44,6 +44,15 @@ class Seed:
     #: ``KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES`` (proposed; the number moved with every
     #: posting, docs/semantics.md §7).
     cap_gmem_attributes = KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES
+    #: A to-private conversion of a range that changes state also unmaps the guest's
+    #: mappings of the pages in it that are already private, because the mappings to drop
+    #: are chosen from the range's current attributes; where that unmap loses a page
+    #: (``Platform.unmap_loses_private``), the guest loses what it held
+    #: (docs/semantics.md §3 *Mixed ranges*).
+    unmaps_private_on_to_private = False
+    #: The populate ioctl may be given no source and populate from the guest_memfd page
+    #: itself, when in-place conversion is on (docs/semantics.md §3 *Populate*).
+    populate_in_place = False
 
     def encode(self, policy: Policy) -> int:
         """The ``flags`` a VMM passes to ask for ``policy``."""

@@ -11,6 +11,12 @@
 - ``error_offset`` on input is ignored.
 - Policies encode as under ``seed``: a VMM written for ``seed`` passes ``seed``'s flag
   values, which v8 refuses.
+- The mappings a conversion drops follow the range's current attributes, so a
+  to-private conversion of a mixed range unmaps the already-private pages too: on TDX
+  (and on CCA with the Arm host series on top) the guest loses what they held (§3
+  *Mixed ranges*).
+- ``KVM_TDX_INIT_MEM_REGION`` and ``KVM_SEV_SNP_LAUNCH_UPDATE`` may omit the source and
+  populate in place while in-place conversion is on (v8 22/46, 23/46; §3 *Populate*).
 - ``KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES`` is 250 (§7).
 - Model assumption: a pre-launch to-private conversion on a platform with an in-place
   populate keeps its contents, because the populate reads the guest_memfd page itself
@@ -29,6 +35,8 @@ class V8(Seed):
     title = "in-place conversion v8: flags must be 0 (2026-06-18)"
     rejects_error_offset_input = False
     early_return = True
+    unmaps_private_on_to_private = True
+    populate_in_place = True
 
     def decode(self, flags: int) -> Decoded | None:
         return Decoded.UNSPECIFIED if flags == 0 else None

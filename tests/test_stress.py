@@ -1,0 +1,441 @@
+"""``guestmem stress`` on the model backend: the machine under test is a model with a
+planted bug, the oracle the true model, and each invariant must catch its bug; the
+schedules are the seed's; the kernel-log reader finds every kind of report in a fake log;
+fault injection arms the debugfs knobs (a fake debugfs here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guestmem.backend.base import Outcome
+from guestmem.backend.model import ModelBackend, ModelMachine
+from guestmem.cli import main
+from guestmem.scenario import load, run
+from guestmem.stress.engine import INVARIANTS, Report, Settings, Stress
+from guestmem.stress.inject import Injector
+from guestmem.stress.kmsg import find_splats
+from guestmem.stress.schedule import HOST_OPS, VCPU_OPS, first_ops
+from guestmem.uapi.kvm import PAGE_SIZE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Planted(ModelBackend):
+    """A model backend whose machines carry one bug (``machine`` subclasses ModelMachine)."""
+
+    name = "planted"
+
+    def __init__(self, machine: type[ModelMachine]) -> None:
+        super().__init__()
+        self.machine = machine
+
+    def open(self, platform: str, abi: str, size: int, flags: int) -> ModelMachine:
+        return self.machine(platform, abi, size, flags)
+
+
+class ReadsPrivate(ModelMachine):
+    """A host read of a private page returns zeros instead of faulting."""
+
+    def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome:
+        got = super().host_read(offset, size, mapping)
+        return Outcome(data=bytes(size)) if got.signal else got
+
+
+class HalfConverts(ModelMachine):
+    """A conversion that fails has converted the pages before the failing one."""
+
+    def convert(self, offset: int, size: int, attributes: int, flags: int = 0, **kw: Any) -> Outcome:
+        got = super().convert(offset, size, attributes, flags, **kw)
+        if got.errno == "EAGAIN" and got.error_offset is not None and got.error_offset > offset:
+            super().convert(offset, got.error_offset - offset, attributes, flags)
+        return got
+
+
+class OffByOnePage(ModelMachine):
+    """``error_offset`` one page past the page that failed."""
+
+    def convert(self, offset: int, size: int, attributes: int, flags: int = 0, **kw: Any) -> Outcome:
+        got = super().convert(offset, size, attributes, flags, **kw)
+        if got.error_offset is not None:
+            got.error_offset += PAGE_SIZE
+        return got
+
+
+class LosesHostWrites(ModelMachine):
+    """A host write reports success but changes nothing."""
+
+    def host_write(self, offset: int, data: bytes, mapping: int = 0) -> Outcome:
+        got = super().host_read(offset, len(data), mapping)
+        return Outcome(signal=got.signal)
+
+
+class GuestReadsZeros(ModelMachine):
+    """The guest reads zeros wherever it reads (the host sees the right bytes)."""
+
+    def guest_read(self, offset: int, size: int, access: str | None = None) -> Outcome:
+        got = super().guest_read(offset, size, access)
+        return Outcome(data=bytes(size)) if got.data is not None else got
+
+
+HANG = threading.Event()
+
+
+class HangsOnPunch(ModelMachine):
+    """A punch hole that never returns (until the test lets it go)."""
+
+    def punch_hole(self, offset: int, size: int) -> Outcome:
+        HANG.wait(60)
+        return super().punch_hole(offset, size)
+
+
+def stress(
+    machine: type[ModelMachine] | None, seed: int = 1, operations: int = 400, **kw: Any
+) -> tuple[Stress, Report]:
+    backend = ModelBackend() if machine is None else Planted(machine)
+    settings = Settings(seed=seed, seconds=None, operations=operations, minimize_seconds=30, **kw)
+    runner = Stress(settings, backend)
+    return runner, runner.run()
+
+
+# --- schedules ----------------------------------------------------------------------------------
+def test_a_seed_gives_each_thread_the_same_schedule() -> None:
+    shape = {"vcpus": 1, "targets": 2, "pages": 16}
+    for thread in range(5):
+        assert first_ops(7, thread, 200, **shape) == first_ops(7, thread, 200, **shape)
+    assert first_ops(7, 1, 50, **shape) != first_ops(8, 1, 50, **shape)
+    assert first_ops(7, 1, 50, **shape) != first_ops(7, 2, 50, **shape)
+
+
+def test_schedules_draw_every_kind_of_operation() -> None:
+    shape = {"vcpus": 1, "targets": 2, "pages": 16}
+    host = {op.kind for op in first_ops(3, 1, 2000, **shape)}
+    assert host == set(HOST_OPS)
+    vcpu = first_ops(3, 0, 500, **shape)
+    assert {op.kind for op in vcpu} == set(VCPU_OPS)
+    assert {op.target for op in vcpu} == {0}  # a vCPU drives its own guest_memfd
+    converts = [op for op in first_ops(3, 1, 2000, **shape) if op.kind == "convert"]
+    assert {op.to for op in converts} == {"private", "shared"}
+    assert {op.inject for op in converts} == {"", "failslab", "fail_page_alloc"}
+    assert any(op.size > PAGE_SIZE for op in converts)  # ranges, which may mix attributes
+    for op in first_ops(3, 1, 2000, **shape):
+        assert op.offset >= 0 and op.offset + op.size <= 16 * PAGE_SIZE
+
+
+# --- the true model passes ----------------------------------------------------------------------
+def test_the_model_against_itself_is_clean() -> None:
+    _runner, report = stress(None, operations=300)
+    assert report.violation is None, report.violation.describe()
+    assert report.operations == 5 * 300
+    kinds = set(report.kinds)
+    assert {"convert", "host_read", "host_write", "guest_read", "guest_write", "punch_hole"} <= kinds
+    assert {"pin", "unpin", "splice", "unsplice", "reopen"} <= kinds
+    assert kinds & {"delete_memslot", "restore_memslot"}
+    for invariant in ("private_host_access", "failed_conversion_atomic", "error_offset", "shared_bytes"):
+        assert report.checks[invariant] > 0, invariant
+    assert report.checks["no_hang"] == report.operations
+
+
+# --- each invariant catches its planted bug -----------------------------------------------------
+@pytest.mark.parametrize(
+    ("machine", "invariant"),
+    [
+        (ReadsPrivate, "private_host_access"),
+        (HalfConverts, "failed_conversion_atomic"),
+        (OffByOnePage, "error_offset"),
+        (LosesHostWrites, "shared_bytes"),  # no vCPU below: the guest would see it too
+        (GuestReadsZeros, "model_agreement"),
+    ],
+)
+def test_a_planted_bug_is_caught_by_its_invariant(machine: type[ModelMachine], invariant: str) -> None:
+    vcpus = 0 if machine is LosesHostWrites else 1
+    _runner, report = stress(machine, operations=400, vcpus=vcpus)
+    violation = report.violation
+    assert violation is not None and violation.invariant == invariant, violation and violation.describe()
+    assert violation.action is not None
+    assert report.last  # each thread's last operations, for the report
+    # a sequential replay reproduces it, and its scenario file fails on the planted machine
+    # where the model passes it
+    assert report.reproducer and report.reproducer[-1] == violation.action
+    assert report.reproducer_toml is not None
+
+
+def test_the_reproducer_is_a_scenario_the_bug_fails(tmp_path: Path) -> None:
+    _runner, report = stress(ReadsPrivate, operations=400)
+    assert report.reproducer_toml is not None
+    path = tmp_path / "repro.toml"
+    path.write_text(report.reproducer_toml)
+    scenario = load(path)
+    assert run(scenario, "sw_protected", ModelBackend(), "v8").passed
+    assert not run(scenario, "sw_protected", Planted(ReadsPrivate), "v8").passed
+    assert len(scenario.steps) <= 6  # shrunk to the few steps that matter
+
+
+def test_a_failing_seed_replays_the_same_schedule() -> None:
+    """Two runs of one seed: every thread ran a prefix of the seed's schedule, the same one."""
+    one, first = stress(ReadsPrivate, seed=11, operations=400)
+    two, second = stress(ReadsPrivate, seed=11, operations=400)
+    assert first.violation is not None and second.violation is not None
+    assert first.violation.invariant == second.violation.invariant == "private_host_access"
+    shape = {"vcpus": 1, "targets": 2, "pages": 16}
+    for runner in (one, two):
+        for thread in range(5):
+            ran = [a.op for _t, _g, a in runner.history if a.op.thread == thread]
+            ran = list(dict.fromkeys(ran))  # an unpin and its pin are one drawn op
+            assert ran == first_ops(11, thread, len(ran), **shape)
+
+
+def test_an_operation_past_its_limit_is_a_hang() -> None:
+    HANG.clear()
+    try:
+        _runner, report = stress(HangsOnPunch, operations=400, op_limit=0.5)
+    finally:
+        HANG.set()
+    assert report.violation is not None and report.violation.invariant == "no_hang"
+    assert report.violation.action is not None and report.violation.action.kind == "punch_hole"
+    assert "limit 0.5 s" in report.violation.message
+
+
+class FakeLog:
+    """A kernel log that logs ``text`` at its ``at``-th read."""
+
+    unavailable: str | None = None
+
+    def __init__(self, text: str, at: int = 2) -> None:
+        self.text, self.at, self.reads = text, at, 0
+
+    def read(self) -> str:
+        self.reads += 1
+        return self.text if self.reads == self.at else ""
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_kernel_report_during_the_run_fails_it() -> None:
+    log = FakeLog(SPLATS["KASAN"])
+    runner = Stress(Settings(seed=1, seconds=30, operations=None), ModelBackend(), log=log)
+    report = runner.run()
+    assert report.violation is not None and report.violation.invariant == "kernel_log"
+    assert [s.kind for s in report.violation.splats] == ["KASAN"]
+    assert report.seconds < 30  # it stopped the run
+
+
+def test_a_kernel_report_after_the_run_fails_it() -> None:
+    log = FakeLog(SPLATS["lockdep"], at=10**9)
+    log.read = lambda: SPLATS["lockdep"]  # type: ignore[method-assign]
+    runner = Stress(Settings(seed=1, seconds=None, operations=5), ModelBackend(), log=log)
+    report = runner.run()
+    assert report.violation is not None and report.violation.invariant == "kernel_log"
+
+
+# --- the kernel-log reader ----------------------------------------------------------------------
+SPLATS = {
+    "KASAN": """[  101.5] ==================================================================
+[  101.5] BUG: KASAN: slab-use-after-free in kvm_gmem_release+0x1a/0x2b0
+[  101.5] Read of size 8 at addr ffff888004a1b2c0 by task python3/311
+[  101.5] Call Trace:
+[  101.5]  kvm_gmem_release+0x1a/0x2b0
+[  101.5] ==================================================================""",
+    "KFENCE": """[   12.0] BUG: KFENCE: out-of-bounds read in kvm_gmem_get_folio+0x40/0x90
+[   12.0] Out-of-bounds read at 0x0000000012345678""",
+    "lockdep": """[  200.1] ======================================================
+[  200.1] WARNING: possible circular locking dependency detected
+[  200.1] 7.2.13 #1 Not tainted
+[  200.1] ------------------------------------------------------
+[  200.1] python3/412 is trying to acquire lock:
+[  200.1] ffff8880 (&mapping->invalidate_lock){++++}-{4:4}, at: kvm_gmem_fault+0x30/0x100""",
+    "WARNING": """[   55.2] ------------[ cut here ]------------
+[   55.2] WARNING: CPU: 1 PID: 300 at virt/kvm/guest_memfd.c:412 kvm_gmem_convert+0x99/0x200
+[   55.2] Modules linked in:
+[   55.2] ---[ end trace 0000000000000000 ]---""",
+    "BUG": """[   77.0] kernel BUG at mm/filemap.c:1540!
+[   77.0] Oops: invalid opcode: 0000 [#1] SMP KASAN""",
+    "RCU stall": """[  300.0] rcu: INFO: rcu_preempt self-detected stall on CPU
+[  300.0] rcu: \t1-....: (21002 ticks this GP)""",
+    "hung task": """[  480.0] INFO: task python3:512 blocked for more than 120 seconds.
+[  480.0]       Not tainted 7.2.13 #1""",
+}
+QUIET = """[    0.000000] Linux version 7.2.13 (root@build) #1 SMP
+[    1.2] kvm_amd: Nested Paging enabled
+[    3.4] Memory failure: 0x12345: Sending SIGBUS to python3:311 due to hardware memory corruption
+[    3.4] Injecting memory failure for pfn 0x12345 at process virtual address 0x7f0000000000
+[    5.0] KernelAddressSanitizer initialized (generic)
+[    5.1] RCU lockdep checking is enabled."""
+
+
+@pytest.mark.parametrize("kind", list(SPLATS))
+def test_each_kind_of_kernel_report_is_found(kind: str) -> None:
+    found = find_splats(QUIET + "\n" + SPLATS[kind] + "\n" + QUIET)
+    assert [s.kind for s in found] == [kind]
+    assert found[0].text.startswith(found[0].line)
+
+
+def test_a_quiet_log_has_no_report() -> None:
+    assert find_splats(QUIET) == []
+
+
+def test_reports_are_found_one_by_one() -> None:
+    found = find_splats("\n".join(SPLATS.values()))
+    assert [s.kind for s in found] == list(SPLATS)
+
+
+# --- fault injection ----------------------------------------------------------------------------
+def test_injection_arms_the_knobs_for_this_thread_only(tmp_path: Path) -> None:
+    debugfs, tasks = tmp_path / "debug", tmp_path / "task"
+    for kind in ("failslab", "fail_page_alloc"):
+        (debugfs / kind).mkdir(parents=True)
+        for knob in ("task-filter", "probability", "interval", "times", "ignore-gfp-wait", "verbose"):
+            (debugfs / kind / knob).write_text("0\n")
+    (debugfs / "fail_page_alloc" / "min-order").write_text("1\n")
+    mark = tasks / str(threading.get_native_id()) / "make-it-fail"
+    mark.parent.mkdir(parents=True)
+    mark.write_text("0")
+    injector = Injector(str(debugfs), str(tasks))
+    assert injector.available == ["failslab", "fail_page_alloc"] and injector.reason is None
+    seen: dict[str, str] = {}
+
+    def call(fails: bool) -> Callable[[], str]:
+        def inner() -> str:
+            seen.update({p.name: p.read_text() for p in (debugfs / "fail_page_alloc").iterdir()})
+            seen["mark"] = mark.read_text()
+            if fails:  # the kernel counts ``times`` down when it fails an allocation
+                (debugfs / "fail_page_alloc" / "times").write_text("0\n")
+            return "done"
+
+        return inner
+
+    assert injector.during("fail_page_alloc", call(True)) == ("done", True)
+    assert seen["mark"] == "1" and mark.read_text() == "0"
+    assert (seen["task-filter"], seen["probability"], seen["times"]) == ("Y", "100", "1")
+    assert (seen["ignore-gfp-wait"], seen["min-order"]) == ("N", "0")
+    assert (debugfs / "fail_page_alloc" / "times").read_text() == "0"  # disarmed afterwards
+    assert injector.during("fail_page_alloc", call(False)) == ("done", False)
+    assert injector.injected == {"failslab": 0, "fail_page_alloc": 1}
+
+
+def test_no_injection_without_the_knobs(tmp_path: Path) -> None:
+    injector = Injector(str(tmp_path))
+    assert injector.available == []
+    assert injector.reason is not None and "FAILSLAB" in injector.reason
+
+
+# --- the command --------------------------------------------------------------------------------
+def test_command_reports_rate_faults_and_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["stress", "--backend", "model", "--operations", "100", "--seed", "5"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "seed 5: 500 operations in" in out and "ops/s) by 4 host threads and 1 vCPU" in out
+    assert "injected faults: none" in out
+    for invariant in INVARIANTS:
+        assert f"{invariant} " in out
+    assert "no violation" in out
+
+
+def test_command_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["stress", "--backend", "model", "--operations", "50", "--seed", "5", "--format", "json"]) == 0
+    )
+    record = json.loads(capsys.readouterr().out)
+    assert record["schema"] == "guestmem.stress/1" and record["violation"] is None
+    assert record["operations"] == 250 and set(record["checks"]) == set(INVARIANTS)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--seconds", "0"], ["--seconds", "nan"], ["--threads", "0"], ["--vcpus", "3"], ["--abi", "nope"]],
+)
+def test_command_bad_input(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(["stress", "--backend", "model", *args])
+    except SystemExit as stop:
+        code = int(stop.code or 0)
+    assert code == 2
+
+
+def test_command_ctrl_c_ends_with_130_and_one_line() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "guestmem", "stress", "--backend", "model", "--seconds", "600", "--seed", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert child.stderr is not None
+    first = child.stderr.readline()  # the run has started
+    assert first.startswith("guestmem stress: seed 1")
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("guestmem: ") and "interrupted" in lines[0], err
+    assert "Traceback" not in err and out == ""
+
+
+# --- the ENOMEM rule under injected allocation failures ------------------------------------------
+class FakeInjector:
+    """Says every injected call had an allocation failed; the machine decides what it does."""
+
+    reason = None
+
+    def __init__(self) -> None:
+        self.available = ["failslab", "fail_page_alloc"]
+        self.injected = {"failslab": 0, "fail_page_alloc": 0}
+
+    @property
+    def total(self) -> int:
+        return sum(self.injected.values())
+
+    def during(self, kind: str, call: Callable[[], Any]) -> tuple[Any, bool]:
+        INJECTING.set()
+        try:
+            result = call()
+        finally:
+            INJECTING.clear()
+        self.injected[kind] += 1
+        return result, True
+
+
+INJECTING = threading.Event()
+
+
+class FailsWithEnomem(ModelMachine):
+    """An injected allocation failure fails the conversion, changing nothing (the rule)."""
+
+    shift = 0
+
+    def convert(self, offset: int, size: int, attributes: int, flags: int = 0, **kw: Any) -> Outcome:
+        if INJECTING.is_set():
+            return Outcome(errno="ENOMEM", error_offset=offset + self.shift)
+        return super().convert(offset, size, attributes, flags, **kw)
+
+
+class EnomemOffByOnePage(FailsWithEnomem):
+    shift = PAGE_SIZE
+
+
+@pytest.mark.parametrize(
+    ("machine", "invariant"),
+    [(FailsWithEnomem, None), (ModelMachine, None), (EnomemOffByOnePage, "error_offset")],
+)
+def test_injected_failures_follow_the_enomem_rule(machine: type[ModelMachine], invariant: str | None) -> None:
+    """ENOMEM at the start with nothing changed, or — a failure the kernel absorbed — the
+    model's own answer; an ENOMEM elsewhere breaks the rule."""
+    settings = Settings(seed=3, seconds=None, operations=300, vcpus=0)
+    runner = Stress(settings, Planted(machine), injector=FakeInjector())  # type: ignore[arg-type]
+    report = runner.run()
+    assert (report.violation and report.violation.invariant) == invariant, (
+        report.violation and report.violation.describe()
+    )
+    assert report.injected and sum(report.injected.values()) > 0

@@ -190,6 +190,8 @@ def text(report: Report) -> str:
             if report.injection
             else ", ".join(f"{k} {v}" for k, v in report.injected.items())
         ),
+        f"transient references: {report.transient} conversions refused with EAGAIN on a page "
+        "the model holds no reference to, then given the model's answer on a retry",
     ]
     if report.log_watched:
         lines.append(f"kernel log not watched: {report.log_watched}")

@@ -18,6 +18,11 @@ Invariants (docs/stress.md; docs/semantics.md where each rule is stated):
   was (probed by a host access to each page of its range after the call);
 - ``error_offset``: a failed conversion's ``error_offset`` lies in the request, on a page
   boundary, on the page the model says failed (an ``ENOMEM`` from injection: the start);
+  an ``EAGAIN`` on a page the model holds no reference to is a transient reference (the
+  kernel counts every reference to a folio, and the memory manager takes short-lived ones
+  the model cannot see) only if a retry of the same conversion soon gives the model's
+  answer: :data:`TRANSIENT_RETRIES` tries within about a second, as a VMM retries
+  (docs/semantics.md, the ``EAGAIN`` row); a reference that outlasts them is a violation;
 - ``shared_bytes``: what a shared page holds changes only by a write, a punch hole or a
   conversion's content rule (every read is compared with the model's bytes);
 - ``model_agreement``: every other answer — errno, exits, the guest's bytes — is the model's;
@@ -86,6 +91,10 @@ MODE_FLAGS: dict[str, dict[str, int]] = {
 }
 #: How many operations of each thread the report shows.
 LAST_OPS = 6
+#: Retries of a conversion that met a reference the model does not hold, and the pause
+#: before each (doubling from 1 ms to at most 200 ms: about a second in all).
+TRANSIENT_RETRIES = 12
+TRANSIENT_PAUSE = (0.001, 0.2)
 
 
 class LogSource(Protocol):
@@ -238,6 +247,16 @@ class Serialized:
         return call
 
 
+def transient_reference(got: Outcome, want: Outcome) -> bool:
+    """The kernel refused a conversion with ``EAGAIN`` on a page before any the model
+    refuses (or where the model converts): a reference the model does not hold."""
+    if got.errno != "EAGAIN" or got.error_offset is None:
+        return False
+    if want.errno is None:
+        return True
+    return want.errno == "EAGAIN" and want.error_offset is not None and got.error_offset < want.error_offset
+
+
 def take_splice(machine: Any, offset: int, size: int) -> tuple[Outcome, Any]:
     """A ``vmsplice`` reference to the range through the machine's mapping (the model: a
     pin, which is what the model counts an extra reference as)."""
@@ -286,6 +305,8 @@ class Report:
     kinds: Counter[str] = field(default_factory=Counter)
     checks: Counter[str] = field(default_factory=Counter)
     injected: dict[str, int] = field(default_factory=dict)
+    #: Conversions that met a transient reference and gave the model's answer on a retry.
+    transient: int = 0
     injection: str | None = None
     log_watched: str | None = None
     violation: Violation | None = None
@@ -315,6 +336,7 @@ class Report:
             "kinds": dict(sorted(self.kinds.items())),
             "checks": {k: self.checks.get(k, 0) for k in INVARIANTS},
             "injected_faults": self.injected,
+            "transient_references": self.transient,
             "injection_unavailable": self.injection,
             "kernel_log_unwatched": self.log_watched,
             "violation": None
@@ -466,6 +488,23 @@ class Stress:
                 )
             )
 
+    def retry_transient(self, got: Outcome, want: Outcome, again: Callable[[], Outcome]) -> Outcome:
+        """The conversion again, while the kernel still refuses it on a page the model
+        holds no reference to: the answer of the last try (a reference that outlasts every
+        try is the caller's violation)."""
+        pause, most = TRANSIENT_PAUSE
+        for _ in range(TRANSIENT_RETRIES):
+            if self.stop.wait(pause):
+                raise Stop
+            pause = min(pause * 2, most)
+            got = again()
+            if not transient_reference(got, want):
+                if agree(got, want):
+                    with self.lock:
+                        self.report.transient += 1
+                return got
+        return got
+
     # --- one operation ----------------------------------------------------------------------
     def perform(self, thread: int, op: Op) -> None:
         target = self.targets[op.target]
@@ -520,6 +559,8 @@ class Stress:
                 return got
             with target.oracle_lock:
                 want = convert(oracle)
+            if transient_reference(got, want):
+                got = self.retry_transient(got, want, lambda: convert(sut))
             if got.errno is not None:
                 self.check_error_offset(action, got, want)
                 if want.errno is None:  # the model converted: undo nothing, compare below

@@ -40,8 +40,9 @@ C_TIMEOUT = 600.0
 #: minutes under KASAN and emulation on a busy machine.
 PORT_TIMEOUT = 1800.0
 CONVERSIONS = "guest_memfd_conversions_test"
-#: The cases of guest_memfd_conversions_test (kselftest harness names) and the scenario
-#: files of the port that make up each (a case looped over pages is one file per page).
+#: The cases of guest_memfd_conversions_test (kselftest harness names) and the runs of the
+#: port that make up each (a case looped over pages is one run per page, all from one
+#: parametrised file).
 CONVERSION_CASES = {
     "init_private": ["selftest_init_private"],
     "init_shared": ["selftest_init_shared"],
@@ -180,11 +181,13 @@ def combine(verdicts: list[Verdict]) -> Verdict:
 def scenario_verdict(name: str) -> Verdict:
     """One scenario file of the port on this kernel, under v8's expectations."""
     from guestmem.backend.kernel import KernelBackend
-    from guestmem.scenario import load, suite_files
+    from guestmem.scenario import suite
     from guestmem.scenario.runner import run
 
-    path = next(p for p in suite_files() if Path(p).stem == name)
-    result = run(load(path), "sw_protected", KernelBackend(), "v8")
+    scenario = next((s for s in suite() if s.name == name), None)
+    if scenario is None:  # a run of a parametrised file is named with its value
+        return Verdict("fail", f"{name}: no run of that name in the suite")
+    result = run(scenario, "sw_protected", KernelBackend(), "v8")
     if result.skipped is not None:
         return Verdict("skip", f"{name}: {result.skipped}")
     if result.passed:

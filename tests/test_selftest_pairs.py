@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from guestmem.scenario import suite
 from selftest_pairs import (
+    BINARY_CASES,
     CONVERSION_CASES,
     GUEST_MEMFD_TEST,
     Pair,
@@ -86,6 +88,10 @@ def test_every_conversion_case_has_its_port() -> None:
     assert all(names for names in CONVERSION_CASES.values())
     assert all_cases()[-1] == GUEST_MEMFD_TEST
     assert Pair("x", Verdict("skip", "no THP"), Verdict("skip", "no THP")).agree
+    # every run a case is made of is a run of the suite (parametrised files included)
+    runs = {scenario.name for scenario in suite()}
+    named = [n for names in [*CONVERSION_CASES.values(), *BINARY_CASES.values()] for n in names]
+    assert [n for n in named if n not in runs] == []
 
 
 def test_junit_verdict_of_the_port() -> None:

@@ -47,7 +47,11 @@ STRESS_SECONDS = {"v8": 20, "rfc-v5": 20, "v8-debug": 45}
 #: with the results, so a failing run can be replayed).
 STRESS_SEED = int(os.environ.get("GUESTMEM_STRESS_SEED") or random.SystemRandom().randrange(1 << 32))
 #: The in-kernel tests each boot runs.
-INSIDE_TESTS = ["tests/test_kernel_suite.py", "tests/test_kernel_differential.py"]
+INSIDE_TESTS = [
+    "tests/test_kernel_suite.py",
+    "tests/test_kernel_differential.py",
+    "tests/test_kernel_findings.py",
+]
 #: The fixture whose parameter names the kernel a test reads (tests/test_vm.py).
 FIXTURE = "inside"
 

@@ -104,7 +104,8 @@ def test_stress_inside_is_clean(inside: Inside) -> None:
         f"\n[{inside.series}: guestmem stress --seed {STRESS_SEED}: {record['operations']} operations in "
         f"{record['seconds']:.0f} s ({record['ops_per_second']} ops/s), checks {checks}, "
         f"injected faults {record['injected_faults']}, transient references "
-        f"{record['transient_references']}, kinds {record['kinds']}]\n"
+        f"{record['transient_references']}, known kernel answers {record['known_findings']}, "
+        f"kinds {record['kinds']}]\n"
     )
     violation = record["violation"]
     assert status == 0 and violation is None, (

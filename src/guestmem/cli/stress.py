@@ -16,7 +16,7 @@ from guestmem import progress
 from guestmem.backend.base import Backend, Unavailable
 from guestmem.cli import UsageError
 from guestmem.spec import revisions
-from guestmem.stress.engine import INVARIANTS, Report, Settings, Stress
+from guestmem.stress.engine import INVARIANTS, KNOWN_FINDINGS, Report, Settings, Stress
 from guestmem.stress.inject import Injector
 from guestmem.stress.kmsg import KernelLog
 
@@ -192,6 +192,8 @@ def text(report: Report) -> str:
         ),
         f"transient references: {report.transient} conversions refused with EAGAIN on a page "
         "the model holds no reference to, then given the model's answer on a retry",
+        "known kernel answers (docs/stress.md, Findings): "
+        + ", ".join(f"{k} {report.known.get(k, 0)}" for k in KNOWN_FINDINGS),
     ]
     if report.log_watched:
         lines.append(f"kernel log not watched: {report.log_watched}")

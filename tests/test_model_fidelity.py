@@ -269,8 +269,12 @@ def test_memslot_deletion_turns_guest_accesses_into_mmio_exits() -> None:
     machine.gmem.delete_memslot()
     read = machine.guest_read(PAGE, 16)
     assert read.exit == {"reason": "MMIO", "gpa": machine.gpa_base + PAGE, "len": 8, "is_write": False}
-    write = machine.guest_write(0, b"xy")
-    assert write.exit == {"reason": "MMIO", "gpa": machine.gpa_base, "len": 2, "is_write": True}
+    write = machine.guest_write(0, b"xy")  # two single bytes: the first exits
+    assert write.exit == {"reason": "MMIO", "gpa": machine.gpa_base, "len": 1, "is_write": True}
+    # 5 bytes before the page's end: single bytes up to it (the next page's part is words)
+    border = machine.guest_read(PAGE - 5, 64)
+    assert border.exit == {"reason": "MMIO", "gpa": machine.gpa_base + PAGE - 5, "len": 1, "is_write": False}
+    assert machine.guest_read(PAGE - 8, 64).exit["len"] == 8  # type: ignore[index]
     assert machine.gmem.peek(PAGE, 2) == b"ab" and machine.gmem.peek(0, 2) == bytes(2)
     with pytest.raises(errors.MmioExit):
         machine.gmem.guest_read(0, 1)

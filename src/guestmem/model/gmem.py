@@ -491,7 +491,7 @@ class GuestMemfd:
             raise ValueError(f"guest access [{offset:#x}, +{size:#x}) is outside the memslot")
         self.vm.run_guest()
         if not self.memslot:  # the GPA is no longer memory: the access exits as MMIO
-            raise MmioExit(self.gpa + offset, min(size, 8), access_is_write)
+            raise MmioExit(self.gpa + offset, mmio_length(offset, size), access_is_write)
         has_private = self.vm.platform.private_memory
         for index, a, b in self._spans(offset, size):
             private = bool(self.attributes[index] & KVM_MEMORY_ATTRIBUTE_PRIVATE)
@@ -723,3 +723,11 @@ class GuestMemfd:
             if consented is None or consented[index] or new is Origin.PAYLOAD:
                 data, runs = pages[index]
                 pages[index] = (data, relabel(runs, old, new))
+
+
+def mmio_length(offset: int, size: int) -> int:
+    """How many bytes the guest's first access of ``[offset, +size)`` moves, which is what
+    an MMIO exit there reports (docs/semantics.md §8, item 11): the guest copies each page's
+    part of an access in 8-byte words, then the rest byte by byte."""
+    first = min(size, PAGE_SIZE - offset % PAGE_SIZE)
+    return 8 if first >= 8 else min(first, 1)

@@ -331,3 +331,31 @@ def test_one_tib_attributes_match_a_naive_reference_on_sampled_pages() -> None:
             if lo <= index < hi:
                 expected = value
         assert gmem.attributes[index] == expected
+
+
+def test_host_accesses_read_back_what_was_written_on_every_path() -> None:
+    """HostMapping's one-page shortcuts (docs/bench.md, *Model performance changes*) and
+    its general loop give the same bytes: random reads and writes, whole pages and parts,
+    within a page and across pages, first touches and mapped pages, against a bytearray."""
+    rng = random.Random(5)
+    pages = 6
+    gmem = shared(pages)
+    mapping, other = gmem.mmap(), gmem.mmap()
+    mirror = bytearray(pages * PAGE_SIZE)
+    for _ in range(3000):
+        where = rng.choice([mapping, other])
+        if rng.random() < 0.3:
+            offset = rng.randrange(pages) * PAGE_SIZE
+            size = PAGE_SIZE * rng.choice([1, 1, 2])
+        else:
+            offset = rng.randrange(pages * PAGE_SIZE)
+            size = rng.randrange(1, 2 * PAGE_SIZE)
+        size = min(size, pages * PAGE_SIZE - offset)
+        if rng.random() < 0.5:
+            data = rng.randbytes(size)
+            where.write(offset, data)
+            mirror[offset : offset + size] = data
+        else:
+            assert where.read(offset, size) == mirror[offset : offset + size], (offset, size)
+        if rng.random() < 0.05:
+            where.zap(0, pages)  # the next accesses fault the pages in again

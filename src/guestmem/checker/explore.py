@@ -13,49 +13,19 @@ and one :class:`~guestmem.model.gmem.PageRow` per page (attribute, guest request
 provenance, pins, stale pins, host mappings). Page contents are the model's own
 immutable objects, shared between states. The state is its own visited-set key.
 
-Four reductions keep the search exact:
-
-- **Unchanged states.** A step that leaves the state as it was is counted and checked,
-  never queued.
-- **Local steps.** In the model an operation that names one page reads and writes only
-  the launch phase and that page's row (every check and effect of ``gmem.py`` is per page
-  of the range), so its outcome, its violations and the new row are a function of
-  ``(operation, running, row)``: the first time that triple occurs the model computes it,
-  later it is looked up. Each computation checks that no other row changed; if one did
-  (a deliberately broken model), the search starts again without lookups. ``memo=False``
-  runs the model for every step (the reference path the tests compare against).
-- **Keyed pages by provenance.** Where keyed bytes (below) make new page contents on
-  nearly every step, a local step that keeps such a page and sees no violation is also
-  remembered by the row without the bytes (:meth:`Explorer.recall`), and a conversion of
-  the whole range by the state without them, as a recipe that rebuilds the state after
-  from the bytes at hand (:meth:`Explorer.remake`): the model only copies those bytes or
-  derives new keyed bytes from them.
-- **Page symmetry.** The model treats pages alike: every operation of the alphabet has
-  its image under any permutation of the pages, and nothing compares one page's contents
-  with another's. So states that differ only by a permutation of pages are one state: the
-  visited set holds the sorted rows. Ciphertext, garbage and ``rfc-v5``'s scramble are the
-  exception in bytes only: they mix in the page's offset (:func:`symmetric` says where
-  they occur), so there a page made by one of them is compared by how it was made (the
-  effect, the direction and, recursively, the page it was made from: :meth:`Explorer.term`),
-  which is what its bytes encode apart from the offset. The frontier keeps the concrete
-  state first reached, so every counterexample is a real path from an initial state,
-  replayable as a scenario file.
+Four reductions keep the search exact — unchanged states are not queued, local steps
+are looked up, keyed pages are remembered by provenance, and states equal up to a
+permutation of pages are one — and the order of each level makes the counterexample
+of a property the least of its shortest ones. Why each holds: docs/bench.md, *Why the
+reductions keep the search exact*.
 
 Counting follows the usual model-checker convention: ``generated`` counts every state
 the search produces (one per operation applied), ``distinct`` counts states after
 canonicalisation (under page symmetry: classes of states). States per second is
 ``generated`` over the CPU time of the search.
 
-Determinism: each level's states are kept in the order of their lexicographically least
-shortest path (parents in order, operations in alphabet order), so the counterexample
-reported for a property is the least of its shortest ones. Page symmetry keeps that: the
-least path to any state in a class runs through the kept representative of every class
-on the way (a shorter-or-less prefix to a permuted state would give a lesser path, as
-the permuted operations lead to the permuted states), so the first violation the search
-meets is the one the unreduced search meets. ``workers`` > 1 splits each level into
-contiguous shards expanded by forked processes and merged in shard order, which gives
-results identical to one worker. (:mod:`guestmem.checker.distributed` shares the same
-search over the processes of a Ray cluster.)
+Determinism: one worker and many (forked processes, shards merged in order) give the
+same results; :mod:`guestmem.checker.distributed` shares the search over a Ray cluster.
 
 ``max_states`` bounds the visited set: a search whose distinct states exceed it stops
 with :class:`TooManyStates` at the depth where they did, and reports nothing.

@@ -19,6 +19,7 @@ under CI (``CI`` set) that is a failure, since CI must run them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -88,34 +89,57 @@ class Inside:
         self.log = log
         self.seconds = seconds
 
+    def phases(self) -> str:
+        """How long each phase inside took (``probe 11 s, check 101 s, …``), from the
+        marks the script left; empty when it left none."""
+        path = self.scratch / "phases"
+        if not path.exists():
+            return ""
+        marks = [line.split(" ", 1) for line in path.read_text().splitlines() if " " in line]
+        spans = [
+            f"{name} {float(end) - float(start):.0f} s"
+            for (start, name), (end, _next) in itertools.pairwise(marks)
+        ]
+        return ", ".join(spans)
+
     def json(self, name: str) -> Any:
         path = self.scratch / name
         assert path.exists(), f"{name} was not written inside the {self.series} VM; log:\n{self.log[-4000:]}"
         return json.loads(path.read_text())
 
 
+def _mark(phase: str) -> str:
+    """Shell that notes when ``phase`` starts (the VM's clock; :meth:`Inside.phases`)."""
+    return f'echo "$(date +%s.%N) {phase}" >> "$GUESTMEM_SCRATCH/phases"; '
+
+
 def inner_script(series: str) -> str:
     """What a boot of ``series`` runs inside (``$GUESTMEM_SCRATCH`` is the scratch directory)."""
     pairs = (
-        'PYTHONPATH="$PWD/tests:$PYTHONPATH" python3 tests/selftest_pairs.py "$GUESTMEM_SCRATCH/pairs.json" '
-        '> "$GUESTMEM_SCRATCH/pairs.txt" 2>&1; '
+        _mark("pairs") + 'PYTHONPATH="$PWD/tests:$PYTHONPATH" python3 tests/selftest_pairs.py '
+        '"$GUESTMEM_SCRATCH/pairs.json" > "$GUESTMEM_SCRATCH/pairs.txt" 2>&1; '
     )
     stress = (
-        f"guestmem stress --seconds {STRESS_SECONDS[series]} --seed {STRESS_SEED} --format json "
+        _mark("stress")
+        + f"guestmem stress --seconds {STRESS_SECONDS[series]} --seed {STRESS_SEED} --format json "
         '--save "$GUESTMEM_SCRATCH" > "$GUESTMEM_SCRATCH/stress.json" 2> "$GUESTMEM_SCRATCH/stress.txt"; '
         'echo $? > "$GUESTMEM_SCRATCH/stress.status"; '
     )
     if series == "v8-debug":
-        return "mount -t debugfs none /sys/kernel/debug 2>/dev/null; " + stress + "true"
+        return "mount -t debugfs none /sys/kernel/debug 2>/dev/null; " + stress + _mark("end") + "true"
     return (
-        'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
-        f"guestmem check --backend kvm --abi {series} --format json "
+        _mark("probe")
+        + 'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
+        + _mark("check")
+        + f"guestmem check --backend kvm --abi {series} --format json "
         '> "$GUESTMEM_SCRATCH/check.json"; '
         'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
         + pairs
         + stress
-        + f"exec env GUESTMEM_TEST_SERIES={series} python3 -m pytest -p no:cacheprovider -q -rs "
-        '--junitxml="$GUESTMEM_SCRATCH/junit.xml" ' + " ".join(INSIDE_TESTS)
+        + _mark("pytest")
+        + f"env GUESTMEM_TEST_SERIES={series} python3 -m pytest -p no:cacheprovider -q -rs "
+        '--junitxml="$GUESTMEM_SCRATCH/junit.xml" ' + " ".join(INSIDE_TESTS) + "; "
+        "status=$?; " + _mark("end") + "exit $status"
     )
 
 
@@ -163,7 +187,9 @@ class Boots:
         if series not in self.shown:  # in the waiting test's output, not a bystander's
             self.shown.add(series)
             sys.stderr.write(
-                f"\n[{series} VM: exit {inside.status} after {inside.seconds:.0f} s]\n{inside.log[-3000:]}\n"
+                f"\n[{series} VM: exit {inside.status} after {inside.seconds:.0f} s; "
+                f"inside: {inside.phases()}]\n"
+                f"{inside.log[-3000:]}\n"
             )
         return inside
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,13 @@ def test_each_boot_runs_the_pairs_and_a_bounded_stress_run() -> None:
         # the debug kernel's boot is kept short: no probe, no check, no in-kernel tests
         assert ("pytest" in script) == (series != "v8-debug")
     assert kernel_boots.STRESS_SECONDS["v8-debug"] >= 30
+
+
+def test_each_phase_inside_is_timed(tmp_path: Path) -> None:
+    """The script marks when each phase starts; the boot's summary gives their lengths."""
+    scratch = tmp_path
+    (scratch / "phases").write_text("100.0 probe\n111.5 check\n212.2 pytest\n470.9 end\n")
+    assert Inside("v8", scratch, 0, "", 480.0).phases() == "probe 12 s, check 101 s, pytest 259 s"
+    assert Inside("v8", scratch / "none", 0, "", 1.0).phases() == ""
+    script = kernel_boots.inner_script("v8")
+    assert script.count("/phases") == 6 and script.endswith("exit $status")

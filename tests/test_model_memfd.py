@@ -266,6 +266,39 @@ def test_punched_page_is_no_longer_pinned_but_unpin_still_balances() -> None:
         gmem.unpin(0, PAGE_SIZE)
 
 
+def test_an_unpin_names_the_pages_its_holder_saw_punched_out() -> None:
+    """Holder A pins page 1, the page is punched out (A keeps the old folio), holder B pins
+    the new page 1. A's release must leave B's pin: the kernel refuses the conversion at
+    page 1 (seen on v8, stress seed 2867305363). Without ``punched`` the model cannot tell
+    the holders apart and drops the current folio's pin."""
+    gmem = shared()
+    gmem.pin(0, 2 * PAGE_SIZE)  # A
+    gmem.punch_hole(PAGE_SIZE, PAGE_SIZE)
+    gmem.pin(PAGE_SIZE, PAGE_SIZE)  # B
+    gmem.unpin(0, 2 * PAGE_SIZE, punched={1})  # A: page 0's pin, page 1's old folio
+    assert gmem.pins == {1: 1} and gmem.stale_pins == {}
+    assert gmem.try_set_memory_attributes2(_to_private(PAGE_SIZE)) == errno.EAGAIN
+    with pytest.raises(IoctlError):  # nothing of the old folio is held any more
+        gmem.unpin(PAGE_SIZE, PAGE_SIZE, punched={1})
+    gmem.unpin(PAGE_SIZE, PAGE_SIZE)  # B
+    assert gmem.try_set_memory_attributes2(_to_private(PAGE_SIZE)) == 0
+
+
+def test_a_failed_pin_leaves_the_pages_before_the_failing_one_allocated() -> None:
+    """GUP faults pages in one by one: a pin failing at a private page holds nothing, but
+    the shared pages before it were allocated (seen on RFC v5, whose unspecified
+    conversion scrambles allocated pages only: stress seed 3044114031)."""
+    gmem = shared(4)
+    gmem.set_memory_attributes2(_to_private(2 * PAGE_SIZE))
+    with pytest.raises(IoctlError) as info:
+        gmem.pin(0, 4 * PAGE_SIZE)
+    assert info.value.code == errno.EFAULT
+    assert sorted(gmem.pages) == [0, 1] and gmem.pins == {}
+    with pytest.raises(IoctlError):  # past the end: the pages up to the end are faulted in
+        gmem.pin(3 * PAGE_SIZE, 2 * PAGE_SIZE)
+    assert sorted(gmem.pages) == [0, 1, 3]
+
+
 def _to_private(offset: int) -> bytearray:
     arg = bytearray(128)
     arg[0:8] = offset.to_bytes(8, "little")

@@ -6,6 +6,7 @@ fault injection arms the debugfs knobs (a fake debugfs here).
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import signal
@@ -322,6 +323,41 @@ def test_injection_arms_the_knobs_for_this_thread_only(tmp_path: Path) -> None:
     assert (debugfs / "fail_page_alloc" / "times").read_text() == "0"  # disarmed afterwards
     assert injector.during("fail_page_alloc", call(False)) == ("done", False)
     assert injector.injected == {"failslab": 0, "fail_page_alloc": 1}
+
+
+def test_the_thread_is_unmarked_without_opening_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the thread is marked and ``times`` is not used up, the kernel fails the
+    thread's next allocation, and opening a file allocates: a call that allocated nothing
+    must still be able to unmark the thread (seen on v8-debug: ENOMEM opening
+    ``make-it-fail``, stress seed 171527579)."""
+    debugfs, tasks = tmp_path / "debug", tmp_path / "task"
+    (debugfs / "failslab").mkdir(parents=True)
+    (debugfs / "failslab" / "times").write_text("0\n")
+    mark = tasks / str(threading.get_native_id()) / "make-it-fail"
+    mark.parent.mkdir(parents=True)
+    mark.write_text("0")
+    real_open, real_builtin_open = os.open, builtins.open
+
+    def allocation() -> None:  # what the kernel does to an allocation of this thread
+        armed = real_builtin_open(debugfs / "failslab" / "times").read().strip() != "0"
+        if armed and real_builtin_open(mark).read().strip() == "1":
+            raise OSError(12, "Cannot allocate memory")
+
+    def kernel_open(path: Any, flags: int, *args: Any) -> int:
+        allocation()
+        return real_open(path, flags, *args)
+
+    def kernel_builtin_open(path: Any, *args: Any, **kw: Any) -> Any:
+        allocation()
+        return real_builtin_open(path, *args, **kw)
+
+    monkeypatch.setattr(os, "open", kernel_open)
+    monkeypatch.setattr(builtins, "open", kernel_builtin_open)
+    injector = Injector(str(debugfs), str(tasks))
+    assert injector.during("failslab", lambda: "nothing allocated") == ("nothing allocated", False)
+    assert mark.read_text() == "0"
 
 
 def test_no_injection_without_the_knobs(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Collection
 from typing import Any
 
 from guestmem.backend.base import (
@@ -120,8 +121,9 @@ class ModelMachine:
     def pin(self, offset: int, size: int) -> Outcome:
         return outcome_of(lambda: self.gmem.pin(offset, size))
 
-    def unpin(self, offset: int, size: int) -> Outcome:
-        return outcome_of(lambda: self.gmem.unpin(offset, size))
+    def unpin(self, offset: int, size: int, *, punched: Collection[int] = ()) -> Outcome:
+        """``punched``: the pages the releasing holder saw punched out (``GuestMemfd.unpin``)."""
+        return outcome_of(lambda: self.gmem.unpin(offset, size, punched))
 
     def delete_memslot(self) -> Outcome:
         return outcome_of(self.gmem.delete_memslot)

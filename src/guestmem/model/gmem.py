@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from guestmem.errors import HostFault, IoctlError, MemoryFault, MmioExit, TimeLimit, errno_code, errno_of
@@ -421,29 +421,43 @@ class GuestMemfd:
         """Take a long-term pin on every page of the range (``PIN_LONGTERM_TEST_START``).
 
         Pinning goes through a host mapping, so it needs ``MMAP``, faults pages in, and
-        fails with ``EFAULT`` on a private page or past the end; all or nothing.
+        fails with ``EFAULT`` on a private page or past the end. A failed pin holds no page,
+        but GUP faulted in, one by one, the pages before the one that failed: they are
+        allocated (docs/semantics.md §3 *Pins*; the RFC v5 kernel scrambles them on a later
+        unspecified conversion, as any allocated page).
         """
         lo, hi = self._page_span(offset, size, "pin")
-        if not self.flags & GUEST_MEMFD_FLAG_MMAP or hi > self.npages:
+        if not self.flags & GUEST_MEMFD_FLAG_MMAP:
             raise IoctlError(errno.EFAULT, "pin")
-        if self.attributes.first_not(lo, hi, 0) is not None:
+        failing = self.attributes.first_not(lo, min(hi, self.npages), 0)
+        if failing is None and hi > self.npages:
+            failing = self.npages
+        if failing is not None:
+            for index in range(lo, failing):
+                self.pages.setdefault(index, INIT_PAGE)
             raise IoctlError(errno.EFAULT, "pin")
         for index in range(lo, hi):
             self._on_time(index - lo)
             self.pages.setdefault(index, INIT_PAGE)
             self.pins[index] = self.pins.get(index, 0) + 1
 
-    def unpin(self, offset: int, size: int) -> None:
+    def unpin(self, offset: int, size: int, punched: Collection[int] = ()) -> None:
         """Drop one pin per page; a page with none → ``EINVAL``, all or nothing.
 
         A pin whose page was punched out still counts here: the holder keeps the old folio.
+        A range names no holder, so where a page has both a pin on its current folio and
+        one on a punched-out folio, the current folio's is dropped unless the caller names
+        the pages this holder saw punched out (``punched``): for those the old folio's.
         """
         lo, hi = self._page_span(offset, size, "unpin")
-        for index in range(lo, hi):
-            if not self.pins.get(index) and not self.stale_pins.get(index):
-                raise IoctlError(errno.EINVAL, "unpin")
-        for index in range(lo, hi):
-            table = self.pins if self.pins.get(index) else self.stale_pins
+
+        tables = [
+            (index, self.stale_pins if index in punched or not self.pins.get(index) else self.pins)
+            for index in range(lo, hi)
+        ]
+        if any(not table.get(index) for index, table in tables):
+            raise IoctlError(errno.EINVAL, "unpin")
+        for index, table in tables:
             table[index] -= 1
             if not table[index]:
                 del table[index]

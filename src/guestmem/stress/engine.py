@@ -185,6 +185,10 @@ class Target:
         self.meta = threading.Lock()
         self.oracle_lock = threading.Lock()
         self.splices: dict[int, tuple[int, int, Any]] = {}
+        #: The references held on this file (``"pin"``, ``("splice", thread)``): their range
+        #: and the pages punched out while held, whose old folios they keep (the model
+        #: needs to be told which pin an unpin drops: ``GuestMemfd.unpin``).
+        self.held: dict[Any, tuple[int, int, set[int]]] = {}
         self.memslot = True
         #: Pages the guest touched while the memslot was gone and has not mapped since:
         #: KVM left an MMIO entry for each (:func:`stale_mmio_fault`).
@@ -200,6 +204,7 @@ class Target:
         self.oracle = ModelBackend().open(self.platform, self.abi, self.size, FLAGS)
         self.memslot = True
         self.stale_mmio = set()
+        self.held = {}
         self.generation += 1
         for which in mappings:  # each host thread's own process and mapping, made now
             self.sut.host_read(0, 1, mapping=which)
@@ -214,6 +219,14 @@ class Target:
             release_splice(ref)
         self.splices.clear()
         self.sut = self.oracle = None
+
+    def punched(self, offset: int, size: int) -> None:
+        """A punch hole of ``[offset, +size)``: each held reference now keeps the old folio
+        of the pages it covers there."""
+        lo, hi = offset // PAGE_SIZE, (offset + size) // PAGE_SIZE
+        for start, length, pages in self.held.values():
+            first, last = start // PAGE_SIZE, (start + length) // PAGE_SIZE
+            pages.update(range(max(first, lo), min(last, hi)))
 
     def guest_accessed(self, action: Action, got: Outcome) -> None:
         """What a guest access left in KVM's page table: an MMIO exit an entry for its
@@ -324,12 +337,22 @@ def take_splice(machine: Any, offset: int, size: int) -> tuple[Outcome, Any]:
     return Outcome(), ref
 
 
-def release_splice(ref: Any) -> None:
+def release_splice(ref: Any, punched: set[int] | None = None) -> None:
     if isinstance(ref, tuple):
         machine, offset, size = ref
-        machine.unpin(offset, size)
+        machine.unpin(offset, size, punched=punched or set())
     elif ref is not None:
         ref.release()
+
+
+def unpin(machine: Any, offset: int, size: int, punched: set[int]) -> Outcome:
+    """A release of the ``gup_test`` pin; a model under test is told, as the oracle is,
+    which of its pages the holder saw punched out (``GuestMemfd.unpin``)."""
+    if isinstance(machine, Serialized | ModelMachine):
+        result: Outcome = machine.unpin(offset, size, punched=punched)
+        return result
+    result = machine.unpin(offset, size)
+    return result
 
 
 @dataclass
@@ -649,24 +672,37 @@ class Stress:
             got = sut.punch_hole(action.offset, action.size)
             with target.oracle_lock:
                 want = oracle.punch_hole(action.offset, action.size)
-        elif action.kind in ("pin", "unpin"):
-            got = getattr(sut, action.kind)(action.offset, action.size)
+                if got.ok and want.ok:
+                    target.punched(action.offset, action.size)
+        elif action.kind == "pin":
+            got = sut.pin(action.offset, action.size)
             with target.oracle_lock:
-                want = getattr(oracle, action.kind)(action.offset, action.size)
+                want = oracle.pin(action.offset, action.size)
+                if got.ok and want.ok:
+                    target.held["pin"] = (action.offset, action.size, set())
+        elif action.kind == "unpin":
+            with target.oracle_lock:
+                punched = target.held.pop("pin", (0, 0, set()))[2]
+            got = unpin(sut, action.offset, action.size, punched)
+            with target.oracle_lock:
+                want = oracle.unpin(action.offset, action.size, punched=punched)
         elif action.kind == "splice":
             got, ref = take_splice(sut, action.offset, action.size)
             with target.oracle_lock:
                 want = oracle.pin(action.offset, action.size)
-            if got.ok and want.ok:
-                target.splices[thread] = (action.offset, action.size, ref)
-            elif got.ok:
+                if got.ok and want.ok:
+                    target.splices[thread] = (action.offset, action.size, ref)
+                    target.held[("splice", thread)] = (action.offset, action.size, set())
+            if got.ok and not want.ok:
                 release_splice(ref)
         elif action.kind == "unsplice":
             _offset, _size, ref = target.splices.pop(thread)
-            release_splice(ref)
+            with target.oracle_lock:
+                punched = target.held.pop(("splice", thread), (0, 0, set()))[2]
+            release_splice(ref, punched)
             got = Outcome()
             with target.oracle_lock:
-                want = oracle.unpin(action.offset, action.size)
+                want = oracle.unpin(action.offset, action.size, punched=punched)
         elif action.kind in ("delete_memslot", "restore_memslot"):
             got = getattr(sut, action.kind)()
             with target.oracle_lock:

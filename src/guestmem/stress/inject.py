@@ -81,13 +81,20 @@ class Injector:
         with self.lock:
             self._arm(kind)
             self.attempts[kind] += 1
-            _write(mark, "1")
+            # opened before the thread is marked: opening a file allocates, and while the
+            # thread is marked and the call has not used up ``times``, that allocation is
+            # the one that fails; a write to an open file allocates nothing
+            fd = os.open(mark, os.O_WRONLY)
             try:
-                result = call()
+                os.pwrite(fd, b"1", 0)
+                try:
+                    result = call()
+                finally:
+                    os.pwrite(fd, b"0", 0)
             finally:
-                _write(mark, "0")
-                left = int(_read(self._knob(kind, "times")))
-                _write(self._knob(kind, "times"), "0")
+                os.close(fd)
+            left = int(_read(self._knob(kind, "times")))
+            _write(self._knob(kind, "times"), "0")
             failed = left == 0
             if failed:
                 self.injected[kind] += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -137,7 +138,9 @@ def test_a_dead_worker_is_exit_3_with_one_line(
     code = main(["explore", "--platform", "tdx", "--depth", "3", "--engine", "ray", "--format", "json"])
     out, err = capsys.readouterr()
     assert code == 3 and out == ""
-    assert err.startswith("guestmem: explore: tdx under seed: depth 1: Ray worker 0 of 2 failed (")
+    # killing an actor takes effect when Ray gets to it: the first level's task may finish
+    # before, and the death shows at the next level
+    assert re.match(r"guestmem: explore: tdx under seed: depth [123]: Ray worker 0 of 2 failed \(", err), err
     assert err.count("\n") == 1
 
 

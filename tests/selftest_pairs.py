@@ -17,6 +17,7 @@ failure).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from guestmem import vmrun
 
@@ -178,13 +180,20 @@ def combine(verdicts: list[Verdict]) -> Verdict:
     return Verdict("pass")
 
 
+@functools.cache
+def _suite_runs() -> dict[str, Any]:
+    """The suite's runs by name, parsed once (parsing it takes seconds under emulation)."""
+    from guestmem.scenario import suite
+
+    return {scenario.name: scenario for scenario in suite()}
+
+
 def scenario_verdict(name: str) -> Verdict:
     """One scenario file of the port on this kernel, under v8's expectations."""
     from guestmem.backend.kernel import KernelBackend
-    from guestmem.scenario import suite
     from guestmem.scenario.runner import run
 
-    scenario = next((s for s in suite() if s.name == name), None)
+    scenario = _suite_runs().get(name)
     if scenario is None:  # a run of a parametrised file is named with its value
         return Verdict("fail", f"{name}: no run of that name in the suite")
     result = run(scenario, "sw_protected", KernelBackend(), "v8")

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -216,3 +217,25 @@ def test_help_fits_80_columns(name: str, monkeypatch: pytest.MonkeyPatch) -> Non
     assert max(len(line) for line in text.splitlines()) <= 80, [
         line for line in text.splitlines() if len(line) > 80
     ]
+
+
+def test_a_command_line_builds_only_its_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Importing every command module costs seconds on an emulated test kernel: a command
+    line that names its command imports that one; a mistyped command still lists them all."""
+    import importlib
+
+    imported: list[str] = []
+    real = importlib.import_module
+
+    def record(name: str, *args: Any) -> Any:
+        imported.append(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", record)
+    assert main(["matrix", "--format", "json"]) == 0
+    assert imported == ["guestmem.cli.matrix"]
+    imported.clear()
+    with pytest.raises(SystemExit) as bad:
+        main(["chekc"])
+    assert bad.value.code == 2
+    assert imported == [f"guestmem.cli.{name}" for name in COMMANDS]

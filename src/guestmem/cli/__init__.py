@@ -82,7 +82,11 @@ def chosen_revisions(value: str) -> list[str]:
     raise UsageError(f"--abi: unknown revision {value!r} (choose from all, {', '.join(revisions.REVISIONS)})")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with ``only`` the parser of that one command: importing
+    every command module takes seconds on a slow machine (an emulated test kernel), and a
+    command line that names its command needs no other (``--help`` and a mistyped command
+    still list them all)."""
     parser = argparse.ArgumentParser(
         prog="guestmem",
         description="Model, run and check guest_memfd private/shared conversions "
@@ -94,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"guestmem {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         module = importlib.import_module(f"guestmem.cli.{name}")
         module.register(sub)
     for command in sub.choices.values():  # every command's help: line breaks kept, prose refilled
@@ -103,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
+    args = parser.parse_args(words)
     try:
         code: int = args.func(args)
     except (UsageError, OutputError) as err:  # one line, whatever the input held

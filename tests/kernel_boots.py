@@ -126,7 +126,12 @@ def inner_script(series: str) -> str:
         'echo $? > "$GUESTMEM_SCRATCH/stress.status"; '
     )
     if series == "v8-debug":
-        return "mount -t debugfs none /sys/kernel/debug 2>/dev/null; " + stress + _mark("end") + "true"
+        hwpoison = (
+            _mark("hwpoison") + 'PYTHONPATH="$PWD/tests:$PYTHONPATH" python3 tests/hwpoison_inside.py '
+            '"$GUESTMEM_SCRATCH/hwpoison.json" > "$GUESTMEM_SCRATCH/hwpoison.txt" 2>&1; '
+        )
+        debugfs = "mount -t debugfs none /sys/kernel/debug 2>/dev/null; "
+        return debugfs + stress + hwpoison + _mark("end") + "true"
     return (
         _mark("probe")
         + 'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import kernel_boots
+from guestmem.stress.kmsg import find_splats
 from kernel_boots import STRESS_SEED, Inside
 from selftest_pairs import CONVERSIONS, GUEST_MEMFD_TEST, Pair, Verdict, all_cases
 
@@ -143,3 +144,39 @@ def test_each_phase_inside_is_timed(tmp_path: Path) -> None:
     assert Inside("v8", scratch / "none", 0, "", 1.0).phases() == ""
     script = kernel_boots.inner_script("v8")
     assert script.count("/phases") == 6 and script.endswith("exit $status")
+
+
+@pytest.fixture(scope="module", params=["v8-debug"])
+def with_memory_failure(request: pytest.FixtureRequest) -> Inside:
+    series: str = request.param
+    return kernel_boots.result(series)
+
+
+@pytest.mark.vm
+@pytest.mark.timeout(3000)
+def test_memory_errors_follow_the_rules(with_memory_failure: Inside) -> None:
+    """docs/semantics.md §3 *Memory errors*, on the v8 code: a poisoned shared page stays in
+    the file; the host faults on it (SIGBUS), the guest's access fails (EHWPOISON), the
+    other pages are untouched; to-private refuses with EAGAIN at that page (memory failure
+    keeps its reference), to-shared converts; a punch hole removes it and the page reads as
+    zeros again. No kernel report."""
+    inside = with_memory_failure
+    record = inside.json("hwpoison.json")
+    assert record["unavailable"] is None, record["unavailable"]
+    assert len(record["cases"]) == 2
+    for case in record["cases"]:
+        page = case["page"] * 4096
+        got = {s["step"]: s.get("outcome") for s in case["steps"]}
+        log = [line for s in case["steps"] for line in s["log"]]
+        sys.stderr.write(f"\n[v8-debug, memory error on page {case['page']}: {json.dumps(got)}]\n")
+        assert any("Injecting memory failure" in line for line in log), log
+        assert find_splats("\n".join(log)) == []
+        assert got["host_read"]["signal"] == "SIGBUS"
+        assert got["host_read_next_page"]["data"] == "00"
+        assert got["guest_read"]["errno"] == "EHWPOISON"
+        for name in ("to_private", "range_to_private"):
+            assert (got[name]["errno"], got[name]["error_offset"]) == ("EAGAIN", page), (name, got[name])
+        for name in ("to_shared", "range_to_shared", "punch_hole"):
+            assert got[name]["errno"] is None and got[name]["signal"] is None, (name, got[name])
+        assert got["host_read_again"]["signal"] == "SIGBUS"
+        assert got["host_read_after_punch"]["data"] == got["guest_read_after_punch"]["data"] == "00"

@@ -16,8 +16,16 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+#: ``EHWPOISON`` (a memory error, asm-generic/errno.h), which Python's errno module lacks:
+#: ``KVM_RUN`` answers it for a guest access to a poisoned guest_memfd page.
+EHWPOISON = 133
 #: errno names as the kernel documentation spells them (Python calls 95 ``ENOTSUP``).
-_PREFERRED = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN", _errno.EDEADLK: "EDEADLK"}
+_PREFERRED = {
+    _errno.EOPNOTSUPP: "EOPNOTSUPP",
+    _errno.EAGAIN: "EAGAIN",
+    _errno.EDEADLK: "EDEADLK",
+    EHWPOISON: "EHWPOISON",
+}
 
 
 def errno_name(code: int) -> str:
@@ -27,6 +35,8 @@ def errno_name(code: int) -> str:
 
 def errno_code(name: str) -> int:
     """``'EOPNOTSUPP' -> 95``; raises ``ValueError`` for a name that is not an errno."""
+    if name == "EHWPOISON":
+        return EHWPOISON
     value = getattr(_errno, name, None)
     if not name.startswith("E") or not isinstance(value, int):
         raise ValueError(f"not an errno name: {name!r}")

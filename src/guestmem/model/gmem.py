@@ -103,6 +103,7 @@ class PageRow(NamedTuple):
     mapped: int
 
 
+_new_row = tuple.__new__
 UNALLOCATED: tuple[()] = ()
 #: The runs of a page the host wrote whole (shared, immutable).
 _HOST_PAGE_RUNS: Runs = ((0, PAGE_SIZE, Origin.HOST),)
@@ -318,7 +319,8 @@ class GuestMemfd:
                 if i in mapped_pages:
                     mapped |= 1 << m
             page = pages.get(i, UNALLOCATED)
-            rows.append(PageRow(attributes[i], requests[i], page, pins.get(i, 0), stale.get(i, 0), mapped))
+            row = (attributes[i], requests[i], page, pins.get(i, 0), stale.get(i, 0), mapped)
+            rows.append(_new_row(PageRow, row))  # PageRow(*row), without the Python-level __new__
         return tuple(rows)
 
     def restore_rows(self, rows: tuple[PageRow, ...]) -> None:

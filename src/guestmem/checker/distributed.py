@@ -210,16 +210,7 @@ class Shard:
         platform = search.platform  # a copy, unpickled: the registered one if it is that
         if platforms.PLATFORMS.get(platform.name) == platform:
             platform = platforms.PLATFORMS[platform.name]
-        explorer = Explorer(
-            platform,
-            search.abi,
-            pages=search.pages,
-            depth=search.depth,
-            variant=search.variant,
-            symmetry=search.symmetry,
-        )
-        if not lookups:
-            explorer.without_lookups()
+        explorer = search.explorer(platform, lookups=lookups)
         self.explorer = explorer
         roots: set[Key] = set()
         for i, root in enumerate(explorer.roots):
@@ -440,16 +431,7 @@ class RayEngine:
             self._start_actors()
         start, cpu_start = time.perf_counter(), time.process_time()
         # This process's own explorer: the alphabet, and the replay of counterexamples.
-        here = Explorer(
-            search.platform,
-            search.abi,
-            pages=search.pages,
-            depth=search.depth,
-            variant=search.variant,
-            symmetry=search.symmetry,
-        )
-        if not lookups:
-            here.without_lookups()
+        here = search.explorer(lookups=lookups)
         label, actors, count, base = here.title(), self.actors, self.workers, len(here.ops)
         result = Exploration(
             here.platform.name,

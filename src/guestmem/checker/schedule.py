@@ -25,6 +25,7 @@ from typing import Protocol
 
 from guestmem.checker.explore import (
     Exploration,
+    Explorer,
     Progress,
     cpu_time,
     explore,
@@ -109,6 +110,21 @@ class Search:
     deadline: float | None = None
     #: Stop (:class:`~guestmem.checker.explore.TooManyStates`) past this many distinct states.
     max_states: int | None = None
+
+    def explorer(self, platform: Platform | None = None, *, lookups: bool = True) -> Explorer:
+        """An :class:`Explorer` for this search (on ``platform`` if given: the registered
+        object a copy stands for); ``lookups`` False runs the model for every step."""
+        explorer = Explorer(
+            platform or self.platform,
+            self.abi,
+            pages=self.pages,
+            depth=self.depth,
+            variant=self.variant,
+            symmetry=self.symmetry,
+        )
+        if not lookups:
+            explorer.without_lookups()
+        return explorer
 
     @property
     def label(self) -> str:

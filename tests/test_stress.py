@@ -435,17 +435,24 @@ class FakeInjector:
         return sum(self.injected.values())
 
     def during(self, kind: str, call: Callable[[], Any]) -> tuple[Any, bool]:
-        INJECTING.set()
+        INJECTING.on = True
         try:
             result = call()
         finally:
-            INJECTING.clear()
+            INJECTING.on = False
         self.injected[kind] += 1
         self.attempts[kind] += 1
         return result, True
 
 
-INJECTING = threading.Event()
+class _Injecting(threading.local):
+    """Per thread, as the kernel's ``make-it-fail`` is per task: another thread's
+    conversion while one is armed must not fail."""
+
+    on = False
+
+
+INJECTING = _Injecting()
 
 
 class FailsWithEnomem(ModelMachine):
@@ -454,7 +461,7 @@ class FailsWithEnomem(ModelMachine):
     shift = 0
 
     def convert(self, offset: int, size: int, attributes: int, flags: int = 0, **kw: Any) -> Outcome:
-        if INJECTING.is_set():
+        if INJECTING.on:
             return Outcome(errno="ENOMEM", error_offset=offset + self.shift)
         return super().convert(offset, size, attributes, flags, **kw)
 

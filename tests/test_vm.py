@@ -376,11 +376,26 @@ def _running_with(text: str) -> list[str]:
 # --- output through a pipe -----------------------------------------------------------------------
 @pytest.mark.vm
 def test_output_reaches_a_pipe() -> None:
-    """``guestmem vm --kernel v8 -- sh -c 'echo marker' | cat``: the marker arrives, status 0."""
+    """``guestmem vm --kernel v8 -- sh -c 'echo marker' | cat``: the marker arrives, status 0.
+    The guest's root is the host's over 9p, cached (``vmrun.ROOT_CACHE``)."""
     needs_boot()
-    done = guestmem_vm("--kernel", str(KERNELS["v8"]), "--", "sh", "-c", "echo marker", timeout=600)
+    root = "grep '^[^ ]* / 9p ' /proc/mounts | sed 's/^/root: /' >&2"
+    done = guestmem_vm("--kernel", str(KERNELS["v8"]), "--", "sh", "-c", f"echo marker; {root}", timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "marker\n", done.stderr
+    mounted = [line for line in done.stderr.splitlines() if line.startswith("root: ")]
+    assert len(mounted) == 1 and ",cache=" in mounted[0] and "ro," in mounted[0], done.stderr
+
+
+def test_the_guest_caches_the_host_root_unless_told_not_to() -> None:
+    def flags(run: vmrun.VmRun) -> list[str]:
+        argv = run.argv("vng", "/s", "tcg", {})
+        assert "--force-9p" in argv  # the flags below are 9p's
+        return [a for a in argv if a.startswith("rootflags=")]
+
+    cached = vmrun.VmRun(kernel="k", command=["true"], append=["rootflags=mine"])
+    assert flags(cached) == [f"rootflags={vmrun.ROOT_FLAGS},cache=loose", "rootflags=mine"]  # the user's last
+    assert flags(vmrun.VmRun(kernel="k", command=["true"], root_cache=False)) == [f"rootflags={vmrun.ROOT_FLAGS}"]
 
 
 @pytest.mark.vm

@@ -74,6 +74,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--scratch", default=None, metavar="DIR", help="host directory shared read-write")
     parser.add_argument(
+        "--no-root-cache",
+        action="store_true",
+        help="do not let the guest cache the host's files (slower; a file changed on the host "
+        "during the run is then seen changed inside)",
+    )
+    parser.add_argument(
         "--any-kernel",
         action="store_true",
         help="run COMMAND even if the kernel lacks KVM_SET_MEMORY_ATTRIBUTES2",
@@ -102,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
             require_ioctl=not args.any_kernel,
             scratch=args.scratch,
             accel=args.accel,
+            root_cache=not args.no_root_cache,
         ).execute()
     except vmrun.VmError as err:
         print(f"guestmem vm: {err}", file=sys.stderr)

@@ -7,6 +7,7 @@ fault injection arms the debugfs knobs (a fake debugfs here).
 from __future__ import annotations
 
 import builtins
+import hashlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -624,3 +626,76 @@ def test_the_stale_mmio_answer_is_counted_only_where_it_can_happen(
         assert found is not None and found.invariant == invariant, found and found.describe()
         assert found.got is not None and found.got.exit is not None
         assert found.got.exit["reason"] == "MEMORY_FAULT"
+
+
+# --- memory errors --------------------------------------------------------------------------------
+#: Seed 7, thread 1's first operations as they were drawn before memory errors were among
+#: them (docs cite seeds: their operations must not change).
+SEED_7_THREAD_1 = [
+    "t1#0 host_read gmem1 [0x154c, +0x40)",
+    "t1#1 host_write gmem0 [0x7741, +0x8) data 45314531…",
+    "t1#2 convert gmem1 [0xa000, +0x1000) to shared (zero)",
+    "t1#3 convert gmem0 [0xd000, +0x1000) to private (zero)",
+    "t1#4 memslot gmem1 [0x0, +0x10000)",
+    "t1#5 host_read gmem1 [0x491b, +0x1)",
+    "t1#6 host_read gmem0 [0x90be, +0x8)",
+    "t1#7 pin gmem1 [0xc000, +0x4000)",
+    "t1#8 convert gmem1 [0x1000, +0x6000) to private (default) with failslab",
+    "t1#9 convert gmem0 [0x0, +0x4000) to private (preserve)",
+    "t1#10 punch_hole gmem1 [0x5000, +0x8000)",
+    "t1#11 convert gmem0 [0xe000, +0x1000) to private (zero) with failslab",
+    "t1#12 convert gmem1 [0x1000, +0x4000) to private (default)",
+    "t1#13 convert gmem1 [0x7000, +0x2000) to shared (default)",
+    "t1#14 convert gmem0 [0x5000, +0x8000) to shared (default)",
+    "t1#15 punch_hole gmem1 [0x1000, +0x3000)",
+    "t1#16 host_write gmem0 [0x6000, +0x8) data 71d3eb71…",
+    "t1#17 convert gmem1 [0x0, +0x2000) to private (default)",
+    "t1#18 host_read gmem0 [0x11f5, +0x1)",
+    "t1#19 pin gmem1 [0x0, +0x8000)",
+    "t1#20 splice gmem1 [0x8000, +0x3000)",
+    "t1#21 convert gmem0 [0xf000, +0x1000) to shared (default)",
+    "t1#22 convert gmem0 [0x5000, +0x2000) to private (preserve)",
+    "t1#23 host_read gmem0 [0xe04b, +0x40)",
+    "t1#24 convert gmem1 [0x6000, +0x6000) to shared (default)",
+    "t1#25 convert gmem0 [0x3000, +0x2000) to shared (preserve)",
+    "t1#26 host_write gmem1 [0xdb41, +0x40) data 32e5bead…",
+    "t1#27 convert gmem1 [0x7000, +0x1000) to private (zero)",
+    "t1#28 convert gmem0 [0xc000, +0x2000) to shared (preserve)",
+    "t1#29 memslot gmem0 [0x0, +0x10000)",
+    "t1#30 convert gmem1 [0xd000, +0x1000) to private (zero)",
+    "t1#31 convert gmem0 [0x4000, +0x5000) to shared (default)",
+    "t1#32 convert gmem1 [0x5000, +0x4000) to private (default) with fail_page_alloc",
+    "t1#33 punch_hole gmem1 [0x3000, +0x7000)",
+    "t1#34 host_read gmem0 [0xcd84, +0x1)",
+    "t1#35 pin gmem1 [0x5000, +0x8000)",
+    "t1#36 convert gmem0 [0x3000, +0x8000) to private (default)",
+    "t1#37 convert gmem1 [0x6000, +0x7000) to private (zero)",
+    "t1#38 host_read gmem1 [0x482b, +0x40)",
+    "t1#39 host_read gmem0 [0x3000, +0x1e4d)",
+]
+#: SHA-256 of every field of seed 7's first 500 operations of threads 0 to 4, as drawn
+#: before memory errors were among them.
+SEED_7_DIGEST = "481b65c7eb4e3033632ddbec1760c44c52f534e58de3bbcced49c57bac48ae63"
+
+
+def test_memory_errors_leave_every_seed_s_operations_as_they_were() -> None:
+    shape = {"vcpus": 1, "targets": 2, "pages": 16}
+    ops = first_ops(7, 1, 40, **shape)
+    assert [replace(op, memory_error=False).describe() for op in ops] == SEED_7_THREAD_1
+    digest = hashlib.sha256()
+    for thread in range(5):
+        for op in first_ops(7, thread, 500, **shape):
+            fields = (op.thread, op.index, op.kind, op.target, op.offset, op.size, op.data.hex())
+            digest.update(repr((*fields, op.to, op.mode, op.inject)).encode())
+    assert digest.hexdigest() == SEED_7_DIGEST
+
+
+def test_some_punch_holes_come_after_a_memory_error() -> None:
+    shape = {"vcpus": 1, "targets": 2, "pages": 16}
+    ops = first_ops(3, 1, 2000, **shape)
+    assert {op.kind for op in ops if op.memory_error} == {"punch_hole"}
+    punches = [op for op in ops if op.kind == "punch_hole"]
+    assert 0 < sum(op.memory_error for op in punches) < len(punches)
+    error = next(op for op in punches if op.memory_error)
+    assert error.describe().endswith(" after a memory error")
+    assert first_ops(3, 1, 2000, **shape) == ops  # the seed draws them again

@@ -7,6 +7,7 @@ fault injection arms the debugfs knobs (a fake debugfs here).
 from __future__ import annotations
 
 import builtins
+import errno
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from guestmem.scenario import load, run
 from guestmem.stress.engine import INVARIANTS, Report, Settings, Stress
 from guestmem.stress.inject import Injector
 from guestmem.stress.kmsg import find_splats
+from guestmem.stress.poison import Injection, MemoryErrors
 from guestmem.stress.schedule import HOST_OPS, VCPU_OPS, first_ops
 from guestmem.uapi.kvm import PAGE_SIZE
 
@@ -699,3 +701,170 @@ def test_some_punch_holes_come_after_a_memory_error() -> None:
     error = next(op for op in punches if op.memory_error)
     assert error.describe().endswith(" after a memory error")
     assert first_ops(3, 1, 2000, **shape) == ops  # the seed draws them again
+
+
+class Poisonable(ModelMachine):
+    """The kernel's answers to a memory error on a shared page (docs/semantics.md §3
+    *Memory errors*): a host access to it faults with SIGBUS, a to-private conversion of a
+    range holding it fails with EAGAIN at it, a punch hole removes it."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.poisoned: set[int] = set()
+
+    def poison(self, offset: int) -> None:
+        self.poisoned.add(offset // PAGE_SIZE)
+
+    def _first(self, offset: int, size: int) -> int | None:
+        pages = range(offset // PAGE_SIZE, (offset + max(size, 1) - 1) // PAGE_SIZE + 1)
+        return next((p for p in pages if p in self.poisoned), None)
+
+    def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome:
+        if self._first(offset, size) is not None:
+            return Outcome(signal="SIGBUS")
+        return super().host_read(offset, size, mapping)
+
+    def host_write(self, offset: int, data: bytes, mapping: int = 0) -> Outcome:
+        bad = self._first(offset, len(data))
+        if bad is None:
+            return super().host_write(offset, data, mapping)
+        if bad * PAGE_SIZE > offset:
+            super().host_write(offset, data[: bad * PAGE_SIZE - offset], mapping)
+        return Outcome(signal="SIGBUS")
+
+    def convert(self, offset: int, size: int, attributes: int, flags: int = 0, **kw: Any) -> Outcome:
+        bad = self._first(offset, size)
+        if attributes and bad is not None:
+            return Outcome(errno="EAGAIN", error_offset=bad * PAGE_SIZE)
+        return super().convert(offset, size, attributes, flags, **kw)
+
+    def punch_hole(self, offset: int, size: int) -> Outcome:
+        got = super().punch_hole(offset, size)
+        if got.ok:
+            self.poisoned -= set(range(offset // PAGE_SIZE, (offset + size) // PAGE_SIZE))
+        return got
+
+
+class ReadsThroughPoison(Poisonable):
+    """A host read of a poisoned page returns its bytes."""
+
+    def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome:
+        return ModelMachine.host_read(self, offset, size, mapping)
+
+
+class ConvertsPoison(Poisonable):
+    """A to-private conversion converts a poisoned page."""
+
+    def convert(self, offset: int, size: int, attributes: int, flags: int = 0, **kw: Any) -> Outcome:
+        return ModelMachine.convert(self, offset, size, attributes, flags, **kw)
+
+
+class RefusesOffThePage(Poisonable):
+    """The conversion is refused with EAGAIN one page past the poisoned one."""
+
+    def convert(self, offset: int, size: int, attributes: int, flags: int = 0, **kw: Any) -> Outcome:
+        got = super().convert(offset, size, attributes, flags, **kw)
+        if got.errno == "EAGAIN" and got.error_offset is not None and self._first(offset, size) is not None:
+            got.error_offset += PAGE_SIZE
+        return got
+
+
+class StaysPoisoned(Poisonable):
+    """A punch hole leaves the poisoned page faulting."""
+
+    def punch_hole(self, offset: int, size: int) -> Outcome:
+        return ModelMachine.punch_hole(self, offset, size)
+
+
+class FakePoisoner:
+    """Poisons a page of a :class:`Poisonable` machine under test."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        self.reason = reason
+        self.calls = 0
+
+    def inject(self, machine: Any, offset: int) -> Injection:
+        self.calls += 1
+        machine.poison(offset)
+        return Injection(True)
+
+
+@pytest.mark.parametrize(
+    ("machine", "invariant"),
+    [
+        (Poisonable, None),
+        (ReadsThroughPoison, "memory_error"),
+        (ConvertsPoison, "memory_error"),
+        (RefusesOffThePage, "memory_error"),
+        (StaysPoisoned, "memory_error"),
+    ],
+)
+def test_memory_errors_follow_the_rules_while_other_threads_run(
+    machine: type[ModelMachine], invariant: str | None
+) -> None:
+    """docs/semantics.md §3 *Memory errors*, checked in a punch hole while the other
+    threads convert, pin and access: the kernel's answers pass, each wrong one is caught."""
+    poisoner = FakePoisoner()
+    settings = Settings(seed=2, seconds=None, operations=300, minimize_seconds=5)
+    report = Stress(settings, Planted(machine), poisoner=poisoner).run()
+    found = report.violation
+    if invariant is None:
+        assert found is None, found.describe()
+        assert report.memory_errors == poisoner.calls > 0
+        assert report.checks["memory_error"] > 0
+        assert report.memory_errors_plain["private"] > 0  # ranges with no shared page
+        record = report.to_json()
+        assert record["memory_errors"] == report.memory_errors
+        assert record["memory_errors_unavailable"] is None
+    else:
+        assert found is not None and found.invariant == invariant, found and found.describe()
+        assert found.action is not None and found.action.op.memory_error
+        assert found.action.poisoned >= 0 and "after a memory error (at " in found.action.describe()
+
+
+def test_memory_errors_are_capped_and_plain_where_unavailable() -> None:
+    capped = Stress(
+        Settings(seed=2, seconds=None, operations=300, memory_errors=2),
+        Planted(Poisonable),
+        poisoner=FakePoisoner(),
+    ).run()
+    assert capped.violation is None and capped.memory_errors == 2
+    assert capped.memory_errors_plain["limit"] > 0
+    none = Stress(Settings(seed=2, seconds=None, operations=100), ModelBackend()).run()
+    assert none.memory_errors == 0 and none.memory_errors_plain["unavailable"] > 0
+    assert none.to_json()["memory_errors_unavailable"] == "the model backend has no poisoned pages"
+    refused = FakePoisoner("madvise(MADV_HWPOISON) answers EINVAL: the kernel lacks MEMORY_FAILURE")
+    off = Stress(Settings(seed=2, seconds=None, operations=100), Planted(Poisonable), poisoner=refused).run()
+    assert off.memory_errors == 0 and refused.calls == 0
+    assert off.to_json()["memory_errors_unavailable"] == refused.reason
+
+
+def test_a_seed_replays_its_memory_errors() -> None:
+    runs = [
+        Stress(Settings(seed=4, seconds=None, operations=200), Planted(Poisonable), poisoner=FakePoisoner())
+        for _ in range(2)
+    ]
+    for runner in runs:
+        report = runner.run()
+        assert report.violation is None and report.memory_errors > 0
+    drawn = [{a.op for _t, _g, a in r.history if a.op.memory_error} for r in runs]
+    assert drawn[0] == drawn[1] and drawn[0]
+
+
+def test_the_poisoner_reads_the_child_s_report(tmp_path: Path) -> None:
+    """What the injecting child said (one byte a step) and how it ended, read as the
+    kernel's answer (no memory error is injected here)."""
+    sysctl = tmp_path / "memory_failure_recovery"
+    sysctl.write_text("1\n")
+    poisoner = MemoryErrors(str(sysctl))
+    poisoner.reason = None  # as root
+    assert poisoner._result(b"t", "SIGBUS") == Injection(True)
+    assert poisoner._result(b"td", None) == Injection(True)
+    assert poisoner._result(b"te" + bytes([errno.EBUSY]), None) == Injection(True)
+    assert poisoner._result(b"", "SIGBUS").faulted
+    assert poisoner.injected == 3 and poisoner.reason is None
+    refused = poisoner._result(b"te" + bytes([errno.EINVAL]), None)
+    assert not refused.done and not refused.faulted and "MEMORY_FAILURE" in refused.why
+    assert poisoner.reason == refused.why
+    assert poisoner.inject(object(), 0).why == refused.why  # unavailable from then on
+    assert MemoryErrors(str(tmp_path / "none")).reason is not None

@@ -868,3 +868,41 @@ def test_the_poisoner_reads_the_child_s_report(tmp_path: Path) -> None:
     assert poisoner.reason == refused.why
     assert poisoner.inject(object(), 0).why == refused.why  # unavailable from then on
     assert MemoryErrors(str(tmp_path / "none")).reason is not None
+
+
+class StaleEntries(Poisonable):
+    """As the kernel was measured (docs/stress.md *Findings*): a process that had the page
+    mapped when the error came and has not faulted on it since still faults after the
+    punch hole, once (its helper dies and a new one reads zeros)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.faulted: dict[int, set[int]] = {}
+
+    def poison(self, offset: int) -> None:
+        super().poison(offset)
+        self.faulted[offset // PAGE_SIZE] = set()
+
+    def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome:
+        first = offset // PAGE_SIZE
+        if first in self.faulted and mapping not in self.faulted[first]:
+            self.faulted[first].add(mapping)
+            return Outcome(signal="SIGBUS")
+        return super().host_read(offset, size, mapping)
+
+
+def test_a_fault_on_a_page_punched_after_a_memory_error_is_a_violation_that_names_it() -> None:
+    report = None
+    for seed in range(1, 20):
+        report = Stress(
+            Settings(seed=seed, seconds=None, operations=300, minimize_seconds=5),
+            Planted(StaleEntries),
+            poisoner=FakePoisoner(),
+        ).run()
+        if report.violation is not None:
+            break
+    assert report is not None and report.violation is not None
+    found = report.violation
+    # a later access of another thread, or the reads of a later memory error's range
+    assert found.invariant in ("model_agreement", "memory_error"), found.describe()
+    assert "stale hwpoison entry" in found.message and "after a memory error (at " in found.message

@@ -4,9 +4,11 @@ docs/semantics.md §3 *Memory errors*).
 
 A forked child maps the one page of the guest_memfd, touches it, says so through a pipe,
 and calls ``madvise(MADV_HWPOISON)`` on it: the memory-failure code handles the page as if
-the hardware had reported it bad, and usually kills the child with ``SIGBUS`` (it
-"consumed" the error). The child's report tells the cases apart: the page faulted when
-touched (it was not shared), the error was injected, or ``madvise`` refused.
+the hardware had reported it bad. It poisons the page and then either kills the child with
+``SIGBUS`` (seen on v8-debug when the page was dirty) or answers ``EBUSY`` because its
+recovery failed (guest_memfd keeps the folio; seen when the page was clean). The child's
+report tells the cases apart: the page faulted when touched (it was not shared), the
+error was injected, or ``madvise`` refused.
 
 ``MADV_HWPOISON`` needs ``CONFIG_MEMORY_FAILURE`` (``/proc/sys/vm/memory_failure_recovery``)
 and ``CAP_SYS_ADMIN``; each injection is also a probe: ``madvise`` failing with ``EINVAL``

@@ -906,3 +906,35 @@ def test_a_fault_on_a_page_punched_after_a_memory_error_is_a_violation_that_name
     # a later access of another thread, or the reads of a later memory error's range
     assert found.invariant in ("model_agreement", "memory_error"), found.describe()
     assert "stale hwpoison entry" in found.message and "after a memory error (at " in found.message
+
+
+class RefusingPoisoner(FakePoisoner):
+    """``madvise`` refused (the probe), or the page faulted when the child touched it."""
+
+    def __init__(self, faulted: bool) -> None:
+        super().__init__()
+        self.faulted = faulted
+
+    def inject(self, machine: Any, offset: int) -> Injection:
+        self.calls += 1
+        if self.faulted:
+            return Injection(False, faulted=True, why="the page faulted when touched (SIGBUS)")
+        self.reason = "madvise(MADV_HWPOISON) answers EPERM: CAP_SYS_ADMIN is needed"
+        return Injection(False, why=self.reason)
+
+
+def test_a_refused_injection_is_a_plain_punch_hole_and_a_faulting_page_a_violation() -> None:
+    refused = RefusingPoisoner(faulted=False)
+    report = Stress(
+        Settings(seed=2, seconds=None, operations=200), Planted(Poisonable), poisoner=refused
+    ).run()
+    assert report.violation is None and report.memory_errors == 0 and refused.calls == 1
+    assert report.memory_errors_plain["unavailable"] > 1
+    assert report.memory_errors_unavailable == refused.reason
+    faulted = RefusingPoisoner(faulted=True)
+    report = Stress(
+        Settings(seed=2, seconds=None, operations=200), Planted(Poisonable), poisoner=faulted
+    ).run()
+    found = report.violation
+    assert found is not None and found.invariant == "model_agreement" and "faulted" in found.message
+    assert found.action is not None and found.action.op.memory_error

@@ -734,7 +734,7 @@ class Stress:
                         want,
                     )
                 )
-            return self._plain(thread, target, action, "unavailable")
+            return self._plain(thread, target, replace(action, poisoned=-1), "unavailable")
         with self.lock:
             self.report.memory_errors += 1
         with target.oracle_lock:

@@ -7,6 +7,10 @@ never touched, a child process maps the guest_memfd and injects a memory error w
 both ways alone and in a range, punched out, and read again. Each answer goes into
 OUT.json with the kernel's log lines it caused; ``tests/test_vm_stress.py`` holds them to
 the rules of docs/semantics.md §3 *Memory errors*.
+
+One more case is a finding (docs/stress.md *Findings*): a second host process reads the
+page before the memory error and does not touch it again until after the punch hole;
+its read then faults, while a new process reads zeros.
 """
 
 from __future__ import annotations
@@ -86,14 +90,40 @@ def case(page: int, written: bool, kmsg: int) -> dict[str, Any]:
     return {"page": page, "written": written, "steps": steps}
 
 
+def mapped_elsewhere(page: int, kmsg: int) -> dict[str, Any]:
+    """A memory error on a page another process has mapped; that process's reads after
+    the punch hole (its helper, ``mapping=1``, replaced after a fault)."""
+    machine = KernelBackend().open("sw_protected", "v8", PAGES * PAGE_SIZE, FLAGS)
+    offset = page * PAGE_SIZE
+    steps: list[dict[str, Any]] = []
+
+    def step(name: str, act: Callable[[], Outcome]) -> None:
+        steps.append({"step": name, "outcome": act().to_json(), "log": _kmsg(kmsg)})
+
+    try:
+        step("other_process_read", lambda: machine.host_read(offset, 1, mapping=1))
+        assert machine.gmem is not None
+        steps.append({"step": "poison", "child": _poison(machine.gmem.fd, page, True), "log": _kmsg(kmsg)})
+        step("host_read", lambda: machine.host_read(offset, 1))
+        step("punch_hole", lambda: machine.punch_hole(offset, PAGE_SIZE))
+        step("host_read_after_punch", lambda: machine.host_read(offset, 1))
+        step("other_process_read_after_punch", lambda: machine.host_read(offset, 1, mapping=1))
+        step("other_process_read_again", lambda: machine.host_read(offset, 1, mapping=1))
+        step("guest_read_after_punch", lambda: machine.guest_read(offset, 1))
+    finally:
+        machine.close()
+    return {"page": page, "steps": steps}
+
+
 def main(out: str) -> None:
     kmsg = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
     os.lseek(kmsg, 0, os.SEEK_END)
-    record: dict[str, Any] = {"unavailable": None, "cases": []}
+    record: dict[str, Any] = {"unavailable": None, "cases": [], "mapped_elsewhere": None}
     if not os.path.exists("/proc/sys/vm/memory_failure_recovery"):
         record["unavailable"] = "the kernel has no MEMORY_FAILURE"
     else:
         record["cases"] = [case(2, True, kmsg), case(5, False, kmsg)]
+        record["mapped_elsewhere"] = mapped_elsewhere(3, kmsg)
     with open(out, "w", encoding="utf-8") as file:
         json.dump(record, file, indent=1)
 

@@ -7,6 +7,8 @@ fault injection arms the debugfs knobs (a fake debugfs here).
 from __future__ import annotations
 
 import builtins
+import errno
+import hashlib
 import json
 import os
 import signal
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from guestmem.scenario import load, run
 from guestmem.stress.engine import INVARIANTS, Report, Settings, Stress
 from guestmem.stress.inject import Injector
 from guestmem.stress.kmsg import find_splats
+from guestmem.stress.poison import Injection, MemoryErrors
 from guestmem.stress.schedule import HOST_OPS, VCPU_OPS, first_ops
 from guestmem.uapi.kvm import PAGE_SIZE
 
@@ -624,3 +628,313 @@ def test_the_stale_mmio_answer_is_counted_only_where_it_can_happen(
         assert found is not None and found.invariant == invariant, found and found.describe()
         assert found.got is not None and found.got.exit is not None
         assert found.got.exit["reason"] == "MEMORY_FAULT"
+
+
+# --- memory errors --------------------------------------------------------------------------------
+#: Seed 7, thread 1's first operations as they were drawn before memory errors were among
+#: them (docs cite seeds: their operations must not change).
+SEED_7_THREAD_1 = [
+    "t1#0 host_read gmem1 [0x154c, +0x40)",
+    "t1#1 host_write gmem0 [0x7741, +0x8) data 45314531…",
+    "t1#2 convert gmem1 [0xa000, +0x1000) to shared (zero)",
+    "t1#3 convert gmem0 [0xd000, +0x1000) to private (zero)",
+    "t1#4 memslot gmem1 [0x0, +0x10000)",
+    "t1#5 host_read gmem1 [0x491b, +0x1)",
+    "t1#6 host_read gmem0 [0x90be, +0x8)",
+    "t1#7 pin gmem1 [0xc000, +0x4000)",
+    "t1#8 convert gmem1 [0x1000, +0x6000) to private (default) with failslab",
+    "t1#9 convert gmem0 [0x0, +0x4000) to private (preserve)",
+    "t1#10 punch_hole gmem1 [0x5000, +0x8000)",
+    "t1#11 convert gmem0 [0xe000, +0x1000) to private (zero) with failslab",
+    "t1#12 convert gmem1 [0x1000, +0x4000) to private (default)",
+    "t1#13 convert gmem1 [0x7000, +0x2000) to shared (default)",
+    "t1#14 convert gmem0 [0x5000, +0x8000) to shared (default)",
+    "t1#15 punch_hole gmem1 [0x1000, +0x3000)",
+    "t1#16 host_write gmem0 [0x6000, +0x8) data 71d3eb71…",
+    "t1#17 convert gmem1 [0x0, +0x2000) to private (default)",
+    "t1#18 host_read gmem0 [0x11f5, +0x1)",
+    "t1#19 pin gmem1 [0x0, +0x8000)",
+    "t1#20 splice gmem1 [0x8000, +0x3000)",
+    "t1#21 convert gmem0 [0xf000, +0x1000) to shared (default)",
+    "t1#22 convert gmem0 [0x5000, +0x2000) to private (preserve)",
+    "t1#23 host_read gmem0 [0xe04b, +0x40)",
+    "t1#24 convert gmem1 [0x6000, +0x6000) to shared (default)",
+    "t1#25 convert gmem0 [0x3000, +0x2000) to shared (preserve)",
+    "t1#26 host_write gmem1 [0xdb41, +0x40) data 32e5bead…",
+    "t1#27 convert gmem1 [0x7000, +0x1000) to private (zero)",
+    "t1#28 convert gmem0 [0xc000, +0x2000) to shared (preserve)",
+    "t1#29 memslot gmem0 [0x0, +0x10000)",
+    "t1#30 convert gmem1 [0xd000, +0x1000) to private (zero)",
+    "t1#31 convert gmem0 [0x4000, +0x5000) to shared (default)",
+    "t1#32 convert gmem1 [0x5000, +0x4000) to private (default) with fail_page_alloc",
+    "t1#33 punch_hole gmem1 [0x3000, +0x7000)",
+    "t1#34 host_read gmem0 [0xcd84, +0x1)",
+    "t1#35 pin gmem1 [0x5000, +0x8000)",
+    "t1#36 convert gmem0 [0x3000, +0x8000) to private (default)",
+    "t1#37 convert gmem1 [0x6000, +0x7000) to private (zero)",
+    "t1#38 host_read gmem1 [0x482b, +0x40)",
+    "t1#39 host_read gmem0 [0x3000, +0x1e4d)",
+]
+#: SHA-256 of every field of seed 7's first 500 operations of threads 0 to 4, as drawn
+#: before memory errors were among them.
+SEED_7_DIGEST = "481b65c7eb4e3033632ddbec1760c44c52f534e58de3bbcced49c57bac48ae63"
+
+
+def test_memory_errors_leave_every_seed_s_operations_as_they_were() -> None:
+    shape = {"vcpus": 1, "targets": 2, "pages": 16}
+    ops = first_ops(7, 1, 40, **shape)
+    assert [replace(op, memory_error=False).describe() for op in ops] == SEED_7_THREAD_1
+    digest = hashlib.sha256()
+    for thread in range(5):
+        for op in first_ops(7, thread, 500, **shape):
+            fields = (op.thread, op.index, op.kind, op.target, op.offset, op.size, op.data.hex())
+            digest.update(repr((*fields, op.to, op.mode, op.inject)).encode())
+    assert digest.hexdigest() == SEED_7_DIGEST
+
+
+def test_some_punch_holes_come_after_a_memory_error() -> None:
+    shape = {"vcpus": 1, "targets": 2, "pages": 16}
+    ops = first_ops(3, 1, 2000, **shape)
+    assert {op.kind for op in ops if op.memory_error} == {"punch_hole"}
+    punches = [op for op in ops if op.kind == "punch_hole"]
+    assert 0 < sum(op.memory_error for op in punches) < len(punches)
+    error = next(op for op in punches if op.memory_error)
+    assert error.describe().endswith(" after a memory error")
+    assert first_ops(3, 1, 2000, **shape) == ops  # the seed draws them again
+
+
+class Poisonable(ModelMachine):
+    """The kernel's answers to a memory error on a shared page (docs/semantics.md §3
+    *Memory errors*): a host access to it faults with SIGBUS, a to-private conversion of a
+    range holding it fails with EAGAIN at it, a punch hole removes it."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.poisoned: set[int] = set()
+
+    def poison(self, offset: int) -> None:
+        self.poisoned.add(offset // PAGE_SIZE)
+
+    def _first(self, offset: int, size: int) -> int | None:
+        pages = range(offset // PAGE_SIZE, (offset + max(size, 1) - 1) // PAGE_SIZE + 1)
+        return next((p for p in pages if p in self.poisoned), None)
+
+    def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome:
+        if self._first(offset, size) is not None:
+            return Outcome(signal="SIGBUS")
+        return super().host_read(offset, size, mapping)
+
+    def host_write(self, offset: int, data: bytes, mapping: int = 0) -> Outcome:
+        bad = self._first(offset, len(data))
+        if bad is None:
+            return super().host_write(offset, data, mapping)
+        if bad * PAGE_SIZE > offset:
+            super().host_write(offset, data[: bad * PAGE_SIZE - offset], mapping)
+        return Outcome(signal="SIGBUS")
+
+    def convert(self, offset: int, size: int, attributes: int, flags: int = 0, **kw: Any) -> Outcome:
+        bad = self._first(offset, size)
+        if attributes and bad is not None:
+            return Outcome(errno="EAGAIN", error_offset=bad * PAGE_SIZE)
+        return super().convert(offset, size, attributes, flags, **kw)
+
+    def punch_hole(self, offset: int, size: int) -> Outcome:
+        got = super().punch_hole(offset, size)
+        if got.ok:
+            self.poisoned -= set(range(offset // PAGE_SIZE, (offset + size) // PAGE_SIZE))
+        return got
+
+
+class ReadsThroughPoison(Poisonable):
+    """A host read of a poisoned page returns its bytes."""
+
+    def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome:
+        return ModelMachine.host_read(self, offset, size, mapping)
+
+
+class ConvertsPoison(Poisonable):
+    """A to-private conversion converts a poisoned page."""
+
+    def convert(self, offset: int, size: int, attributes: int, flags: int = 0, **kw: Any) -> Outcome:
+        return ModelMachine.convert(self, offset, size, attributes, flags, **kw)
+
+
+class RefusesOffThePage(Poisonable):
+    """The conversion is refused with EAGAIN one page past the poisoned one."""
+
+    def convert(self, offset: int, size: int, attributes: int, flags: int = 0, **kw: Any) -> Outcome:
+        got = super().convert(offset, size, attributes, flags, **kw)
+        if got.errno == "EAGAIN" and got.error_offset is not None and self._first(offset, size) is not None:
+            got.error_offset += PAGE_SIZE
+        return got
+
+
+class StaysPoisoned(Poisonable):
+    """A punch hole leaves the poisoned page faulting."""
+
+    def punch_hole(self, offset: int, size: int) -> Outcome:
+        return ModelMachine.punch_hole(self, offset, size)
+
+
+class FakePoisoner:
+    """Poisons a page of a :class:`Poisonable` machine under test."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        self.reason = reason
+        self.calls = 0
+
+    def inject(self, machine: Any, offset: int) -> Injection:
+        self.calls += 1
+        machine.poison(offset)
+        return Injection(True)
+
+
+@pytest.mark.parametrize(
+    ("machine", "invariant"),
+    [
+        (Poisonable, None),
+        (ReadsThroughPoison, "memory_error"),
+        (ConvertsPoison, "memory_error"),
+        (RefusesOffThePage, "memory_error"),
+        (StaysPoisoned, "memory_error"),
+    ],
+)
+def test_memory_errors_follow_the_rules_while_other_threads_run(
+    machine: type[ModelMachine], invariant: str | None
+) -> None:
+    """docs/semantics.md §3 *Memory errors*, checked in a punch hole while the other
+    threads convert, pin and access: the kernel's answers pass, each wrong one is caught."""
+    poisoner = FakePoisoner()
+    settings = Settings(seed=2, seconds=None, operations=300, minimize_seconds=5)
+    report = Stress(settings, Planted(machine), poisoner=poisoner).run()
+    found = report.violation
+    if invariant is None:
+        assert found is None, found.describe()
+        assert report.memory_errors == poisoner.calls > 0
+        assert report.checks["memory_error"] > 0
+        assert report.memory_errors_plain["private"] > 0  # ranges with no shared page
+        record = report.to_json()
+        assert record["memory_errors"] == report.memory_errors
+        assert record["memory_errors_unavailable"] is None
+    else:
+        assert found is not None and found.invariant == invariant, found and found.describe()
+        assert found.action is not None and found.action.op.memory_error
+        assert found.action.poisoned >= 0 and "after a memory error (at " in found.action.describe()
+
+
+def test_memory_errors_are_capped_and_plain_where_unavailable() -> None:
+    capped = Stress(
+        Settings(seed=2, seconds=None, operations=300, memory_errors=2),
+        Planted(Poisonable),
+        poisoner=FakePoisoner(),
+    ).run()
+    assert capped.violation is None and capped.memory_errors == 2
+    assert capped.memory_errors_plain["limit"] > 0
+    none = Stress(Settings(seed=2, seconds=None, operations=100), ModelBackend()).run()
+    assert none.memory_errors == 0 and none.memory_errors_plain["unavailable"] > 0
+    assert none.to_json()["memory_errors_unavailable"] == "the model backend has no poisoned pages"
+    refused = FakePoisoner("madvise(MADV_HWPOISON) answers EINVAL: the kernel lacks MEMORY_FAILURE")
+    off = Stress(Settings(seed=2, seconds=None, operations=100), Planted(Poisonable), poisoner=refused).run()
+    assert off.memory_errors == 0 and refused.calls == 0
+    assert off.to_json()["memory_errors_unavailable"] == refused.reason
+
+
+def test_a_seed_replays_its_memory_errors() -> None:
+    runs = [
+        Stress(Settings(seed=4, seconds=None, operations=200), Planted(Poisonable), poisoner=FakePoisoner())
+        for _ in range(2)
+    ]
+    for runner in runs:
+        report = runner.run()
+        assert report.violation is None and report.memory_errors > 0
+    drawn = [{a.op for _t, _g, a in r.history if a.op.memory_error} for r in runs]
+    assert drawn[0] == drawn[1] and drawn[0]
+
+
+def test_the_poisoner_reads_the_child_s_report(tmp_path: Path) -> None:
+    """What the injecting child said (one byte a step) and how it ended, read as the
+    kernel's answer (no memory error is injected here)."""
+    sysctl = tmp_path / "memory_failure_recovery"
+    sysctl.write_text("1\n")
+    poisoner = MemoryErrors(str(sysctl))
+    poisoner.reason = None  # as root
+    assert poisoner._result(b"t", "SIGBUS") == Injection(True)
+    assert poisoner._result(b"td", None) == Injection(True)
+    assert poisoner._result(b"te" + bytes([errno.EBUSY]), None) == Injection(True)
+    assert poisoner._result(b"", "SIGBUS").faulted
+    assert poisoner.injected == 3 and poisoner.reason is None
+    refused = poisoner._result(b"te" + bytes([errno.EINVAL]), None)
+    assert not refused.done and not refused.faulted and "MEMORY_FAILURE" in refused.why
+    assert poisoner.reason == refused.why
+    assert poisoner.inject(object(), 0).why == refused.why  # unavailable from then on
+    assert MemoryErrors(str(tmp_path / "none")).reason is not None
+
+
+class StaleEntries(Poisonable):
+    """As the kernel was measured (docs/stress.md *Findings*): a process that had the page
+    mapped when the error came and has not faulted on it since still faults after the
+    punch hole, once (its helper dies and a new one reads zeros)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.faulted: dict[int, set[int]] = {}
+
+    def poison(self, offset: int) -> None:
+        super().poison(offset)
+        self.faulted[offset // PAGE_SIZE] = set()
+
+    def host_read(self, offset: int, size: int, mapping: int = 0) -> Outcome:
+        first = offset // PAGE_SIZE
+        if first in self.faulted and mapping not in self.faulted[first]:
+            self.faulted[first].add(mapping)
+            return Outcome(signal="SIGBUS")
+        return super().host_read(offset, size, mapping)
+
+
+def test_a_fault_on_a_page_punched_after_a_memory_error_is_a_violation_that_names_it() -> None:
+    report = None
+    for seed in range(1, 20):
+        report = Stress(
+            Settings(seed=seed, seconds=None, operations=300, minimize_seconds=5),
+            Planted(StaleEntries),
+            poisoner=FakePoisoner(),
+        ).run()
+        if report.violation is not None:
+            break
+    assert report is not None and report.violation is not None
+    found = report.violation
+    # a later access of another thread, or the reads of a later memory error's range
+    assert found.invariant in ("model_agreement", "memory_error"), found.describe()
+    assert "stale hwpoison entry" in found.message and "after a memory error (at " in found.message
+
+
+class RefusingPoisoner(FakePoisoner):
+    """``madvise`` refused (the probe), or the page faulted when the child touched it."""
+
+    def __init__(self, faulted: bool) -> None:
+        super().__init__()
+        self.faulted = faulted
+
+    def inject(self, machine: Any, offset: int) -> Injection:
+        self.calls += 1
+        if self.faulted:
+            return Injection(False, faulted=True, why="the page faulted when touched (SIGBUS)")
+        self.reason = "madvise(MADV_HWPOISON) answers EPERM: CAP_SYS_ADMIN is needed"
+        return Injection(False, why=self.reason)
+
+
+def test_a_refused_injection_is_a_plain_punch_hole_and_a_faulting_page_a_violation() -> None:
+    refused = RefusingPoisoner(faulted=False)
+    report = Stress(
+        Settings(seed=2, seconds=None, operations=200), Planted(Poisonable), poisoner=refused
+    ).run()
+    assert report.violation is None and report.memory_errors == 0 and refused.calls == 1
+    assert report.memory_errors_plain["unavailable"] > 1
+    assert report.memory_errors_unavailable == refused.reason
+    faulted = RefusingPoisoner(faulted=True)
+    report = Stress(
+        Settings(seed=2, seconds=None, operations=200), Planted(Poisonable), poisoner=faulted
+    ).run()
+    found = report.violation
+    assert found is not None and found.invariant == "model_agreement" and "faulted" in found.message
+    assert found.action is not None and found.action.op.memory_error

@@ -10,7 +10,9 @@ C selftests beside the port of each case, and a bounded ``guestmem stress`` run.
   under KASAN and emulation, which would be a verdict on the machine, not the kernel).
 - The stress run: at least four host threads and one vCPU, no invariant violated, the
   kernel log read throughout with no report; on ``v8-debug`` allocation failures were
-  injected into conversions.
+  injected into conversions, and memory errors into shared pages while the other threads
+  ran, each checked by the ``memory_error`` invariant (docs/stress.md *Memory errors*); the
+  kernels without ``MEMORY_FAILURE`` name the reason there was none.
 
 Where QEMU or a kernel is missing these tests skip with the reason, and under CI fail.
 """
@@ -107,6 +109,8 @@ def test_stress_inside_is_clean(inside: Inside) -> None:
         f"{record['seconds']:.0f} s ({record['ops_per_second']} ops/s), checks {checks}, "
         f"injected faults {record['injected_faults']} of {record['injection_attempts']} armed, "
         f"transient references {record['transient_references']}, "
+        f"memory errors {record['memory_errors']} (plain punch holes {record['memory_errors_plain']}, "
+        f"unavailable: {record['memory_errors_unavailable']}), "
         f"known kernel answers {record['known_findings']}, kinds {record['kinds']}]\n"
     )
     violation = record["violation"]
@@ -126,6 +130,11 @@ def test_stress_inside_is_clean(inside: Inside) -> None:
         # nothing), which a short run does not always meet
         assert record["injection_unavailable"] is None
         assert sum(record["injection_attempts"].values()) > 0
+        assert record["memory_errors_unavailable"] is None
+        assert record["memory_errors"] > 0 and checks["memory_error"] > 0
+    else:  # no MEMORY_FAILURE in v8 and rfc-v5: the record says so
+        assert record["memory_errors"] == 0
+        assert "MEMORY_FAILURE" in (record["memory_errors_unavailable"] or "")
 
 
 def test_each_boot_runs_the_pairs_and_a_bounded_stress_run() -> None:
@@ -183,3 +192,29 @@ def test_memory_errors_follow_the_rules(with_memory_failure: Inside) -> None:
             assert got[name]["errno"] is None and got[name]["signal"] is None, (name, got[name])
         assert got["host_read_again"]["signal"] == "SIGBUS"
         assert got["host_read_after_punch"]["data"] == got["guest_read_after_punch"]["data"] == "00"
+
+
+@pytest.mark.vm
+@pytest.mark.timeout(3000)
+def test_a_process_that_had_the_page_mapped_still_faults_after_the_punch_hole(
+    with_memory_failure: Inside,
+) -> None:
+    """A finding (docs/stress.md *Findings*), stated as the kernel answers: a process that
+    had the page mapped when the memory error came, and did not touch it since, faults on
+    it after the punch hole that discarded it, while a new process and the guest read
+    zeros; once that process is gone, the page reads as zeros to its successor. A kernel
+    that removes the stale entry fails this test, which says so."""
+    record = with_memory_failure.json("hwpoison.json")
+    assert record["unavailable"] is None, record["unavailable"]
+    found = record["mapped_elsewhere"]
+    got = {s["step"]: s.get("outcome") for s in found["steps"]}
+    log = [line for s in found["steps"] for line in s["log"]]
+    sys.stderr.write(f"\n[v8-debug, memory error on a page another process had mapped: {json.dumps(got)}]\n")
+    assert find_splats("\n".join(log)) == []
+    assert got["other_process_read"]["data"] == "00"
+    assert got["host_read"]["signal"] == "SIGBUS"
+    assert got["punch_hole"]["errno"] is None
+    assert got["host_read_after_punch"]["data"] == got["guest_read_after_punch"]["data"] == "00"
+    stale = got["other_process_read_after_punch"]
+    assert stale["signal"] == "SIGBUS", f"fixed? the other process read {stale} after the punch hole"
+    assert got["other_process_read_again"]["data"] == "00"

@@ -19,6 +19,7 @@ from guestmem.spec import revisions
 from guestmem.stress.engine import INVARIANTS, KNOWN_FINDINGS, Report, Settings, Stress
 from guestmem.stress.inject import Injector
 from guestmem.stress.kmsg import KernelLog
+from guestmem.stress.poison import MemoryErrors
 
 
 def _positive(kind: type) -> Any:
@@ -44,7 +45,8 @@ def register(sub: Any) -> None:
         "holes, memslot changes, closing and reopening. Every operation is checked against the "
         "model; the kernel log is read for KASAN, lockdep, WARNING, BUG, RCU stall and hung-task "
         "reports; conversions may get an allocation failure injected (failslab, fail_page_alloc) "
-        "where the kernel offers it. A seed makes every thread's schedule reproducible. The first "
+        "and punch holes may follow a memory error on a shared page (madvise(MADV_HWPOISON)) where "
+        "the kernel offers it. A seed makes every thread's schedule reproducible. The first "
         "violation stops the run and prints the seed, the threads' last operations and a minimal "
         "sequential reproducer when one replays it. Exit status: 0 clean, 1 a violation, 4 the "
         "kernel cannot run it (no conversion ioctl), 130 Ctrl-C.",
@@ -75,7 +77,11 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--op-limit", type=_positive(float), default=60.0, help="seconds one operation may take (default 60)"
     )
-    parser.add_argument("--no-inject", action="store_true", help="no fault injection")
+    parser.add_argument(
+        "--no-inject",
+        action="store_true",
+        help="no fault injection: no allocation failures, no memory errors",
+    )
     parser.add_argument(
         "--minimize-seconds", type=float, default=120.0, help="time for shrinking a reproducer (default 120)"
     )
@@ -138,12 +144,12 @@ def run(args: argparse.Namespace) -> int:
         from guestmem.backend.model import ModelBackend
 
         backend = ModelBackend()
-        log, injector = None, None
+        log, injector, poisoner = None, None, None
     else:
         from guestmem.backend.kernel import KernelBackend
 
         backend = KernelBackend()
-        log, injector = KernelLog(), Injector()
+        log, injector, poisoner = KernelLog(), Injector(), MemoryErrors()
     print(
         f"guestmem stress: seed {seed}, {settings.threads} host threads, {settings.vcpus} vCPU, "
         f"{settings.targets} guest_memfds of {settings.pages} pages, {abi} on {args.backend}, "
@@ -152,7 +158,9 @@ def run(args: argparse.Namespace) -> int:
     )
     with progress.Status("stress", enabled=args.format != "json") as status:
         try:
-            report = Stress(settings, backend, log=log, injector=injector, progress=status.update).run()
+            report = Stress(
+                settings, backend, log=log, injector=injector, poisoner=poisoner, progress=status.update
+            ).run()
         except Unavailable as why:
             print(f"guestmem stress: skipped: {why}", file=sys.stderr)
             return 4
@@ -191,6 +199,23 @@ def text(report: Report) -> str:
             else ", ".join(
                 f"{k} {v} of {report.injection_attempts.get(k, 0)} armed" for k, v in report.injected.items()
             )
+        ),
+        "memory errors: "
+        + (
+            f"none ({report.memory_errors_unavailable})"
+            if report.memory_errors == 0 and report.memory_errors_unavailable
+            else f"{report.memory_errors} injected, each followed by a punch hole"
+            + (
+                f" (then unavailable: {report.memory_errors_unavailable})"
+                if report.memory_errors_unavailable
+                else ""
+            )
+        )
+        + (
+            "; plain punch holes instead: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(report.memory_errors_plain.items()))
+            if report.memory_errors_plain
+            else ""
         ),
         f"transient references: {report.transient} conversions refused with EAGAIN on a page "
         "the model holds no reference to, then given the model's answer on a retry",

@@ -6,7 +6,10 @@ cannot survive. So every access is made by a forked helper process that shares t
 survives ``fork``): it copies page by page in ascending order and reports each page as
 it completes. If it dies, the access stopped at the first unreported page, earlier pages
 done, and the caller gets :class:`~guestmem.errors.HostFault` naming the signal; the
-next access forks a new helper.
+next access forks a new helper. A helper that died between two accesses (a memory error
+on a page it had mapped may kill it: docs/semantics.md §3 *Memory errors*) did not fault
+on anything the caller asked for: before each request, one that has exited is reaped and
+replaced, so the next access is not reported as a fault on its page.
 
 An access goes to the helper in requests of at most :data:`REQUEST` bytes, each answered
 before the next is sent, so neither process holds more than that of it at once, however
@@ -164,7 +167,15 @@ class HostAccess(syscalls.Handle):
             reason = "the kernel refused to map the page for the host (not shared)"
         return HostFault(name, offset, reason)
 
+    def _reap_idle(self) -> None:
+        """Reap the helper if it has exited while idle (no request of ours was pending)."""
+        if self.pid and os.waitpid(self.pid, os.WNOHANG) != (0, 0):
+            os.close(self.requests)
+            os.close(self.replies)
+            self.pid = 0
+
     def _request(self, op: int, offset: int, size: int, data: bytes | memoryview = b"") -> None:
+        self._reap_idle()
         if not self.pid:
             self._spawn()
         try:

@@ -25,6 +25,16 @@ Invariants (docs/stress.md; docs/semantics.md where each rule is stated):
   (docs/semantics.md, the ``EAGAIN`` row); a reference that outlasts them is a violation;
 - ``shared_bytes``: what a shared page holds changes only by a write, a punch hole or a
   conversion's content rule (every read is compared with the model's bytes);
+- ``memory_error``: after a memory error on a shared page that no pin or splice holds
+  (a punch hole drawn with :attr:`~guestmem.stress.schedule.Op.memory_error`; docs/semantics.md
+  §3 *Memory errors*), a host read of the page faults with ``SIGBUS`` and the other pages
+  of the range read as before; a to-private conversion of the page fails with ``EAGAIN``
+  at the page; the punch hole of the range gives the model's answer, and then every page
+  of the range reads as the model says: the poisoned one as zeros, which also shows it
+  stayed shared through the refused conversion (a host read cannot tell a poisoned page
+  from a private one before). The guest's ``EHWPOISON`` is not checked here (the vCPU is
+  another thread's); tests/hwpoison_inside.py checks it, one operation after another.
+  See :meth:`Stress.punch_after_memory_error`;
 - ``model_agreement``: every other answer — errno, exits, the guest's bytes — is the model's;
   one known kernel answer is set apart and counted instead (:data:`KNOWN_FINDINGS`,
   :func:`stale_mmio_fault`);
@@ -69,6 +79,7 @@ from guestmem.ops import (
 from guestmem.spec.terms import Direction
 from guestmem.stress.inject import Injector
 from guestmem.stress.kmsg import Splat, find_splats
+from guestmem.stress.poison import LIMIT, Injection
 from guestmem.stress.schedule import Op, schedule
 from guestmem.uapi.kvm import (
     GUEST_MEMFD_FLAG_INIT_SHARED,
@@ -82,6 +93,7 @@ INVARIANTS = (
     "failed_conversion_atomic",
     "error_offset",
     "shared_bytes",
+    "memory_error",
     "model_agreement",
     "no_hang",
     "kernel_log",
@@ -112,6 +124,14 @@ class LogSource(Protocol):
     def close(self) -> None: ...
 
 
+class Poisoner(Protocol):
+    """What injects memory errors (:class:`guestmem.stress.poison.MemoryErrors`)."""
+
+    reason: str | None
+
+    def inject(self, machine: Any, offset: int) -> Injection: ...
+
+
 @dataclass(frozen=True)
 class Action:
     """What a thread did: the drawn operation resolved against the state it met
@@ -125,10 +145,13 @@ class Action:
     #: opening of it (a reopen starts the next).
     target: int = -1
     generation: int = 0
+    #: The page a memory error was injected on before a punch hole (-1: none).
+    poisoned: int = -1
 
     def describe(self) -> str:
+        error = f" (at {self.poisoned:#x})" if self.poisoned >= 0 else ""
         if self.kind == self.op.kind and self.target in (-1, self.op.target):
-            return self.op.describe()
+            return self.op.describe() + error
         where = f"gmem{self.target} " if self.target not in (-1, self.op.target) else ""
         return f"{self.op.describe()} -> {self.kind} {where}[{self.offset:#x}, +{self.size:#x})"
 
@@ -196,6 +219,9 @@ class Target:
         self.sut: Any = None
         self.oracle: ModelMachine | None = None
         self.generation = 0
+        #: The pages of this opening that had a memory error, and the operation that
+        #: injected it (named when a later answer on the page is a violation).
+        self.memory_errors: dict[int, str] = {}
 
     def open(self, mappings: list[int]) -> None:
         self.sut = self.backend.open(self.platform, self.abi, self.size, FLAGS)
@@ -205,6 +231,7 @@ class Target:
         self.memslot = True
         self.stale_mmio = set()
         self.held = {}
+        self.memory_errors = {}
         self.generation += 1
         for which in mappings:  # each host thread's own process and mapping, made now
             self.sut.host_read(0, 1, mapping=which)
@@ -369,6 +396,8 @@ class Settings:
     op_limit: float = 60.0
     inject: bool = True
     minimize_seconds: float = 120.0
+    #: The most memory errors the run injects (each poisoned page is lost for good).
+    memory_errors: int = LIMIT
 
 
 @dataclass
@@ -387,6 +416,11 @@ class Report:
     #: How often each of :data:`KNOWN_FINDINGS` was met.
     known: Counter[str] = field(default_factory=Counter)
     injection: str | None = None
+    #: Memory errors injected; why none could be; the punch holes drawn with one that were
+    #: made plain, by reason (``private``, ``held``, ``limit``, ``unavailable``).
+    memory_errors: int = 0
+    memory_errors_unavailable: str | None = None
+    memory_errors_plain: Counter[str] = field(default_factory=Counter)
     log_watched: str | None = None
     violation: Violation | None = None
     last: dict[int, list[str]] = field(default_factory=dict)
@@ -419,6 +453,9 @@ class Report:
             "transient_references": self.transient,
             "known_findings": {k: self.known.get(k, 0) for k in KNOWN_FINDINGS},
             "injection_unavailable": self.injection,
+            "memory_errors": self.memory_errors,
+            "memory_errors_unavailable": self.memory_errors_unavailable,
+            "memory_errors_plain": dict(sorted(self.memory_errors_plain.items())),
             "kernel_log_unwatched": self.log_watched,
             "violation": None
             if self.violation is None
@@ -446,12 +483,16 @@ class Stress:
         *,
         log: LogSource | None = None,
         injector: Injector | None = None,
+        poisoner: Poisoner | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.s = settings
         self.backend = backend
         self.log = log
         self.injector = injector if settings.inject else None
+        self.poisoner = poisoner if settings.inject else None
+        #: Memory errors injected or being injected (held to ``settings.memory_errors``).
+        self.poison_slots = 0
         self.progress = progress or (lambda _text: None)
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -521,8 +562,31 @@ class Stress:
         self.check("model_agreement")
         if not agree(got, want):
             self.fail(
-                Violation("model_agreement", f"{kind} answered otherwise than the model", action, got, want)
+                Violation(
+                    "model_agreement",
+                    f"{kind} answered otherwise than the model" + self._after_memory_error(action, got),
+                    action,
+                    got,
+                    want,
+                )
             )
+
+    def _after_memory_error(self, action: Action, got: Outcome) -> str:
+        """A fault on a page that had a memory error earlier, punched out since: say so
+        (docs/stress.md *Findings*: a process that had the page mapped then may still fault)."""
+        if got.signal is None and got.errno not in ("EFAULT", "EHWPOISON"):
+            return ""
+        if not 0 <= action.target < len(self.targets):
+            return ""
+        errors = self.targets[action.target].memory_errors
+        first, last = action.offset // PAGE_SIZE, (action.offset + max(action.size, 1) - 1) // PAGE_SIZE
+        hit = [f"page {p} ({errors[p]})" for p in range(first, last + 1) if p in errors]
+        if not hit:
+            return ""
+        return (
+            f"; a memory error was injected on {', '.join(hit)} and punched out since: a stale "
+            "hwpoison entry in this thread's process? (docs/stress.md, Findings)"
+        )
 
     def probe_attributes(self, thread: int, target: Target, action: Action, why: str) -> None:
         """After a failed conversion: each page of its range has the attribute the model
@@ -599,7 +663,139 @@ class Stress:
             return
         action = Action(op, op.kind, op.offset, op.size)
         with target.pages_locked(op.offset, op.size):
-            self._run(thread, target, action)
+            if op.memory_error:
+                self.punch_after_memory_error(thread, target, action)
+            else:
+                self._run(thread, target, action)
+
+    def _poison_page(self, target: Target, action: Action) -> tuple[int | None, str]:
+        """The page of the range to inject a memory error on: the first the oracle has
+        shared that no pin or splice holds; else None and why not."""
+        assert target.oracle is not None
+        first = action.offset // PAGE_SIZE
+        last = min((action.offset + action.size - 1) // PAGE_SIZE, target.pages - 1)
+        why = "private"
+        with target.oracle_lock:
+            for page in range(first, last + 1):
+                offset = page * PAGE_SIZE
+                if target.oracle.gmem.is_private(offset):
+                    continue
+                if any(start <= offset < start + length for start, length, _ in target.held.values()):
+                    why = "held"
+                    continue
+                return page, ""
+        return None, why
+
+    def _plain(self, thread: int, target: Target, action: Action, why: str) -> Outcome:
+        with self.lock:
+            self.report.memory_errors_plain[why] += 1
+        return self._run(thread, target, action)
+
+    def punch_after_memory_error(self, thread: int, target: Target, action: Action) -> Outcome:
+        """A punch hole drawn after a memory error, under the locks of its pages: a memory
+        error on the first page of the range that is shared and held by no pin or splice,
+        the ``memory_error`` checks (module docstring), then the punch hole on both. Where
+        there is no such page, no injector, or the run's :attr:`Settings.memory_errors` are
+        used up, a plain punch hole (counted by reason)."""
+        if self.poisoner is None or self.poisoner.reason is not None:
+            return self._plain(thread, target, action, "unavailable")
+        page, why = self._poison_page(target, action)
+        if page is None:
+            return self._plain(thread, target, action, why)
+        with self.lock:
+            if self.poison_slots >= self.s.memory_errors:
+                self.report.memory_errors_plain["limit"] += 1
+                full = True
+            else:
+                self.poison_slots += 1
+                full = False
+        if full:
+            return self._run(thread, target, action)
+        poisoned = page * PAGE_SIZE
+        action = replace(action, target=target.index, generation=target.generation, poisoned=poisoned)
+        self.running[thread] = (action, time.monotonic())
+        sut = target.sut
+        assert target.oracle is not None
+        oracle: ModelMachine = target.oracle
+        injection = self.poisoner.inject(sut, poisoned)
+        if not injection.done:
+            with self.lock:
+                self.poison_slots -= 1
+            if injection.faulted:
+                with target.oracle_lock:
+                    want = oracle.host_read(poisoned, 1, mapping=thread)
+                self.fail(
+                    Violation(
+                        "model_agreement",
+                        f"the page at {poisoned:#x}, shared for the model, faulted when the process "
+                        f"injecting a memory error touched it: {injection.why}",
+                        action,
+                        Outcome(signal="SIGBUS"),
+                        want,
+                    )
+                )
+            return self._plain(thread, target, replace(action, poisoned=-1), "unavailable")
+        with self.lock:
+            self.report.memory_errors += 1
+        with target.oracle_lock:
+            target.memory_errors[page] = action.describe()
+
+        def expect(ok: bool, message: str, got: Outcome, want: Outcome) -> None:
+            self.check("memory_error")
+            if not ok:
+                self.fail(Violation("memory_error", message, action, got, want))
+
+        first = action.offset // PAGE_SIZE
+        last = min((action.offset + action.size - 1) // PAGE_SIZE, target.pages - 1)
+
+        def read_pages(when: str, skip: int) -> None:
+            for other in range(first, last + 1):
+                if other == skip:
+                    continue
+                got = sut.host_read(other * PAGE_SIZE, PAGE_SIZE, mapping=thread)
+                with target.oracle_lock:
+                    want = oracle.host_read(other * PAGE_SIZE, PAGE_SIZE, mapping=thread)
+                page_only = replace(action, offset=other * PAGE_SIZE, size=PAGE_SIZE)
+                expect(
+                    agree(got, want),
+                    f"{when}, a host read of page {other} answered otherwise than the model"
+                    + ("" if other == page else self._after_memory_error(page_only, got)),
+                    got,
+                    want,
+                )
+
+        got = sut.host_read(poisoned, 1, mapping=thread)
+        expect(
+            got.signal == "SIGBUS",
+            f"a host read of the page at {poisoned:#x} after its memory error did not fault with SIGBUS",
+            got,
+            Outcome(signal="SIGBUS"),
+        )
+        read_pages(f"after a memory error on page {page}", page)
+        refused = Outcome(errno="EAGAIN", error_offset=poisoned)
+        got = sut.convert(poisoned, PAGE_SIZE, KVM_MEMORY_ATTRIBUTE_PRIVATE, self.flags["default"])
+        expect(
+            (got.errno, got.error_offset) == (refused.errno, refused.error_offset),
+            "a to-private conversion of a page with a memory error must fail with EAGAIN at the page "
+            "(the memory-failure code keeps a reference to its folio)",
+            got,
+            refused,
+        )
+        got = sut.punch_hole(action.offset, action.size)
+        with target.oracle_lock:
+            want = oracle.punch_hole(action.offset, action.size)
+            if got.ok and want.ok:
+                target.punched(action.offset, action.size)
+        expect(
+            agree(got, want),
+            "the punch hole after a memory error answered otherwise than the model",
+            got,
+            want,
+        )
+        punched: Outcome = got
+        read_pages(f"after the punch hole that discarded the memory error on page {page}", -1)
+        self.record(thread, target, action, punched)
+        return punched
 
     def _run(self, thread: int, target: Target, action: Action) -> Outcome:
         action = replace(action, target=target.index, generation=target.generation)
@@ -900,6 +1096,14 @@ class Stress:
         if self.injector is not None:
             report.injected = dict(self.injector.injected)
             report.injection_attempts = dict(self.injector.attempts)
+        if self.poisoner is not None:
+            report.memory_errors_unavailable = self.poisoner.reason
+        elif not s.inject:
+            report.memory_errors_unavailable = "fault injection was turned off"
+        elif isinstance(self.backend, ModelBackend):
+            report.memory_errors_unavailable = "the model backend has no poisoned pages"
+        else:
+            report.memory_errors_unavailable = "no memory-error injector"
         if not hung:
             for target in self.targets:
                 try:

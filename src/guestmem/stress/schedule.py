@@ -13,6 +13,13 @@ vCPU per guest_memfd); the rest are host threads: conversions both ways over ran
 overlap and mix private and shared pages, host reads and writes through their own
 process's mapping, long-term pins (``gup_test``), ``vmsplice`` references, punch holes,
 memslot deletion and re-creation, closing and reopening the whole VM.
+
+Some punch holes come after a memory error on a page of their range
+(:attr:`Op.memory_error`; docs/stress.md *Memory errors*), as a VMM discards a page the
+hardware reported bad. Whether one does is drawn from a second generator of the thread,
+seeded with ``(s, t, "poison")`` and advanced once per punch hole, so the operations the
+first generator draws are those it drew before memory errors were among them: a seed
+names the same operations as it always did.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ INJECTIONS = ("failslab", "fail_page_alloc")
 MAX_RANGE_PAGES = 8
 #: The longest host or guest access, in bytes.
 MAX_ACCESS = 2 * PAGE_SIZE
+#: The share of punch holes that come after a memory error on a page of their range.
+MEMORY_ERROR_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,8 @@ class Op:
     to: str = ""
     mode: str = "default"
     inject: str = ""
+    #: A punch hole made after a memory error on a page of its range.
+    memory_error: bool = False
 
     def describe(self) -> str:
         where = f"gmem{self.target} [{self.offset:#x}, +{self.size:#x})"
@@ -69,6 +80,8 @@ class Op:
             extra = f" to {self.to} ({self.mode})" + (f" with {self.inject}" if self.inject else "")
         elif self.data:
             extra = f" data {self.data[:4].hex()}…" if len(self.data) > 4 else f" data {self.data.hex()}"
+        elif self.memory_error:
+            extra = " after a memory error"
         return f"t{self.thread}#{self.index} {self.kind} {where}{extra}"
 
 
@@ -97,6 +110,7 @@ def _payload(rng: random.Random, length: int) -> bytes:
 def schedule(seed: int, thread: int, *, vcpus: int, targets: int, pages: int) -> Iterator[Op]:
     """Thread ``thread``'s operations, without end; the same arguments give the same ones."""
     rng = random.Random(f"guestmem-stress/{seed}/{thread}")
+    poison = random.Random(f"guestmem-stress/{seed}/{thread}/poison")
     ops = VCPU_OPS if thread < vcpus else HOST_OPS
     kinds, weights = list(ops), list(ops.values())
     index = 0
@@ -125,7 +139,8 @@ def schedule(seed: int, thread: int, *, vcpus: int, targets: int, pages: int) ->
             )
         elif kind in ("punch_hole", "pin", "splice"):
             offset, size = _range(rng, pages)
-            op = Op(thread, index, kind, target, offset, size)
+            error = kind == "punch_hole" and poison.random() < MEMORY_ERROR_SHARE
+            op = Op(thread, index, kind, target, offset, size, memory_error=error)
         else:  # memslot, reopen: the whole guest_memfd
             op = Op(thread, index, kind, target, 0, pages * PAGE_SIZE)
         yield op

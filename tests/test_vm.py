@@ -395,7 +395,9 @@ def test_the_guest_caches_the_host_root_unless_told_not_to() -> None:
 
     cached = vmrun.VmRun(kernel="k", command=["true"], append=["rootflags=mine"])
     assert flags(cached) == [f"rootflags={vmrun.ROOT_FLAGS},cache=loose", "rootflags=mine"]  # the user's last
-    assert flags(vmrun.VmRun(kernel="k", command=["true"], root_cache=False)) == [f"rootflags={vmrun.ROOT_FLAGS}"]
+    assert flags(vmrun.VmRun(kernel="k", command=["true"], root_cache=False)) == [
+        f"rootflags={vmrun.ROOT_FLAGS}"
+    ]
 
 
 @pytest.mark.vm

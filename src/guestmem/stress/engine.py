@@ -36,8 +36,8 @@ Invariants (docs/stress.md; docs/semantics.md where each rule is stated):
   another thread's); tests/hwpoison_inside.py checks it, one operation after another.
   See :meth:`Stress.punch_after_memory_error`;
 - ``model_agreement``: every other answer — errno, exits, the guest's bytes — is the model's;
-  one known kernel answer is set apart and counted instead (:data:`KNOWN_FINDINGS`,
-  :func:`stale_mmio_fault`);
+  two known kernel answers are set apart and counted instead (:data:`KNOWN_FINDINGS`:
+  :func:`stale_mmio_fault`, and :meth:`Stress.host_access` for a stale hwpoison entry);
 - ``no_hang``: no operation runs past ``op_limit`` seconds;
 - ``kernel_log``: the kernel logs no KASAN, KFENCE, lockdep, ``WARNING``, ``BUG``, RCU
   stall or hung-task report (:mod:`guestmem.stress.kmsg`).
@@ -108,7 +108,7 @@ MODE_FLAGS: dict[str, dict[str, int]] = {
 LAST_OPS = 6
 #: Kernel answers that differ from the model for a known cause outside the conversion
 #: series (docs/stress.md, *Findings*): counted, and the model kept in step, not failed.
-KNOWN_FINDINGS = ("stale_mmio_private_access",)
+KNOWN_FINDINGS = ("stale_mmio_private_access", "stale_hwpoison_entry")
 #: Retries of a conversion that met a reference the model does not hold, and the pause
 #: before each (doubling from 1 ms to at most 200 ms: about a second in all).
 TRANSIENT_RETRIES = 12
@@ -222,6 +222,15 @@ class Target:
         #: The pages of this opening that had a memory error, and the operation that
         #: injected it (named when a later answer on the page is a violation).
         self.memory_errors: dict[int, str] = {}
+        #: Per host thread, the pages its process may still hold a stale hwpoison entry
+        #: for: a memory error hit them while the process lived (docs/stress.md,
+        #: *Findings*). The process's death clears them (:meth:`Stress.host_access`).
+        self.stale_hwpoison: dict[int, set[int]] = {}
+        #: Pages the stress process itself may have mapped: ``gup_test`` pins and
+        #: ``vmsplice`` fault pages in through its own mapping, and only a punch hole or a
+        #: to-private conversion of the page unmaps it. No memory error goes there: a
+        #: stale hwpoison entry in this process would fail later pins of a healthy page.
+        self.self_mapped: set[int] = set()
 
     def open(self, mappings: list[int]) -> None:
         self.sut = self.backend.open(self.platform, self.abi, self.size, FLAGS)
@@ -232,6 +241,8 @@ class Target:
         self.stale_mmio = set()
         self.held = {}
         self.memory_errors = {}
+        self.stale_hwpoison = {}
+        self.self_mapped = set()
         self.generation += 1
         for which in mappings:  # each host thread's own process and mapping, made now
             self.sut.host_read(0, 1, mapping=which)
@@ -250,6 +261,7 @@ class Target:
     def punched(self, offset: int, size: int) -> None:
         """A punch hole of ``[offset, +size)``: each held reference now keeps the old folio
         of the pages it covers there."""
+        self.unmapped(offset, size)
         lo, hi = offset // PAGE_SIZE, (offset + size) // PAGE_SIZE
         for start, length, pages in self.held.values():
             first, last = start // PAGE_SIZE, (start + length) // PAGE_SIZE
@@ -269,6 +281,11 @@ class Target:
         elif got.exit is None and got.errno is None and got.skipped is None:
             self.stale_mmio.difference_update(range(first, last + 1))
 
+    def unmapped(self, offset: int, size: int) -> None:
+        """A punch hole or a to-private conversion of ``[offset, +size)`` removed every host
+        mapping of those pages."""
+        self.self_mapped.difference_update(_pages(offset, size, self.pages))
+
     @contextmanager
     def pages_locked(self, offset: int, size: int) -> Iterator[None]:
         first = max(offset // PAGE_SIZE, 0)
@@ -277,6 +294,13 @@ class Target:
             for page in range(first, last + 1):
                 stack.enter_context(locked(self.locks[page], self.stop))
             yield
+
+
+def _pages(offset: int, size: int, pages: int) -> range:
+    """The pages of the file that ``[offset, +size)`` touches."""
+    first = max(offset // PAGE_SIZE, 0)
+    last = min((offset + max(size, 1) - 1) // PAGE_SIZE, pages - 1)
+    return range(first, last + 1)
 
 
 @contextmanager
@@ -417,7 +441,7 @@ class Report:
     known: Counter[str] = field(default_factory=Counter)
     injection: str | None = None
     #: Memory errors injected; why none could be; the punch holes drawn with one that were
-    #: made plain, by reason (``private``, ``held``, ``limit``, ``unavailable``).
+    #: made plain, by reason (``private``, ``held``, ``self_mapped``, ``limit``, ``unavailable``).
     memory_errors: int = 0
     memory_errors_unavailable: str | None = None
     memory_errors_plain: Counter[str] = field(default_factory=Counter)
@@ -588,6 +612,35 @@ class Stress:
             "hwpoison entry in this thread's process? (docs/stress.md, Findings)"
         )
 
+    def host_access(
+        self, target: Target, thread: int, offset: int, size: int, data: bytes | None = None
+    ) -> Outcome:
+        """A host read of ``size`` bytes, or a write of ``data``, through ``thread``'s
+        process. One that the kernel kills with ``SIGBUS`` on a page that process may hold
+        a stale hwpoison entry for is a known kernel answer (docs/stress.md, *Findings*):
+        counted, and made again by the new process, whose answer counts. The first try did
+        part of what the second does again (a write of the same bytes, a fault of the same
+        pages), so the state is as after one access. Any death of the process clears its
+        stale entries."""
+
+        def call() -> Outcome:
+            if data is None:
+                read: Outcome = target.sut.host_read(offset, size, mapping=thread)
+                return read
+            written: Outcome = target.sut.host_write(offset, data, mapping=thread)
+            return written
+
+        got = call()
+        if got.signal is None:
+            return got
+        with target.oracle_lock:
+            stale = target.stale_hwpoison.pop(thread, set())
+        if got.signal == "SIGBUS" and stale.intersection(_pages(offset, size, target.pages)):
+            with self.lock:
+                self.report.known["stale_hwpoison_entry"] += 1
+            got = call()
+        return got
+
     def probe_attributes(self, thread: int, target: Target, action: Action, why: str) -> None:
         """After a failed conversion: each page of its range has the attribute the model
         says (a host read faults exactly on the private ones)."""
@@ -595,7 +648,7 @@ class Stress:
         first = action.offset // PAGE_SIZE
         last = min((action.offset + action.size - 1) // PAGE_SIZE, target.pages - 1)
         for page in range(first, last + 1):
-            got = target.sut.host_read(page * PAGE_SIZE, 1, mapping=thread)
+            got = self.host_access(target, thread, page * PAGE_SIZE, 1)
             with target.oracle_lock:
                 want = target.oracle.host_read(page * PAGE_SIZE, 1, mapping=thread)
             self.check("failed_conversion_atomic")
@@ -670,7 +723,8 @@ class Stress:
 
     def _poison_page(self, target: Target, action: Action) -> tuple[int | None, str]:
         """The page of the range to inject a memory error on: the first the oracle has
-        shared that no pin or splice holds; else None and why not."""
+        shared that no pin or splice holds and this process has not mapped
+        (:attr:`Target.self_mapped`); else None and why not."""
         assert target.oracle is not None
         first = action.offset // PAGE_SIZE
         last = min((action.offset + action.size - 1) // PAGE_SIZE, target.pages - 1)
@@ -682,6 +736,9 @@ class Stress:
                     continue
                 if any(start <= offset < start + length for start, length, _ in target.held.values()):
                     why = "held"
+                    continue
+                if page in target.self_mapped:
+                    why = "self_mapped"
                     continue
                 return page, ""
         return None, why
@@ -752,7 +809,7 @@ class Stress:
             for other in range(first, last + 1):
                 if other == skip:
                     continue
-                got = sut.host_read(other * PAGE_SIZE, PAGE_SIZE, mapping=thread)
+                got = self.host_access(target, thread, other * PAGE_SIZE, PAGE_SIZE)
                 with target.oracle_lock:
                     want = oracle.host_read(other * PAGE_SIZE, PAGE_SIZE, mapping=thread)
                 page_only = replace(action, offset=other * PAGE_SIZE, size=PAGE_SIZE)
@@ -764,7 +821,14 @@ class Stress:
                     want,
                 )
 
+        with target.oracle_lock:  # every other host thread's process may have had it mapped
+            for other in self.host_threads:
+                if other != thread:
+                    target.stale_hwpoison.setdefault(other, set()).add(page)
         got = sut.host_read(poisoned, 1, mapping=thread)
+        if got.signal is not None:  # this thread's process died of it: a new one starts clean
+            with target.oracle_lock:
+                target.stale_hwpoison.pop(thread, None)
         expect(
             got.signal == "SIGBUS",
             f"a host read of the page at {poisoned:#x} after its memory error did not fault with SIGBUS",
@@ -838,6 +902,9 @@ class Stress:
                 want = convert(oracle)
             if transient_reference(got, want):
                 got = self.retry_transient(got, want, lambda: convert(sut))
+            if got.ok and attributes:
+                with target.oracle_lock:
+                    target.unmapped(action.offset, action.size)
             if got.errno is not None:
                 self.check_error_offset(action, got, want)
                 if want.errno is None:  # the model converted: undo nothing, compare below
@@ -845,11 +912,11 @@ class Stress:
                 else:
                     self.probe_attributes(thread, target, action, f"a conversion failed with {got.errno}")
         elif action.kind == "host_read":
-            got = sut.host_read(action.offset, action.size, mapping=thread)
+            got = self.host_access(target, thread, action.offset, action.size)
             with target.oracle_lock:
                 want = oracle.host_read(action.offset, action.size, mapping=thread)
         elif action.kind == "host_write":
-            got = sut.host_write(action.offset, op.data, mapping=thread)
+            got = self.host_access(target, thread, action.offset, action.size, op.data)
             with target.oracle_lock:
                 want = oracle.host_write(action.offset, op.data, mapping=thread)
         elif action.kind in ("guest_read", "guest_write"):
@@ -877,6 +944,7 @@ class Stress:
         elif action.kind == "pin":
             got = sut.pin(action.offset, action.size)
             with target.oracle_lock:
+                target.self_mapped.update(_pages(action.offset, action.size, target.pages))
                 want = oracle.pin(action.offset, action.size)
                 if got.ok and want.ok:
                     target.held["pin"] = (action.offset, action.size, set())
@@ -889,6 +957,7 @@ class Stress:
         elif action.kind == "splice":
             got, ref = take_splice(sut, action.offset, action.size)
             with target.oracle_lock:
+                target.self_mapped.update(_pages(action.offset, action.size, target.pages))
                 want = oracle.pin(action.offset, action.size)
                 if got.ok and want.ok:
                     target.splices[thread] = (action.offset, action.size, ref)

@@ -326,8 +326,13 @@ class Reference:
         return Outcome()
 
     def pin(self, first: int, count: int) -> Outcome:
-        if first + count > NPAGES or any(p.private for p in self.pages[first : first + count]):
-            return Outcome(errno="EFAULT")
+        for index in range(first, first + count):
+            if index >= NPAGES or self.pages[index].private:
+                # §3 *Pins*: it holds nothing, but the shared pages it faulted in before
+                # the one that failed stay allocated
+                for page in self.pages[first:index]:
+                    page.data = page.data if page.data is not None else bytes(PAGE)
+                return Outcome(errno="EFAULT")
         for page in self.pages[first : first + count]:
             page.data = page.data if page.data is not None else bytes(PAGE)
             page.pins += 1

@@ -169,6 +169,10 @@ def test_a_planted_bug_is_caught_by_its_invariant(machine: type[ModelMachine], i
     assert violation is not None and violation.invariant == invariant, violation and violation.describe()
     assert violation.action is not None
     assert report.last  # each thread's last operations, for the report
+    # what the failing guest_memfd went through, every thread's operations, ending with it
+    history = report.to_json()["target_history"]
+    assert history and history[-1].startswith(violation.action.describe() + ": ")
+    assert all(f"gmem{violation.action.target} " in line for line in history)
     # a sequential replay reproduces it, and its scenario file fails on the planted machine
     # where the model passes it
     assert report.reproducer and report.reproducer[-1] == violation.action

@@ -106,6 +106,8 @@ MODE_FLAGS: dict[str, dict[str, int]] = {
 }
 #: How many operations of each thread the report shows.
 LAST_OPS = 6
+#: How many operations on the failing guest_memfd the report keeps (JSON, ``--save``).
+HISTORY_KEPT = 400
 #: Kernel answers that differ from the model for a known cause outside the conversion
 #: series (docs/stress.md, *Findings*): counted, and the model kept in step, not failed.
 KNOWN_FINDINGS = ("stale_mmio_private_access", "stale_hwpoison_entry")
@@ -448,6 +450,10 @@ class Report:
     log_watched: str | None = None
     violation: Violation | None = None
     last: dict[int, list[str]] = field(default_factory=dict)
+    #: After a violation: the failing guest_memfd's operations since it was opened (the
+    #: last :data:`HISTORY_KEPT`), every thread's, in the order the oracle saw them, each
+    #: with its answer; what happened to a page before the failing operation.
+    target_history: list[str] = field(default_factory=list)
     reproducer: list[Action] | None = None
     reproducer_toml: str | None = None
     interrupted: bool = False
@@ -492,6 +498,7 @@ class Report:
                 "splats": [{"kind": x.kind, "line": x.line, "text": x.text} for x in self.violation.splats],
             },
             "last_operations": {str(t): ops for t, ops in sorted(self.last.items())},
+            "target_history": self.target_history,
             "reproducer": self.reproducer_toml,
             "interrupted": self.interrupted,
         }
@@ -522,6 +529,7 @@ class Stress:
         self.lock = threading.Lock()
         self.report = Report(settings)
         self.history: list[tuple[int, int, Action]] = []  # (target, generation, action), oracle order
+        self.answers: list[str] = []  # each history entry with the answer it got
         self.recent: dict[int, deque[str]] = {}
         self.running: dict[int, tuple[Action | Op, float]] = {}
         self.log_text: list[str] = []
@@ -558,6 +566,7 @@ class Stress:
             self.check("no_hang")
         with self.lock:
             self.history.append((target.index, target.generation, action))
+            self.answers.append(f"{action.describe()}: {_short(outcome)}")
             self.report.operations += 1
             self.report.kinds[action.kind] += 1
             self.recent.setdefault(thread, deque(maxlen=LAST_OPS)).append(
@@ -1162,6 +1171,17 @@ class Stress:
         if not hung:
             self.read_log()
         report.last = {t: list(q) for t, q in sorted(self.recent.items())}
+        failed = report.violation.action if report.violation is not None else None
+        if failed is not None:
+            report.target_history = [
+                answer
+                for (t, g, _a), answer in zip(self.history, self.answers, strict=True)
+                if (t, g) == (failed.target, failed.generation)
+            ][-HISTORY_KEPT:]
+            got = report.violation.got if report.violation is not None else None  # a violation stops
+            report.target_history.append(
+                f"{failed.describe()}: {'(running)' if got is None else _short(got)}"
+            )
         if self.injector is not None:
             report.injected = dict(self.injector.injected)
             report.injection_attempts = dict(self.injector.attempts)

@@ -1,15 +1,12 @@
-"""The test kernels in ``shared/kernel/``, booted in the background of each test session.
+"""The test kernels in ``shared/kernel/``, each booted once per test session.
 
-Each of ``v8`` and ``rfc-v5`` is booted twice, side by side, so that the work inside splits
-over the machine's cores: the boot named after the kernel runs ``guestmem probe``,
-``guestmem check --backend kvm``, the upstream C selftests beside the port of each case
-(``tests/selftest_pairs.py``) and the in-kernel suite tests (``tests/test_kernel_suite.py``,
-``tests/test_kernel_findings.py``); its ``-stress`` boot runs a short ``guestmem stress``
-run and the differential test (``tests/test_kernel_differential.py``). A boot of
-``v8-debug`` (KASAN, lockdep, fault injection; slow to boot) runs only a longer stress run
-and the memory-error cases (the C selftests' harness stops a case after 30 s, which a case
-under KASAN and emulation can exceed: a verdict of the machine's speed, not of the
-kernel). Each leaves its results in its scratch directory (:class:`Inside`). The boots start in the
+A boot of ``v8`` or ``rfc-v5`` runs ``guestmem probe``, ``guestmem check --backend kvm``, the
+upstream C selftests beside the port of each case (``tests/selftest_pairs.py``), a short
+``guestmem stress`` run and the in-kernel tests (``tests/test_kernel_*.py``) inside the
+kernel; a boot of ``v8-debug`` (KASAN, lockdep, fault injection; slow to boot) runs only a
+longer stress run (the C selftests' harness stops a case after 30 s, which a case under
+KASAN and emulation can exceed: a verdict of the machine's speed, not of the kernel). Each
+leaves its results in its scratch directory (:class:`Inside`). The boots start in the
 background as soon as collection has chosen a test that reads them (``tests/conftest.py``),
 side by side, so they run while the rest of the suite does; a test waits for its kernel's
 boot with :func:`result`. Under software emulation a boot takes minutes and keeps about one
@@ -41,25 +38,23 @@ from guestmem import vmrun
 from kvm_support import TEST_KERNELS
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The revision kernels (kvm_support.TEST_KERNELS) and the debug build of v8.
+#: The revision kernels (kvm_support.TEST_KERNELS) and the debug build of v8, which runs only
+#: the selftest pairs and stress.
 KERNELS = {name: vmrun.test_kernel(name) for name in (*TEST_KERNELS, "v8-debug")}
-#: The boots of a session, each with the kernel it boots (the module's docstring).
-BOOTS = {
-    **{name: name for name in TEST_KERNELS},
-    **{f"{name}-stress": name for name in TEST_KERNELS},
-    "v8-debug": "v8-debug",
-}
-#: Seconds of ``guestmem stress`` in each boot that runs it (the debug kernel's run is the
-#: one that matters most: KASAN, lockdep and injected faults watch it).
-STRESS_SECONDS = {"v8-stress": 20, "rfc-v5-stress": 20, "v8-debug": 45}
+#: Seconds of ``guestmem stress`` inside each kernel (the debug kernel's run is the one
+#: that matters most: KASAN, lockdep and injected allocation failures watch it).
+STRESS_SECONDS = {"v8": 20, "rfc-v5": 20, "v8-debug": 45}
 #: The stress runs' seed: ``$GUESTMEM_STRESS_SEED``, else a new one each session (printed
 #: with the results, so a failing run can be replayed).
 STRESS_SEED = int(os.environ.get("GUESTMEM_STRESS_SEED") or random.SystemRandom().randrange(1 << 32))
-#: The in-kernel tests each boot runs (none in ``v8-debug``'s).
-INSIDE_TESTS = {
-    **{name: ["tests/test_kernel_suite.py", "tests/test_kernel_findings.py"] for name in TEST_KERNELS},
-    **{f"{name}-stress": ["tests/test_kernel_differential.py"] for name in TEST_KERNELS},
-}
+#: The in-kernel tests each boot runs.
+INSIDE_TESTS = [
+    "tests/test_kernel_suite.py",
+    "tests/test_kernel_differential.py",
+    "tests/test_kernel_findings.py",
+]
+#: The fixture whose parameter names the kernel a test reads (tests/test_vm.py).
+FIXTURE = "inside"
 
 
 def _missing() -> str | None:
@@ -85,12 +80,10 @@ def needs_boot() -> None:
 
 
 class Inside:
-    """What one boot of a test kernel produced (files in its scratch directory); ``name``
-    is the boot's (:data:`BOOTS`), ``series`` its kernel's."""
+    """What one boot of a test kernel produced (files in its scratch directory)."""
 
-    def __init__(self, name: str, scratch: Path, status: int, log: str, seconds: float) -> None:
-        self.name = name
-        self.series = BOOTS.get(name, name)
+    def __init__(self, series: str, scratch: Path, status: int, log: str, seconds: float) -> None:
+        self.series = series
         self.scratch = scratch
         self.status = status
         self.log = log
@@ -111,7 +104,7 @@ class Inside:
 
     def json(self, name: str) -> Any:
         path = self.scratch / name
-        assert path.exists(), f"{name} was not written inside the {self.name} VM; log:\n{self.log[-4000:]}"
+        assert path.exists(), f"{name} was not written inside the {self.series} VM; log:\n{self.log[-4000:]}"
         return json.loads(path.read_text())
 
 
@@ -120,54 +113,49 @@ def _mark(phase: str) -> str:
     return f'echo "$(date +%s.%N) {phase}" >> "$GUESTMEM_SCRATCH/phases"; '
 
 
-def inner_script(name: str) -> str:
-    """What boot ``name`` runs inside (``$GUESTMEM_SCRATCH`` is the scratch directory)."""
-    series = BOOTS[name]
-    script = ""
-    if name == "v8-debug":
-        script += "mount -t debugfs none /sys/kernel/debug 2>/dev/null; "
-    if name in TEST_KERNELS:
-        script += (
-            _mark("probe")
-            + 'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
-            + _mark("check")
-            + f"guestmem check --backend kvm --abi {series} --format json "
-            '> "$GUESTMEM_SCRATCH/check.json"; '
-            'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
-            + _mark("pairs")
-            + 'PYTHONPATH="$PWD/tests:$PYTHONPATH" python3 tests/selftest_pairs.py '
-            '"$GUESTMEM_SCRATCH/pairs.json" > "$GUESTMEM_SCRATCH/pairs.txt" 2>&1; '
-        )
-    if name in STRESS_SECONDS:
-        script += (
-            _mark("stress")
-            + f"guestmem stress --seconds {STRESS_SECONDS[name]} --seed {STRESS_SEED} --format json "
-            '--save "$GUESTMEM_SCRATCH" > "$GUESTMEM_SCRATCH/stress.json" 2> "$GUESTMEM_SCRATCH/stress.txt"; '
-            'echo $? > "$GUESTMEM_SCRATCH/stress.status"; '
-        )
-    if name == "v8-debug":
-        script += (
+def inner_script(series: str) -> str:
+    """What a boot of ``series`` runs inside (``$GUESTMEM_SCRATCH`` is the scratch directory)."""
+    pairs = (
+        _mark("pairs") + 'PYTHONPATH="$PWD/tests:$PYTHONPATH" python3 tests/selftest_pairs.py '
+        '"$GUESTMEM_SCRATCH/pairs.json" > "$GUESTMEM_SCRATCH/pairs.txt" 2>&1; '
+    )
+    stress = (
+        _mark("stress")
+        + f"guestmem stress --seconds {STRESS_SECONDS[series]} --seed {STRESS_SEED} --format json "
+        '--save "$GUESTMEM_SCRATCH" > "$GUESTMEM_SCRATCH/stress.json" 2> "$GUESTMEM_SCRATCH/stress.txt"; '
+        'echo $? > "$GUESTMEM_SCRATCH/stress.status"; '
+    )
+    if series == "v8-debug":
+        hwpoison = (
             _mark("hwpoison") + 'PYTHONPATH="$PWD/tests:$PYTHONPATH" python3 tests/hwpoison_inside.py '
             '"$GUESTMEM_SCRATCH/hwpoison.json" > "$GUESTMEM_SCRATCH/hwpoison.txt" 2>&1; '
         )
-        return script + _mark("end") + "true"
+        debugfs = "mount -t debugfs none /sys/kernel/debug 2>/dev/null; "
+        return debugfs + stress + hwpoison + _mark("end") + "true"
     return (
-        script
+        _mark("probe")
+        + 'guestmem probe --format json > "$GUESTMEM_SCRATCH/probe.json" || exit 90; '
+        + _mark("check")
+        + f"guestmem check --backend kvm --abi {series} --format json "
+        '> "$GUESTMEM_SCRATCH/check.json"; '
+        'echo $? > "$GUESTMEM_SCRATCH/check.status"; '
+        + pairs
+        + stress
         + _mark("pytest")
         + f"env GUESTMEM_TEST_SERIES={series} python3 -m pytest -p no:cacheprovider -q -rs "
-        '--junitxml="$GUESTMEM_SCRATCH/junit.xml" ' + " ".join(INSIDE_TESTS[name]) + "; "
+        '--junitxml="$GUESTMEM_SCRATCH/junit.xml" ' + " ".join(INSIDE_TESTS) + "; "
         "status=$?; " + _mark("end") + "exit $status"
     )
 
 
-def boot(name: str, scratch: Path, cancel: threading.Event | None = None) -> Inside:
-    """Boot ``name`` (:data:`BOOTS`) and run everything inside; returns when the VM has stopped."""
-    inner = inner_script(name)
+def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> Inside:
+    """Boot ``series`` and run everything inside; returns when the VM has stopped."""
+    inner = inner_script(series)
     log = scratch / "console.log"
     start = time.monotonic()
     with log.open("wb") as out:
         status = vmrun.VmRun(
-            kernel=str(KERNELS[BOOTS[name]]),
+            kernel=str(KERNELS[series]),
             command=["sh", "-c", inner],
             timeout=2400,
             boot_timeout=900,  # the debug kernel boots in a minute when idle, far longer when not
@@ -178,33 +166,33 @@ def boot(name: str, scratch: Path, cancel: threading.Event | None = None) -> Ins
             cancel=cancel,
             progress=lambda _msg: None,
         ).execute()
-    return Inside(name, scratch, status, log.read_text(errors="replace"), time.monotonic() - start)
+    return Inside(series, scratch, status, log.read_text(errors="replace"), time.monotonic() - start)
 
 
 class Boots:
     """The session's boots: one thread each, stopped by :meth:`stop` if still running."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, series: list[str]) -> None:
         self.cancel = threading.Event()
         self.base = Path(tempfile.mkdtemp(prefix="guestmem-test-vm-"))
-        self.pool = ThreadPoolExecutor(max_workers=max(len(names), 1), thread_name_prefix="boot")
+        self.pool = ThreadPoolExecutor(max_workers=max(len(series), 1), thread_name_prefix="boot")
         self.futures: dict[str, Future[Inside]] = {}
         self.shown: set[str] = set()
-        for name in names:
+        for name in series:
             scratch = self.base / name
             scratch.mkdir()
             self.futures[name] = self.pool.submit(boot, name, scratch, self.cancel)
 
-    def result(self, name: str) -> Inside:
-        if name not in self.futures:  # not chosen at collection: boot it now
-            scratch = self.base / name
+    def result(self, series: str) -> Inside:
+        if series not in self.futures:  # not chosen at collection: boot it now
+            scratch = self.base / series
             scratch.mkdir(exist_ok=True)
-            self.futures[name] = self.pool.submit(boot, name, scratch, self.cancel)
-        inside = self.futures[name].result()
-        if name not in self.shown:  # in the waiting test's output, not a bystander's
-            self.shown.add(name)
+            self.futures[series] = self.pool.submit(boot, series, scratch, self.cancel)
+        inside = self.futures[series].result()
+        if series not in self.shown:  # in the waiting test's output, not a bystander's
+            self.shown.add(series)
             sys.stderr.write(
-                f"\n[{name} VM: exit {inside.status} after {inside.seconds:.0f} s; "
+                f"\n[{series} VM: exit {inside.status} after {inside.seconds:.0f} s; "
                 f"inside: {inside.phases()}]\n"
                 f"{inside.log[-3000:]}\n"
             )
@@ -225,29 +213,27 @@ _SESSION: list[Boots] = []
 
 
 def chosen(items: list[pytest.Item]) -> list[str]:
-    """The boots that the selected tests read: each names one as a fixture's parameter
-    (the fixtures of tests/test_vm.py and tests/test_vm_stress.py)."""
+    """The kernels that the selected tests read."""
     found = set()
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is not None:
-            found.update(p for p in callspec.params.values() if isinstance(p, str) and p in BOOTS)
-    # the slowest first: the debug kernel takes the longest to boot
-    return sorted(found, key=lambda name: (name != "v8-debug", name))
+        if callspec is not None and FIXTURE in callspec.params:
+            found.add(callspec.params[FIXTURE])
+    return sorted(found)
 
 
 def start(items: list[pytest.Item]) -> None:
     """Start the boots the selected tests need (nothing when QEMU or a kernel is missing)."""
-    names = chosen(items)
-    if names and MISSING is None and not _SESSION:
-        _SESSION.append(Boots(names))
+    series = chosen(items)
+    if series and MISSING is None and not _SESSION:
+        _SESSION.append(Boots(series))
 
 
-def result(name: str) -> Inside:
+def result(series: str) -> Inside:
     needs_boot()
     if not _SESSION:
         _SESSION.append(Boots([]))
-    return _SESSION[0].result(name)
+    return _SESSION[0].result(series)
 
 
 def stop(failed: bool) -> None:

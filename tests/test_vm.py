@@ -445,24 +445,11 @@ def test_a_command_that_destroys_the_channel_loses_its_output() -> None:
     assert done.stdout == "before\n"
 
 
-# --- the boots of each revision kernel: probe and the in-kernel tests ---------------------------
+# --- one boot per kernel: probe and the in-kernel tests -----------------------------------------
 @pytest.fixture(scope="module", params=list(TEST_KERNELS))
 def inside(request: pytest.FixtureRequest) -> Inside:
-    name: str = request.param
-    return kernel_boots.result(name)
-
-
-@pytest.fixture(scope="module", params=list(kernel_boots.INSIDE_TESTS))
-def tested(request: pytest.FixtureRequest) -> Inside:
-    """Each boot that runs in-kernel tests (tests/kernel_boots.py, INSIDE_TESTS)."""
-    name: str = request.param
-    return kernel_boots.result(name)
-
-
-@pytest.fixture(scope="module", params=[f"{series}-stress" for series in TEST_KERNELS])
-def differential(request: pytest.FixtureRequest) -> Inside:
-    name: str = request.param
-    return kernel_boots.result(name)
+    series: str = request.param
+    return kernel_boots.result(series)
 
 
 @pytest.mark.vm
@@ -500,8 +487,7 @@ def test_check_command_passes_inside(inside: Inside) -> None:
 
 @pytest.mark.vm
 @pytest.mark.timeout(3000)
-def test_kernel_tests_pass_inside(tested: Inside) -> None:
-    inside = tested
+def test_kernel_tests_pass_inside(inside: Inside) -> None:
     root = ET.parse(inside.scratch / "junit.xml").getroot()
     suites = [root] if root.tag == "testsuite" else list(root)
     total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
@@ -511,30 +497,28 @@ def test_kernel_tests_pass_inside(tested: Inside) -> None:
         for case in s.iter("testcase")
         if case.find("failure") is not None or case.find("error") is not None
     ]
-    assert inside.status == 0 and not failed, f"{inside.name}: failed inside: {failed}\n{inside.log[-6000:]}"
+    assert inside.status == 0 and not failed, (
+        f"{inside.series}: failed inside: {failed}\n{inside.log[-6000:]}"
+    )
     skips = [
         (case.get("name", "?"), (case.find("skipped").get("message") or ""))  # type: ignore[union-attr]
         for s in suites
         for case in s.iter("testcase")
         if case.find("skipped") is not None
     ]
-    sys.stderr.write(f"[{inside.name}: {total}; skipped inside: {skips}]\n")
-    ran = {case.get("name", "?").split("[")[0] for s in suites for case in s.iter("testcase")}
-    if inside.name in TEST_KERNELS:  # every suite case on sw_protected and the default VM, and the findings
-        assert total["tests"] >= len(suite_cases()) + 1, total
-        assert "test_a_page_touched_while_the_memslot_was_gone_faults_as_shared_once_private" in ran
-    else:
-        assert "test_model_and_kernel_agree" in ran, ran
+    sys.stderr.write(f"[{inside.series}: {total}; skipped inside: {skips}]\n")
+    # every suite case on sw_protected and the default VM, and the differential test, ran
+    assert total["tests"] >= len(suite_cases()) + 1, total
     # the only skips allowed inside: a selection that is empty for this revision
     assert all("empty parameter set" in why for _name, why in skips), skips
 
 
 @pytest.mark.vm
 @pytest.mark.timeout(3000)
-def test_differential_reached_its_count(differential: Inside) -> None:
-    ran = differential.json("differential.json")
-    assert ran["series"] == differential.series
-    assert ran["examples"] >= TEST_KERNELS[differential.series].examples
+def test_differential_reached_its_count(inside: Inside) -> None:
+    ran = inside.json("differential.json")
+    assert ran["series"] == inside.series
+    assert ran["examples"] >= TEST_KERNELS[inside.series].examples
 
 
 def test_every_test_that_boots_is_marked_vm() -> None:
@@ -544,7 +528,7 @@ def test_every_test_that_boots_is_marked_vm() -> None:
     for node in tree.body:
         if not isinstance(node, ast.FunctionDef) or not node.name.startswith("test_"):
             continue
-        boots = any(a.arg in ("inside", "tested", "differential") for a in node.args.args) or any(
+        boots = any(a.arg == "inside" for a in node.args.args) or any(
             isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "needs_boot"
             for n in ast.walk(node)
         )

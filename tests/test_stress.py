@@ -375,6 +375,12 @@ def test_no_injection_without_the_knobs(tmp_path: Path) -> None:
 
 
 # --- the command --------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _saves_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that fails saves its report; here never into the tree."""
+    monkeypatch.setenv("GUESTMEM_SCRATCH", str(tmp_path))
+
+
 def test_command_reports_rate_faults_and_checks(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["stress", "--backend", "model", "--operations", "100", "--seed", "5"])
     out = capsys.readouterr().out

@@ -44,6 +44,11 @@ KERNELS = {name: vmrun.test_kernel(name) for name in (*TEST_KERNELS, "v8-debug")
 #: Seconds of ``guestmem stress`` inside each kernel (the debug kernel's run is the one
 #: that matters most: KASAN, lockdep and injected allocation failures watch it).
 STRESS_SECONDS = {"v8": 20, "rfc-v5": 20, "v8-debug": 45}
+#: Virtual CPUs per boot. Emulated CPUs of VMs that share two cores waste time waiting
+#: for each other (an IPI or a spinning lock waits for a CPU whose thread is not running),
+#: so only the debug kernel, whose stress run matters most, gets two; elsewhere stress's
+#: threads interleave on one CPU (docs/bench.md, *Test time*).
+CPUS = {"v8-debug": 2}
 #: The stress runs' seed: ``$GUESTMEM_STRESS_SEED``, else a new one each session (printed
 #: with the results, so a failing run can be replayed).
 STRESS_SEED = int(os.environ.get("GUESTMEM_STRESS_SEED") or random.SystemRandom().randrange(1 << 32))
@@ -159,6 +164,7 @@ def boot(series: str, scratch: Path, cancel: threading.Event | None = None) -> I
             command=["sh", "-c", inner],
             timeout=2400,
             boot_timeout=900,  # the debug kernel boots in a minute when idle, far longer when not
+            cpus=CPUS.get(series, 1),
             scratch=str(scratch),
             cwd=str(ROOT),
             out=out,

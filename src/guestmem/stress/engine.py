@@ -422,6 +422,9 @@ class Settings:
     op_limit: float = 60.0
     inject: bool = True
     minimize_seconds: float = 120.0
+    #: The first and the longest pause before a retry of a conversion that met a transient
+    #: reference (:data:`TRANSIENT_PAUSE`).
+    transient_pause: tuple[float, float] = TRANSIENT_PAUSE
     #: The most memory errors the run injects (each poisoned page is lost for good).
     memory_errors: int = LIMIT
 
@@ -699,7 +702,7 @@ class Stress:
         """The conversion again, while the kernel still refuses it on a page the model
         holds no reference to: the answer of the last try (a reference that outlasts every
         try is the caller's violation)."""
-        pause, most = TRANSIENT_PAUSE
+        pause, most = self.s.transient_pause
         for _ in range(TRANSIENT_RETRIES):
             if self.stop.wait(pause):
                 raise Stop
@@ -1234,6 +1237,7 @@ class Stress:
                 platform=self.s.platform,
                 abi=self.s.abi,
                 inject=False,
+                transient_pause=self.s.transient_pause,
             ),
             self.backend,
         )

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -108,7 +109,7 @@ def stress(
     machine: type[ModelMachine] | None, seed: int = 1, operations: int = 400, **kw: Any
 ) -> tuple[Stress, Report]:
     backend = ModelBackend() if machine is None else Planted(machine)
-    settings = Settings(seed=seed, seconds=None, operations=operations, minimize_seconds=30, **kw)
+    settings = Settings(seed=seed, seconds=None, operations=operations, **{"minimize_seconds": 30, **kw})
     runner = Stress(settings, backend)
     return runner, runner.run()
 
@@ -188,6 +189,14 @@ def test_the_reproducer_is_a_scenario_the_bug_fails(tmp_path: Path) -> None:
     assert run(scenario, "sw_protected", ModelBackend(), "v8").passed
     assert not run(scenario, "sw_protected", Planted(ReadsPrivate), "v8").passed
     assert len(scenario.steps) <= 6  # shrunk to the few steps that matter
+
+
+def test_shrinking_keeps_to_its_time() -> None:
+    """A replay stops at the deadline (a long history replays for minutes on a kernel):
+    with none left the report has no reproducer rather than a late one."""
+    runner, report = stress(ReadsPrivate, operations=400, minimize_seconds=0.0)
+    assert report.violation is not None and report.reproducer is None
+    assert runner.replay(runner.sequence_for(report.violation), time.monotonic() - 1) is None
 
 
 def test_a_failing_seed_replays_the_same_schedule() -> None:

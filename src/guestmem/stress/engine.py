@@ -1225,8 +1225,9 @@ class Stress:
             seq.append(violation.action)
         return seq
 
-    def replay(self, actions: list[Action]) -> Violation | None:
-        """``actions`` one after another on a fresh target and oracle; the first violation."""
+    def replay(self, actions: list[Action], deadline: float) -> Violation | None:
+        """``actions`` one after another on a fresh target and oracle; the first violation
+        (None also when ``deadline`` passes first: a long history replays for minutes)."""
         quiet = Stress(
             Settings(
                 seed=self.s.seed,
@@ -1246,6 +1247,8 @@ class Stress:
         target.open(self.host_threads)
         try:
             for action in actions:
+                if time.monotonic() > deadline:
+                    return None
                 thread = action.op.thread
                 if action.kind == "unsplice" and thread not in target.splices:
                     continue  # its splice was dropped from the sequence
@@ -1258,21 +1261,30 @@ class Stress:
         return None
 
     def minimize(self, violation: Violation) -> None:
-        """A shortest sequence found by dropping actions one at a time while the same
-        invariant still fails (within ``minimize_seconds``)."""
+        """A short sequence that still breaks the same invariant, within
+        ``minimize_seconds`` (every replay included): runs of actions are dropped while it
+        still fails, halving the run's length after each pass and ending with a pass over
+        single actions, so a history of thousands shrinks in few replays. The failing
+        action stays last."""
         seq = self.sequence_for(violation)
         deadline = time.monotonic() + self.s.minimize_seconds
-        found = self.replay(seq)
+        found = self.replay(seq, deadline)
         if found is None or found.invariant != violation.invariant:
             return
-        i = 0
-        while i < len(seq) - 1 and time.monotonic() < deadline:
-            shorter = seq[:i] + seq[i + 1 :]
-            again = self.replay(shorter)
-            if again is not None and again.invariant == violation.invariant:
-                seq = shorter
-            else:
-                i += 1
+        run = max(1, (len(seq) - 1) // 2)
+        while time.monotonic() < deadline:
+            i = 0
+            while i < len(seq) - 1 and time.monotonic() < deadline:
+                end = min(i + run, len(seq) - 1)
+                shorter = seq[:i] + seq[end:]
+                again = self.replay(shorter, deadline)
+                if again is not None and again.invariant == violation.invariant:
+                    seq = shorter
+                else:
+                    i = end
+            if run == 1:
+                break
+            run = max(1, run // 2)
         self.report.reproducer = seq
         self.report.reproducer_toml = reproducer_toml(seq, self.s, violation)
 

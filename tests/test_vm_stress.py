@@ -102,6 +102,11 @@ def test_each_kernel_gives_the_known_verdicts(paired: Inside) -> None:
 @pytest.mark.timeout(3000)
 def test_stress_inside_is_clean(inside: Inside) -> None:
     status = int((inside.scratch / "stress.status").read_text())
+    said = (inside.scratch / "stress.txt").read_text(errors="replace")
+    assert (inside.scratch / "stress.json").read_text().strip(), (
+        f"{inside.series}: guestmem stress --seed {STRESS_SEED} exited {status} and wrote no record; "
+        f"its stderr:\n{said[-6000:]}"
+    )
     record = inside.json("stress.json")
     checks = record["checks"]
     sys.stderr.write(

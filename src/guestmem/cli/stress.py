@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import math
 import os
@@ -148,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from guestmem.backend.kernel import KernelBackend
 
+        # a crash of the tool itself names where each thread was (stderr): the kernel
+        # backend calls into memory shared with the kernel through ctypes
+        faulthandler.enable(all_threads=True)
         backend = KernelBackend()
         log, injector, poisoner = KernelLog(), Injector(), MemoryErrors()
     print(
@@ -175,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         return progress.INTERRUPTED
     if args.format == "json":
         json.dump(report.to_json(), sys.stdout, indent=1)
-        print()
+        print(flush=True)  # written before anything at exit could lose it
     else:
         print(text(report))
     if report.violation is not None:

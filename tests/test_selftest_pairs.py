@@ -106,3 +106,28 @@ def test_junit_verdict_of_the_port() -> None:
     )
     assert junit_verdict(failed).verdict == "fail"
     assert junit_verdict("<testsuites/>") == Verdict("fail", "no test of the port ran")
+
+
+def test_a_disagreement_runs_again_until_the_sides_agree() -> None:
+    """RFC v5's scramble makes a single checked byte right 1 time in 256: a conversion case
+    whose sides disagree runs again (both sides), up to RERUNS times; other cases do not."""
+    import selftest_pairs
+
+    case = f"{selftest_pairs.CONVERSIONS}.forked_accesses"
+    chance = Pair(case, Verdict("pass"), Verdict("fail", "step 10"))
+    verdicts = iter([Verdict("fail", "again"), Verdict("fail", "again")])
+    fails = Verdict("fail", "x")
+
+    def failing(_name: str) -> Verdict:
+        return fails
+
+    [again] = selftest_pairs.rerun([chance], c=lambda _n: next(verdicts), port=failing)
+    assert again.agree and again.reruns == 1 and "(after 1 rerun)" in again.line()
+    stuck = selftest_pairs.rerun([chance], c=lambda _n: Verdict("pass"), port=failing)
+    assert not stuck[0].agree and stuck[0].reruns == selftest_pairs.RERUNS
+    binary = Pair("private_mem_kvm_exits_test", Verdict("pass"), Verdict("fail", "x"))
+
+    def never(_name: str) -> Verdict:
+        raise AssertionError("a whole binary does not run again")
+
+    assert selftest_pairs.rerun([binary], c=never, port=never) == [binary]

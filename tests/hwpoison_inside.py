@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from guestmem.backend.base import Outcome
-from guestmem.backend.kernel import KernelBackend
+from guestmem.backend.kernel import KernelBackend, KernelMachine
 from guestmem.stress.engine import FLAGS
 from guestmem.uapi.kvm import KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SIZE
 
@@ -61,14 +61,23 @@ def _poison(fd: int, page: int, touch: bool) -> str:
     return f"exit {os.WEXITSTATUS(status)}"
 
 
-def case(page: int, written: bool, kmsg: int) -> dict[str, Any]:
+def _recorder(
+    kmsg: int,
+) -> tuple[KernelMachine, list[dict[str, Any]], Callable[[str, Callable[[], Outcome]], None]]:
+    """A fresh machine, the steps recorded on it, and the function that records one (its
+    outcome and the kernel's log lines it caused)."""
     machine = KernelBackend().open("sw_protected", "v8", PAGES * PAGE_SIZE, FLAGS)
-    offset = page * PAGE_SIZE
     steps: list[dict[str, Any]] = []
 
     def step(name: str, act: Callable[[], Outcome]) -> None:
         steps.append({"step": name, "outcome": act().to_json(), "log": _kmsg(kmsg)})
 
+    return machine, steps, step
+
+
+def case(page: int, written: bool, kmsg: int) -> dict[str, Any]:
+    machine, steps, step = _recorder(kmsg)
+    offset = page * PAGE_SIZE
     try:
         if written:
             step("host_write", lambda: machine.host_write(offset, b"\x5a" * 16))
@@ -93,13 +102,8 @@ def case(page: int, written: bool, kmsg: int) -> dict[str, Any]:
 def mapped_elsewhere(page: int, kmsg: int) -> dict[str, Any]:
     """A memory error on a page another process has mapped; that process's reads after
     the punch hole (its helper, ``mapping=1``, replaced after a fault)."""
-    machine = KernelBackend().open("sw_protected", "v8", PAGES * PAGE_SIZE, FLAGS)
+    machine, steps, step = _recorder(kmsg)
     offset = page * PAGE_SIZE
-    steps: list[dict[str, Any]] = []
-
-    def step(name: str, act: Callable[[], Outcome]) -> None:
-        steps.append({"step": name, "outcome": act().to_json(), "log": _kmsg(kmsg)})
-
     try:
         step("other_process_read", lambda: machine.host_read(offset, 1, mapping=1))
         assert machine.gmem is not None

@@ -941,16 +941,18 @@ class StaleForGood(StaleEntries):
         return got
 
 
+def poisoned_run(machine: type[ModelMachine], seed: int) -> Report:
+    """300 operations of ``seed`` on a planted ``machine`` with memory errors injected."""
+    settings = Settings(seed=seed, seconds=None, operations=300, minimize_seconds=5)
+    return Stress(settings, Planted(machine), poisoner=FakePoisoner()).run()
+
+
 def test_a_stale_hwpoison_entry_is_a_known_answer_that_a_new_process_does_not_give() -> None:
     """docs/stress.md *Findings*: the access is counted and made again by the thread's new
     process, whose answer is checked; the runs stay clean."""
     found = 0
     for seed in range(1, 8):
-        report = Stress(
-            Settings(seed=seed, seconds=None, operations=300, minimize_seconds=5),
-            Planted(StaleEntries),
-            poisoner=FakePoisoner(),
-        ).run()
+        report = poisoned_run(StaleEntries, seed)
         assert report.violation is None, report.violation.describe()
         found += report.known["stale_hwpoison_entry"]
     assert found > 0
@@ -961,11 +963,7 @@ def test_a_fault_on_a_page_punched_after_a_memory_error_is_a_violation_that_name
     """The same fault again from the thread's new process is not the known answer."""
     report = None
     for seed in range(1, 20):
-        report = Stress(
-            Settings(seed=seed, seconds=None, operations=300, minimize_seconds=5),
-            Planted(StaleForGood),
-            poisoner=FakePoisoner(),
-        ).run()
+        report = poisoned_run(StaleForGood, seed)
         if report.violation is not None:
             break
     assert report is not None and report.violation is not None

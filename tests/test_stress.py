@@ -14,9 +14,10 @@ import os
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,15 @@ import pytest
 from guestmem.backend.base import Outcome
 from guestmem.backend.model import ModelBackend, ModelMachine
 from guestmem.cli import main
+from guestmem.errors import IoctlError
+from guestmem.kvm import syscalls
 from guestmem.scenario import load, run
 from guestmem.stress.engine import INVARIANTS, Report, Settings, Stress
 from guestmem.stress.inject import Injector
 from guestmem.stress.kmsg import find_splats
 from guestmem.stress.poison import Injection, MemoryErrors
 from guestmem.stress.schedule import HOST_OPS, VCPU_OPS, first_ops
-from guestmem.uapi.kvm import PAGE_SIZE
+from guestmem.uapi.kvm import KVM_SET_MEMORY_ATTRIBUTES2, PAGE_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -316,6 +319,7 @@ def test_injection_arms_the_knobs_for_this_thread_only(tmp_path: Path) -> None:
         for knob in ("task-filter", "probability", "interval", "times", "ignore-gfp-wait", "verbose"):
             (debugfs / kind / knob).write_text("0\n")
     (debugfs / "fail_page_alloc" / "min-order").write_text("1\n")
+    (debugfs / "fail_page_alloc" / "ignore-gfp-highmem").write_text("N\n")
     mark = tasks / str(threading.get_native_id()) / "make-it-fail"
     mark.parent.mkdir(parents=True)
     mark.write_text("0")
@@ -323,20 +327,23 @@ def test_injection_arms_the_knobs_for_this_thread_only(tmp_path: Path) -> None:
     assert injector.available == ["failslab", "fail_page_alloc"] and injector.reason is None
     seen: dict[str, str] = {}
 
-    def call(fails: bool) -> Callable[[], str]:
-        def inner() -> str:
+    def call(fails: bool) -> Callable[[int | None], str]:
+        def inner(fd: int | None) -> str:
+            assert fd is not None
             seen.update({p.name: p.read_text() for p in (debugfs / "fail_page_alloc").iterdir()})
+            os.pwrite(fd, b"1", 0)
             seen["mark"] = mark.read_text()
             if fails:  # the kernel counts ``times`` down when it fails an allocation
                 (debugfs / "fail_page_alloc" / "times").write_text("0\n")
+            os.pwrite(fd, b"0", 0)
             return "done"
 
         return inner
 
     assert injector.during("fail_page_alloc", call(True)) == ("done", True)
-    assert seen["mark"] == "1" and mark.read_text() == "0"
+    assert seen["mark"] == "1" and mark.read_text() == "0"  # the call's fd is this thread's mark
     assert (seen["task-filter"], seen["probability"], seen["times"]) == ("Y", "100", "1")
-    assert (seen["ignore-gfp-wait"], seen["min-order"]) == ("N", "0")
+    assert (seen["ignore-gfp-wait"], seen["min-order"], seen["ignore-gfp-highmem"]) == ("N", "0", "Y")
     assert (debugfs / "fail_page_alloc" / "times").read_text() == "0"  # disarmed afterwards
     assert injector.during("fail_page_alloc", call(False)) == ("done", False)
     assert injector.injected == {"failslab": 0, "fail_page_alloc": 1}
@@ -373,8 +380,69 @@ def test_the_thread_is_unmarked_without_opening_a_file(
     monkeypatch.setattr(os, "open", kernel_open)
     monkeypatch.setattr(builtins, "open", kernel_builtin_open)
     injector = Injector(str(debugfs), str(tasks))
-    assert injector.during("failslab", lambda: "nothing allocated") == ("nothing allocated", False)
+    read, write = os.pipe()
+    try:
+        count = bytearray(4)
+        nothing = injector.during(
+            "failslab", lambda mark_fd: syscalls.ioctl_marked(read, termios.FIONREAD, count, mark_fd)
+        )
+        assert nothing == (0, False) and count == bytes(4)
+    finally:
+        for fd in (read, write):
+            os.close(fd)
     assert mark.read_text() == "0"
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read, write = os.pipe()
+    yield read, write
+    for fd in (read, write):
+        os.close(fd)
+
+
+def test_a_marked_ioctl_marks_the_thread_around_it_alone(pipe: tuple[int, int], tmp_path: Path) -> None:
+    """The mark is 1 for the ioctl and 0 after it; the ioctl writes its buffer in place.
+    (With ``O_APPEND``, Linux's ``pwrite`` appends: the file keeps every write in order.)"""
+    read, write = pipe
+    os.write(write, b"abc")
+    mark = os.open(tmp_path / "make-it-fail", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    count = bytearray(4)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        assert syscalls.ioctl_marked(read, termios.FIONREAD, count, mark) == 0
+    finally:
+        os.close(mark)
+    assert int.from_bytes(count, sys.byteorder) == 3
+    assert (tmp_path / "make-it-fail").read_bytes() == b"10"
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before  # the signal mask is restored
+
+
+def test_a_marked_ioctl_that_fails_is_named_after_the_unmark(tmp_path: Path) -> None:
+    mark = os.open(tmp_path / "make-it-fail", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        with pytest.raises(IoctlError) as failed:
+            syscalls.ioctl_marked(null, KVM_SET_MEMORY_ATTRIBUTES2, bytearray(128), mark)
+    finally:
+        for fd in (mark, null):
+            os.close(fd)
+    assert (failed.value.name, failed.value.call) == ("ENOTTY", "KVM_SET_MEMORY_ATTRIBUTES2")
+    assert (tmp_path / "make-it-fail").read_bytes() == b"10"
+
+
+def test_a_mark_that_cannot_be_written_issues_no_ioctl(pipe: tuple[int, int], tmp_path: Path) -> None:
+    read, write = pipe
+    os.write(write, b"abc")
+    (tmp_path / "make-it-fail").write_text("")
+    mark = os.open(tmp_path / "make-it-fail", os.O_RDONLY)
+    count = bytearray(4)
+    try:
+        with pytest.raises(OSError, match="writing make-it-fail") as failed:
+            syscalls.ioctl_marked(read, termios.FIONREAD, count, mark)
+    finally:
+        os.close(mark)
+    assert failed.value.errno == errno.EBADF and count == bytes(4)
 
 
 def test_no_injection_without_the_knobs(tmp_path: Path) -> None:
@@ -457,10 +525,10 @@ class FakeInjector:
     def total(self) -> int:
         return sum(self.injected.values())
 
-    def during(self, kind: str, call: Callable[[], Any]) -> tuple[Any, bool]:
+    def during(self, kind: str, call: Callable[[int | None], Any]) -> tuple[Any, bool]:
         INJECTING.on = True
         try:
-            result = call()
+            result = call(None)
         finally:
             INJECTING.on = False
         self.injected[kind] += 1

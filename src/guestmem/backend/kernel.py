@@ -234,15 +234,18 @@ class KernelMachine:
         *,
         reserved: tuple[int, ...] = (),
         error_offset_in: int = 0,
+        mark: int | None = None,
     ) -> Outcome:
-        """``KVM_SET_MEMORY_ATTRIBUTES2`` on the guest_memfd, raw; skipped without the ioctl."""
+        """``KVM_SET_MEMORY_ATTRIBUTES2`` on the guest_memfd, raw; skipped without the ioctl.
+        ``mark``: this thread's open ``make-it-fail``, set for the ioctl alone (fault
+        injection, docs/stress.md)."""
         arg = attributes2(offset, size, attributes, flags, error_offset_in, reserved)
         skip = self.facts.conversion_skip_reason()
         if skip:
             return Outcome(skipped=skip)
         assert self.gmem is not None
         gmem = self.gmem
-        outcome = outcome_of(lambda: gmem.set_memory_attributes2(arg))
+        outcome = outcome_of(lambda: gmem.set_memory_attributes2(arg, mark=mark))
         if outcome.ok:
             with self.book:
                 end = min((offset + size) // PAGE_SIZE, self.private.limit)

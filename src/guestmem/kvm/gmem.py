@@ -82,16 +82,23 @@ class GuestMemfd(syscalls.Handle):
     def try_punch_hole(self, offset: int, length: int) -> int:
         return errno_of(lambda: self.punch_hole(offset, length))
 
-    def set_memory_attributes2(self, arg: KvmMemoryAttributes2 | bytearray) -> None:
+    def set_memory_attributes2(
+        self, arg: KvmMemoryAttributes2 | bytearray, *, mark: int | None = None
+    ) -> None:
         """``KVM_SET_MEMORY_ATTRIBUTES2`` on this fd with the raw 128-byte struct.
 
         The kernel writes ``error_offset`` back for ``EOPNOTSUPP``/``EPERM``/``EAGAIN``/
         ``ENOMEM``; it is attached to the raised :class:`IoctlError` (docs/semantics.md §4).
+        ``mark``, an open ``make-it-fail`` file of this thread, marks the thread for the
+        kernel's fault injection during the ioctl alone (:func:`syscalls.ioctl_marked`).
         """
         if len(memoryview(arg).cast("B")) != ctypes.sizeof(KvmMemoryAttributes2):
             raise ValueError(f"struct kvm_memory_attributes2 is {ctypes.sizeof(KvmMemoryAttributes2)} bytes")
         try:
-            syscalls.ioctl(self.fd, KVM_SET_MEMORY_ATTRIBUTES2, arg)
+            if mark is None:
+                syscalls.ioctl(self.fd, KVM_SET_MEMORY_ATTRIBUTES2, arg)
+            else:
+                syscalls.ioctl_marked(self.fd, KVM_SET_MEMORY_ATTRIBUTES2, arg, mark)
         except IoctlError as err:
             if err.code in ERROR_OFFSET_ERRNOS:
                 view = KvmMemoryAttributes2.from_buffer(arg)

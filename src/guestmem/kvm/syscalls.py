@@ -140,6 +140,48 @@ def ioctl(fd: int, request: int, arg: Arg = 0) -> int:
     return result
 
 
+#: A second handle on the C library for :func:`ioctl_marked`: its functions take ctypes
+#: objects as they are (no ``argtypes``), so calling them converts nothing.
+_bare = ctypes.CDLL(None, use_errno=True)
+
+
+def ioctl_marked(fd: int, request: int, arg: bytearray | ctypes.Structure, mark: int) -> int:
+    """As :func:`ioctl` with a buffer, with ``mark`` (an open ``make-it-fail`` file of this
+    thread: docs/stress.md, *Fault injection*) holding 1 for the ioctl alone.
+
+    While the thread is marked, the kernel's fault injection fails its next allocation of
+    the armed kind wherever it happens: in the ioctl, or in whatever else the thread does,
+    such as the memory an interpreter takes for its objects. So everything that may
+    allocate is done before the mark or after it: the argument and the C calls' own
+    arguments are built first, the three calls (mark, ioctl, unmark) take ready ctypes
+    objects and so convert nothing, and a failure becomes a Python exception only after
+    the unmark.
+    """
+    size = ctypes.sizeof(arg) if isinstance(arg, ctypes.Structure) else len(arg)
+    buffer = (ctypes.c_char * size).from_buffer(arg)
+    call = (ctypes.c_int(fd), ctypes.c_ulong(request), ctypes.c_void_p(ctypes.addressof(buffer)))
+    on = (ctypes.c_int(mark), ctypes.c_char_p(b"1"), ctypes.c_size_t(1), ctypes.c_long(0))
+    off = (ctypes.c_int(mark), ctypes.c_char_p(b"0"), ctypes.c_size_t(1), ctypes.c_long(0))
+    pwrite, issue, get_errno = _bare.pwrite, _bare.ioctl, ctypes.get_errno
+    get_errno()  # ctypes keeps the thread's errno in an object made at first use: made here
+    result, code, marked = -1, 0, False
+    try:
+        marked = pwrite(*on) == 1
+        if not marked:
+            code = get_errno()
+        else:
+            result = issue(*call)
+            code = get_errno() if result < 0 else 0
+    finally:
+        unmarked = pwrite(*off) == 1
+    if not marked or not unmarked:
+        failed = code or get_errno() or errno.EIO
+        raise OSError(failed, f"writing make-it-fail: {os.strerror(failed)}")
+    if result < 0:
+        raise IoctlError(code or errno.EIO, ioctl_name(request))
+    return int(result)
+
+
 def try_ioctl(fd: int, request: int, arg: Arg = 0) -> int:
     """As :func:`ioctl`, but returns 0 on success and the errno on failure."""
     return errno_of(lambda: ioctl(fd, request, arg))

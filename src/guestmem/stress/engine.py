@@ -884,12 +884,13 @@ class Stress:
             attributes = KVM_MEMORY_ATTRIBUTE_PRIVATE if op.to == "private" else 0
             flags = self.flags[op.mode]
 
-            def convert(machine: Any) -> Outcome:
-                result: Outcome = machine.convert(action.offset, action.size, attributes, flags)
+            def convert(machine: Any, mark: int | None = None) -> Outcome:
+                marked = {} if mark is None else {"mark": mark}
+                result: Outcome = machine.convert(action.offset, action.size, attributes, flags, **marked)
                 return result
 
             if op.inject and self.injector is not None and op.inject in self.injector.available:
-                got, injected = self.injector.during(op.inject, lambda: convert(sut))
+                got, injected = self.injector.during(op.inject, lambda mark: convert(sut, mark))
             else:
                 got = convert(sut)
             if injected and got.errno == "ENOMEM":

@@ -2,11 +2,20 @@
 
 ``failslab`` fails slab allocations, ``fail_page_alloc`` page allocations. With
 ``task-filter`` set, only tasks whose ``/proc/<pid>/task/<tid>/make-it-fail`` is 1 see a
-failure, so a stress thread marks itself, makes one conversion, and unmarks itself; the
-other threads and the rest of the system allocate as usual. ``times`` = 1 fails the first
-allocation that call makes, at any gfp mask (``ignore-gfp-wait`` off; for page allocations
-also ``min-order`` 0 and ``ignore-gfp-highmem`` off). Whether an allocation was failed is
-read back from ``times``: the kernel counts it down.
+failure, so a stress thread marks itself for one conversion ioctl and unmarks itself
+straight after (:func:`guestmem.kvm.syscalls.ioctl_marked`); the other threads and the rest
+of the system allocate as usual. ``times`` = 1 fails the first allocation that call makes,
+at any gfp mask that may sleep or not (``ignore-gfp-wait`` off; for page allocations also
+``min-order`` 0). Whether an allocation was failed is read back from ``times``: the kernel
+counts it down.
+
+Page allocations for user memory (``__GFP_HIGHMEM``: a copy-on-write copy, an anonymous
+page, a guest_memfd folio) are left alone (``ignore-gfp-highmem`` on). A conversion makes
+none: its own allocations are the attribute tree's nodes and the unmap's batches. But the
+marked thread makes them on its way back to user space: after another thread forks (a
+host-access helper), the thread's pages are copy-on-write, and when the kernel then fails
+to copy the page of the thread's restartable-sequence area it writes on return, it kills
+the process with ``SIGSEGV`` (docs/stress.md, *Fault injection*).
 
 The debugfs knobs are global, so one injection runs at a time (:class:`Injector` holds a
 lock across it).
@@ -66,31 +75,32 @@ class Injector:
             "ignore-gfp-wait": "N",
         }
         if kind == "fail_page_alloc":
-            settings.update({"min-order": "0", "ignore-gfp-highmem": "N"})
+            settings.update({"min-order": "0", "ignore-gfp-highmem": "Y"})
         for name, value in settings.items():
             if os.path.exists(self._knob(kind, name)):
                 _write(self._knob(kind, name), value)
         _write(self._knob(kind, "times"), "1")
 
-    def during(self, kind: str, call: Callable[[], T]) -> tuple[T, bool]:
-        """``call()`` with the first allocation of kind ``kind`` failing, on this thread
-        only; returns its result and whether an allocation was failed."""
+    def during(self, kind: str, call: Callable[[int], T]) -> tuple[T, bool]:
+        """``call(mark)`` with the first allocation of kind ``kind`` failing, on this
+        thread only; returns its result and whether an allocation was failed.
+
+        ``mark`` is this thread's ``make-it-fail``, open for writing: ``call`` sets it for
+        the one system call it aims at (:func:`guestmem.kvm.syscalls.ioctl_marked`) and
+        for nothing else, since while the thread is marked any allocation it makes can be
+        the one that fails, even one made to run Python or to deliver a signal.
+        """
         if kind not in self.available:
             raise ValueError(f"{kind} is not available here")
         mark = os.path.join(self.tasks, str(threading.get_native_id()), "make-it-fail")
         with self.lock:
             self._arm(kind)
             self.attempts[kind] += 1
-            # opened before the thread is marked: opening a file allocates, and while the
-            # thread is marked and the call has not used up ``times``, that allocation is
-            # the one that fails; a write to an open file allocates nothing
+            # opened before the thread is marked: opening a file allocates; a write to an
+            # open file allocates nothing
             fd = os.open(mark, os.O_WRONLY)
             try:
-                os.pwrite(fd, b"1", 0)
-                try:
-                    result = call()
-                finally:
-                    os.pwrite(fd, b"0", 0)
+                result = call(fd)
             finally:
                 os.close(fd)
             left = int(_read(self._knob(kind, "times")))

@@ -195,21 +195,22 @@ def test_relayed_output_is_passed_on_at_once() -> None:
 
 FAKE_VNG = """#!{python}
 # Plays vng and the VM for the runner: MODE says what reaches the host.
-import os, re, socket, sys
+import os, re, shlex, socket, sys
 argv = sys.argv[1:]
 mode = os.environ["FAKE_VNG_MODE"]
-scratch = argv[argv.index("--rwdir") + 1]
-script = open(os.path.join(scratch, "run.sh")).read()
+run_sh = shlex.split(argv[argv.index("--exec") + 1])[1]
+control = os.path.dirname(run_sh)
+script = open(run_sh).read()
 end = re.search(r"printf '([^']*)'; ", script).group(1).encode().decode("unicode_escape").encode("latin-1")
 sockets = dict(re.findall(r"socket,id=guestmem-(\\w+),path=([^,\\s]+)", " ".join(argv)))
 def exited(status):
-    with open(os.path.join(scratch, "status"), "w") as f:
+    with open(os.path.join(control, "status"), "w") as f:
         f.write(f"{{status}}\\n")
 if mode == "console":  # the command ran, its output went where the host does not read
     print("virtme-init: cannot find script I/O ports; make sure virtio-serial is available")
     exited(0)
 elif mode == "host":  # the real script, on a machine without the ports
-    os.execvp("sh", ["sh", os.path.join(scratch, "run.sh")])
+    os.execvp("sh", ["sh", run_sh])
 else:
     out, err = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
     out.connect(sockets["stdout"])
@@ -249,6 +250,19 @@ def test_output_through_the_channel_reaches_the_caller(tmp_path: Path) -> None:
     assert done.returncode == 3, done.stderr
     assert done.stdout == "hello\n"
     assert "guestmem vm: booted 1.5 s after power-on, fake\nwarn\n" in done.stderr
+
+
+def test_the_runner_keeps_its_files_out_of_the_scratch_directorys_own(tmp_path: Path) -> None:
+    """Files of the user's named as the runner's are not touched, and the runner leaves
+    nothing behind: its script and status live in a directory of their own, removed after."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    mine = {name: f"the user's {name}\n" for name in ("run.sh", "status", "check.txt", "channel.txt")}
+    for name, text in mine.items():
+        (scratch / name).write_text(text)
+    done = fake_vm(tmp_path, "whole", "--scratch", str(scratch), "--", "true")
+    assert done.returncode == 3, done.stderr
+    assert {p.name: p.read_text() for p in scratch.iterdir()} == mine
 
 
 def test_output_that_never_arrives_is_not_a_success(tmp_path: Path) -> None:
@@ -389,7 +403,7 @@ def test_output_reaches_a_pipe() -> None:
 
 def test_the_guest_caches_the_host_root_unless_told_not_to() -> None:
     def flags(run: vmrun.VmRun) -> list[str]:
-        argv = run.argv("vng", "/s", "tcg", {})
+        argv = run.argv("vng", "/s", "tcg", {}, "/s/.guestmem-vm-x")
         assert "--force-9p" in argv  # the flags below are 9p's
         return [a for a in argv if a.startswith("rootflags=")]
 

@@ -100,7 +100,13 @@ DEFAULT_BOOT_TIMEOUT = 300.0
 DEFAULT_MEMORY = "2G"
 #: The line the VM prints when it has booted and is about to run the command.
 BOOTED = "guestmem-vm: booted"
+#: The runner's own files, in a directory made for the run in the scratch directory
+#: (named with this prefix) and removed after it: the script, and what it leaves for the
+#: host. The command's exit status:
 STATUS_FILE = "status"
+#: The script the VM runs.
+SCRIPT_FILE = "run.sh"
+CONTROL_PREFIX = ".guestmem-vm-"
 #: What the check before the command said (its stderr).
 CHECK_FILE = "check.txt"
 #: Why the script inside found no output channel (written instead of running the command).
@@ -275,13 +281,16 @@ def inside_script(
     require_ioctl: bool,
     end: bytes,
     emulated: bool = False,
+    control: str | None = None,
 ) -> str:
     """The shell script the VM runs: environment, the output channel (:data:`PORTS`), the
     boot marker, the check, the command, and ``end`` on each port; the command's exit
-    status goes to ``$GUESTMEM_SCRATCH/status``. Without the ports it writes why to
-    :data:`NO_CHANNEL_FILE` and runs nothing. ``emulated`` (TCG) raises guestmem's per-run
-    time limit to :data:`EMULATED_RUN_TIMEOUT` unless the host sets ``$GUESTMEM_TIMEOUT``."""
+    status goes to :data:`STATUS_FILE` in ``control``, the runner's own directory (default:
+    ``scratch``). Without the ports it writes why to :data:`NO_CHANNEL_FILE` and runs
+    nothing. ``emulated`` (TCG) raises guestmem's per-run time limit to
+    :data:`EMULATED_RUN_TIMEOUT` unless the host sets ``$GUESTMEM_TIMEOUT``."""
     q = shlex.quote
+    own = q(control or scratch)
     python = q(sys.executable)
     lines = [
         "#!/bin/sh",
@@ -312,7 +321,7 @@ def inside_script(
         "    names=$(cat /sys/class/virtio-ports/*/name 2>/dev/null | tr '\\n' ' ')",
         f'    echo "no virtio-serial ports {PORTS["stdout"]} and {PORTS["stderr"]} with device nodes '
         '(named ports: ${names:-none}); the kernel needs CONFIG_VIRTIO_CONSOLE and CONFIG_DEVTMPFS" '
-        f"> {q(scratch)}/{NO_CHANNEL_FILE}",
+        f"> {own}/{NO_CHANNEL_FILE}",
         "    exit 0",
         "}",
         'exec < /dev/null > "$out" 2> "$err"',
@@ -322,15 +331,15 @@ def inside_script(
     if require_ioctl:
         lines.append(
             f"{python} -c 'import sys; from guestmem.vmrun import inside_check; sys.exit(inside_check())' "
-            f"2> {q(scratch)}/{CHECK_FILE} "
-            f"|| {{ echo {EXIT_NO_IOCTL} > {q(scratch)}/{STATUS_FILE}.check; exit 0; }}"
+            f"2> {own}/{CHECK_FILE} "
+            f"|| {{ echo {EXIT_NO_IOCTL} > {own}/{STATUS_FILE}.check; exit 0; }}"
         )
     mark = _printf(end)
     lines += [
         shlex.join(_command_argv(command)),
         "status=$?",
         f"{mark}; {mark} >&2",
-        f"echo $status > {q(scratch)}/{STATUS_FILE}",
+        f"echo $status > {own}/{STATUS_FILE}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -409,8 +418,9 @@ class VmRun:
     err: BinaryIO = field(default_factory=lambda: sys.stderr.buffer)
     progress: Callable[[str], None] = field(default=lambda msg: print(f"guestmem vm: {msg}", file=sys.stderr))
 
-    def argv(self, vng: str, scratch: str, accel: str, sockets: dict[str, str]) -> list[str]:
-        """vng's arguments; ``sockets`` are the host ends of :data:`PORTS`, by stream."""
+    def argv(self, vng: str, scratch: str, accel: str, sockets: dict[str, str], control: str) -> list[str]:
+        """vng's arguments; ``sockets`` are the host ends of :data:`PORTS`, by stream;
+        ``control`` holds the script."""
         argv = [vng, "--run", self.kernel, "--memory", self.memory, "--cpus", str(self.cpus)]
         argv += ["--rwdir", scratch, "--cwd", "/", "--verbose", "--disable-microvm", "--force-9p"]
         if accel == "tcg":
@@ -427,7 +437,7 @@ class VmRun:
                 f"virtserialport,bus=guestmem-serial.0,chardev=guestmem-{stream},name={PORTS[stream]}",
             ]
         argv += [f"--qemu-opts={arg}" for arg in qemu]
-        return [*argv, "--exec", f"sh {shlex.quote(os.path.join(scratch, 'run.sh'))}"]
+        return [*argv, "--exec", f"sh {shlex.quote(os.path.join(control, SCRIPT_FILE))}"]
 
     def execute(self) -> int:
         """Boot, stream, and return the command's exit status; :class:`VmError` otherwise."""
@@ -441,10 +451,16 @@ class VmRun:
         accel = self.accel or ("kvm" if host_can_nest() else "tcg")
         with contextlib.ExitStack() as stack:
             scratch = self.scratch or stack.enter_context(tempfile.TemporaryDirectory(prefix="guestmem-vm-"))
-            directory = stack.enter_context(outfile.Directory(scratch, create=True, what="--scratch"))
-            for name in (STATUS_FILE, STATUS_FILE + ".check", CHECK_FILE, NO_CHANNEL_FILE):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(scratch, name))
+            stack.enter_context(outfile.Directory(scratch, create=True, what="--scratch")).close()
+            # the runner's own files go in a fresh directory of their own, removed afterwards:
+            # never over a file of the command's, nor left among them
+            try:
+                control = tempfile.mkdtemp(prefix=CONTROL_PREFIX, dir=scratch)
+            except OSError as err:
+                raise VmError(
+                    f"--scratch {scratch}: cannot create a directory there: {err.strerror}"
+                ) from None
+            stack.callback(shutil.rmtree, control, ignore_errors=True)
             end = end_mark()
             script = inside_script(
                 self.command,
@@ -453,22 +469,24 @@ class VmRun:
                 require_ioctl=self.require_ioctl,
                 end=end,
                 emulated=accel == "tcg",
+                control=control,
             )
-            directory.write("run.sh", script)
+            with outfile.Directory(control) as directory:
+                directory.write(SCRIPT_FILE, script)
             sockets = stack.enter_context(
                 tempfile.TemporaryDirectory(prefix="guestmem-vm-io-", dir=_socket_dir())
             )
             paths = {stream: os.path.join(sockets, stream) for stream in PORTS}
             listeners = {stream: stack.enter_context(_listen(path)) for stream, path in paths.items()}
             self.progress(f"booting {self.kernel} ({version}) with {accel.upper()}")
-            return self._boot(self.argv(vng, scratch, accel, paths), env, scratch, listeners, end)
+            return self._boot(self.argv(vng, scratch, accel, paths, control), env, control, listeners, end)
         raise AssertionError("unreachable")
 
     def _boot(
         self,
         argv: list[str],
         env: dict[str, str],
-        scratch: str,
+        control: str,
         listeners: dict[str, socket.socket],
         end: bytes,
     ) -> int:
@@ -564,24 +582,24 @@ class VmRun:
             console.close()
             for connection in connections.values():
                 connection.close()
-        return self._status(scratch, booted_at is not None, proc.returncode, tail, relays)
+        return self._status(control, booted_at is not None, proc.returncode, tail, relays)
 
     def _status(
-        self, scratch: str, booted: bool, vng_status: int, tail: list[bytes], relays: dict[str, Relay]
+        self, control: str, booted: bool, vng_status: int, tail: list[bytes], relays: dict[str, Relay]
     ) -> int:
-        check = _read_status(os.path.join(scratch, STATUS_FILE + ".check"))
+        check = _read_status(os.path.join(control, STATUS_FILE + ".check"))
         if check is not None:
             try:
-                said = Path(scratch, CHECK_FILE).read_text().strip().removeprefix("guestmem vm: ")
+                said = Path(control, CHECK_FILE).read_text().strip().removeprefix("guestmem vm: ")
             except OSError:
                 said = "the check inside the VM failed"
             raise NoIoctl(f"{self.kernel}: {said}")
         with contextlib.suppress(FileNotFoundError):
-            why = Path(scratch, NO_CHANNEL_FILE).read_text(errors="replace").strip()
+            why = Path(control, NO_CHANNEL_FILE).read_text(errors="replace").strip()
             raise OutputLost(
                 f"{self.kernel}: the command was not run, since its output could not reach the host: {why}"
             )
-        status = _read_status(os.path.join(scratch, STATUS_FILE))
+        status = _read_status(os.path.join(control, STATUS_FILE))
         if status is not None:
             if not booted:
                 raise OutputLost(

@@ -41,6 +41,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "launch": {},
     "populate": {"offset": 0, "size": 2 * PAGE_SIZE, "data": b"\x5a" * 100},
     "delete_memslot": {},
+    "restore_memslot": {},
     "guest_request": {"offset": 0, "size": PAGE_SIZE, "to": Direction.TO_PRIVATE},
 }
 

@@ -199,6 +199,11 @@ class Machine(Protocol):
         longer memory, and guest accesses exit as MMIO (docs/semantics.md §3 *Memslots*)."""
         ...
 
+    def restore_memslot(self) -> Outcome:
+        """Make the memslot again as the machine made it: same GPA, host address and file
+        (docs/semantics.md §3 *Memslots*). Where it is there already, nothing changes."""
+        ...
+
     def guest_request(self, offset: int, size: int, to: Direction) -> Outcome: ...
     def observe(self, limit: int | None = None) -> PageViews | None:
         """Every page as it is now (:class:`PageView`), or the first ``limit`` pages, where

@@ -21,6 +21,7 @@ from guestmem.ops import (
     Pin,
     Populate,
     PunchHole,
+    RestoreMemslot,
     Unpin,
 )
 from guestmem.spec import revisions
@@ -39,6 +40,7 @@ ALPHABET = (Launch, HostWrite, GuestWrite, GuestRequest, Convert, PunchHole, Pin
 NOT_EXPLORED = {
     DeleteMemslot: "the search state is the launch phase and the pages; a deleted memslot is "
     "neither, and no property of docs/semantics.md §5 depends on it",
+    RestoreMemslot: "the search never deletes the memslot (above), so there is none to make again",
     Populate: "a launch ioctl of TDX and SNP that loads the initial payload before the guest runs; "
     "its rules (a source, or in place while in-place conversion is on) are errno checks the "
     "suite's populate_*.toml files pin, and it adds no guest-visible state a §5 property reads "

@@ -23,6 +23,7 @@ from guestmem.ops.operations import (
     Pin,
     Populate,
     PunchHole,
+    RestoreMemslot,
     Unpin,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "Pin",
     "Populate",
     "PunchHole",
+    "RestoreMemslot",
     "Unpin",
     "expectation",
 ]

@@ -410,6 +410,20 @@ class DeleteMemslot(Operation):
 
 
 @dataclass(frozen=True)
+class RestoreMemslot(Operation):
+    """The memslot is made again as it was, binding the same file at the same GPA (docs/semantics.md
+    §3 *Memslots*): the guest reaches the file's contents and attributes again."""
+
+    name: ClassVar[str] = "restore_memslot"
+
+    def bind(self, machine: Machine) -> Callable[[], Outcome]:
+        return machine.restore_memslot
+
+    def label(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
 class GuestRequest(Operation):
     """The guest asks for a conversion with ``KVM_HC_MAP_GPA_RANGE`` (docs/semantics.md §9)."""
 
@@ -451,6 +465,7 @@ OPERATIONS: dict[str, type[Operation]] = {
         Launch,
         Populate,
         DeleteMemslot,
+        RestoreMemslot,
         GuestRequest,
     )
 }

@@ -72,6 +72,7 @@ from guestmem.ops import (
     Operation,
     Pin,
     PunchHole,
+    RestoreMemslot,
     Unpin,
     expectation,
     toml,
@@ -942,8 +943,11 @@ class Stress:
                     want = oracle.guest_write(offset, op.data) if write else oracle.guest_read(offset, size)
                 else:  # the kernel did the pages before the stale one: so does the model
                     done = stale * PAGE_SIZE - action.offset
-                    if write and done > 0:
-                        oracle.guest_write(action.offset, op.data[:done])
+                    if done > 0:  # a read of them allocates them too (rfc-v5's scramble shows it)
+                        if write:
+                            oracle.guest_write(action.offset, op.data[:done])
+                        else:
+                            oracle.guest_read(action.offset, done)
                     want = got
                     with self.lock:
                         self.report.known["stale_mmio_private_access"] += 1
@@ -1327,7 +1331,8 @@ def reproducer_toml(actions: list[Action], settings: Settings, violation: Violat
             elif kind == "delete_memslot":
                 operation = DeleteMemslot()
             else:
-                continue  # restore_memslot has no scenario step
+                assert kind == "restore_memslot", kind
+                operation = RestoreMemslot()
             steps.append({**operation.fields(), "expect": expectation(operation.apply(oracle))})
     finally:
         oracle.close()

@@ -10,6 +10,12 @@ import pytest
 
 import kernel_boots
 import kvm_support
+from guestmem import progress
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM and SIGHUP end the session as Ctrl-C does, so its VMs are stopped with it."""
+    progress.stop_on_signals()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -25,6 +25,7 @@ import pytest
 from guestmem import progress
 from guestmem.checker.explore import forked_pool
 from guestmem.scenario import suite_dir
+from process_support import new_tag, tagged
 
 COMMAND = [sys.executable, "-m", "guestmem"]
 SUITE = str(suite_dir())
@@ -105,6 +106,32 @@ def test_ctrl_c_ends_with_130_and_one_line_naming_what_was_finished(argv: list[s
     lines = [line for line in after.replace("\r", "\n").splitlines() if line.strip() and line.strip() != "^C"]
     assert len(lines) == 1, after
     assert lines[0].startswith(f"guestmem: {argv[0]} interrupted after ") and "finished: " in lines[0]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_the_work_as_ctrl_c_does(stop: signal.Signals) -> None:
+    """128 + the signal's number, one line, no traceback, and no worker left running (a
+    pool's workers must still die of the pool's own SIGTERM)."""
+    tag = new_tag()
+    proc = subprocess.Popen(
+        [*COMMAND, "explore", "--platform", "snp", "--pages", "3", "--depth", "12", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **tag},
+    )
+    deadline = time.monotonic() + 60
+    while len(tagged(tag)) < 3 and time.monotonic() < deadline:  # the command and its 2 workers
+        time.sleep(0.1)
+    time.sleep(1)
+    proc.send_signal(stop)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + stop, err
+    assert out == b"" and b"Traceback" not in err and err.count(b"\n") == 1, err
+    assert err.decode().startswith(f"guestmem: {stop.name} received: explore interrupted after ")
+    deadline = time.monotonic() + 10
+    while tagged(tag) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tagged(tag) == []
 
 
 def test_progress_shows_states_rate_and_level_on_a_terminal() -> None:

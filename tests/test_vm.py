@@ -11,6 +11,7 @@ import ast
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ import kernel_boots
 from guestmem import vmrun
 from kernel_boots import ROOT, Inside
 from kvm_support import TEST_KERNELS
+from process_support import new_tag, tagged
 from test_kernel_suite import _cases as suite_cases
 
 KERNELS = kernel_boots.KERNELS
@@ -195,7 +197,7 @@ def test_relayed_output_is_passed_on_at_once() -> None:
 
 FAKE_VNG = """#!{python}
 # Plays vng and the VM for the runner: MODE says what reaches the host.
-import os, re, shlex, socket, sys
+import os, re, shlex, socket, sys, time
 argv = sys.argv[1:]
 mode = os.environ["FAKE_VNG_MODE"]
 run_sh = shlex.split(argv[argv.index("--exec") + 1])[1]
@@ -217,12 +219,19 @@ else:
     err.connect(sockets["stderr"])
     out.sendall(b"{booted} 1.5 s after power-on, fake\\nhello\\n" + (end if mode == "whole" else b""))
     err.sendall(b"warn\\n" + end)
+    if mode == "hang":  # a command that runs on
+        time.sleep(600)
     exited(3)
 """
 
 
 def fake_vm(tmp_path: Path, mode: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``guestmem vm`` with a fake vng (:data:`FAKE_VNG`) and a fake QEMU: no boot."""
+    argv, env = fake_vm_command(tmp_path, mode, *args)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT, check=False)
+
+
+def fake_vm_command(tmp_path: Path, mode: str, *args: str) -> tuple[list[str], dict[str, str]]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     vng = bin_dir / "vng"
@@ -237,10 +246,25 @@ def fake_vm(tmp_path: Path, mode: str, *args: str) -> subprocess.CompletedProces
     )
     env = {**os.environ, "FAKE_VNG_MODE": mode, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     kernel = fake_bzimage(tmp_path / "bzImage")
-    return subprocess.run(
-        [sys.executable, "-c", code, "vm", "--kernel", str(kernel), *args],
-        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT, check=False,
-    )  # fmt: skip
+    return [sys.executable, "-c", code, "vm", "--kernel", str(kernel), *args], env
+
+
+def test_sigterm_stops_the_vm_and_ends_with_143(tmp_path: Path) -> None:
+    """As ``timeout(1)`` or a CI runner ends a command: the VM (its own process group)
+    must not outlive the runner."""
+    argv, env = fake_vm_command(tmp_path, "hang", "--", "sleep", "600")
+    tag = new_tag()
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**env, **tag}, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"hello\n"  # booted and running
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.decode().splitlines()[-1] == "guestmem vm: SIGTERM received; the VM was stopped"
+    assert b"Traceback" not in err
+    assert tagged(tag) == []
 
 
 def test_output_through_the_channel_reaches_the_caller(tmp_path: Path) -> None:

@@ -4,15 +4,18 @@ A :class:`Status` redraws one line on stderr (at most ten times a second) while 
 runs, and only when stderr is a terminal and the command's output is for people (not
 ``--format json``); otherwise it draws nothing. Whatever runs records what it has
 finished with :meth:`Status.finish`; when Ctrl-C stops the command, ``guestmem`` prints
-:func:`summary` as one line and exits with status 130. Standard library only.
+:func:`summary` as one line and exits with status 130. ``SIGTERM`` and ``SIGHUP`` stop it
+the same way (:func:`stop_on_signals`), with status 128 + the signal's number, so what the
+command started (a VM, worker processes, helpers) is stopped with it. Standard library only.
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import time
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TextIO
 
 #: Exit status after Ctrl-C (128 + SIGINT), as a shell reports it.
@@ -21,6 +24,43 @@ INTERRUPTED = 130
 #: and ``analyze`` past ``--timeout``, ``guestmem vm`` past its ``--timeout``.
 TIMED_OUT = 124
 _ACTIVE: list[Status] = []
+#: Signals that stop a command as Ctrl-C does.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(KeyboardInterrupt):
+    """One of :data:`STOP_SIGNALS`, raised in the main thread: the work unwinds as after
+    Ctrl-C, and the command exits with 128 + ``signo``."""
+
+    def __init__(self, signo: int) -> None:
+        super().__init__(signal.Signals(signo).name)
+        self.signo = signo
+
+
+def _stop(signo: int, _frame: FrameType | None) -> None:
+    for name in STOP_SIGNALS:  # a second one must not cut the first one's cleanup short
+        signal.signal(name, signal.SIG_IGN)
+    raise Stopped(signo)
+
+
+def stop_on_signals() -> None:
+    """From now on :data:`STOP_SIGNALS` raise :class:`Stopped` in the main thread (where
+    the caller is). A signal someone else handles or ignores is left as it is."""
+    for name in STOP_SIGNALS:
+        if signal.getsignal(name) == signal.SIG_DFL:
+            signal.signal(name, _stop)
+
+
+def default_stop_signals() -> None:
+    """In a forked child (a worker, a helper): :data:`STOP_SIGNALS` end it again, as a
+    pool's ``terminate`` and a parent's death expect."""
+    for name in STOP_SIGNALS:
+        signal.signal(name, signal.SIG_DFL)
+
+
+def exit_status(stop: KeyboardInterrupt) -> int:
+    """130 after Ctrl-C, 128 + the signal's number after :class:`Stopped`."""
+    return 128 + stop.signo if isinstance(stop, Stopped) else INTERRUPTED
 
 
 class Status:

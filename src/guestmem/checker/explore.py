@@ -42,6 +42,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from guestmem import progress
 from guestmem.backend.base import Outcome
 from guestmem.checker.ops import WORD, alphabet
 from guestmem.checker.properties import (
@@ -817,7 +818,9 @@ def per_state(after: int | None, before: int | None, states: int) -> float | Non
 
 
 def ignore_interrupts() -> None:
-    """In a worker: leave Ctrl-C to the parent, which stops the pool and reports."""
+    """In a worker: leave Ctrl-C to the parent, which stops the pool and reports; the
+    pool's ``terminate`` (SIGTERM) ends the worker."""
+    progress.default_stop_signals()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # also drops one that came while blocked
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 

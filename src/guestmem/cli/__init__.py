@@ -4,7 +4,8 @@ Exit codes everywhere: 0 all expectations held, 1 one failed, 2 bad input or an 
 file it will not or cannot write (one line naming the file, step, field and value, or the
 path and the reason), 3 a search could not finish (``explore`` and ``analyze``: a bound
 reached or a worker lost; nothing is reported), 4 nothing ran because every run was
-skipped (kselftest's ``KSFT_SKIP``), 130 stopped by Ctrl-C (one line says what was finished).
+skipped (kselftest's ``KSFT_SKIP``), 130 stopped by Ctrl-C (one line says what was finished),
+143 and 129 stopped the same way by ``SIGTERM`` and ``SIGHUP``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import importlib
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 
 from guestmem import __version__, progress
@@ -93,7 +95,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "(KVM_SET_MEMORY_ATTRIBUTES2) per platform and ABI revision.",
         epilog="example: guestmem check --platform all --abi seed\n\n"
         "exit status: 0 every expectation held, 1 one failed, 2 bad input, 3 a search could not\n"
-        "finish, 4 every run skipped, 130 stopped by Ctrl-C",
+        "finish, 4 every run skipped, 130 stopped by Ctrl-C (143 by SIGTERM, 129 by SIGHUP)",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"guestmem {__version__}")
@@ -110,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(words[0] if words and words[0] in COMMANDS else None)
     args = parser.parse_args(words)
+    if threading.current_thread() is threading.main_thread():
+        progress.stop_on_signals()
     try:
         code: int = args.func(args)
     except (UsageError, OutputError) as err:  # one line, whatever the input held
@@ -124,8 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INCOMPLETE
     except BrokenPipeError:
         return 0
-    except KeyboardInterrupt:
-        newline = "\n" if sys.stderr.isatty() else ""  # after the terminal's ^C
-        print(f"{newline}guestmem: {progress.summary()}", file=sys.stderr)
-        return progress.INTERRUPTED
+    except KeyboardInterrupt as stop:
+        newline = "\n" if sys.stderr.isatty() and not isinstance(stop, progress.Stopped) else ""  # after ^C
+        by = f"{stop} received: " if isinstance(stop, progress.Stopped) else ""
+        print(f"{newline}guestmem: {by}{progress.summary()}", file=sys.stderr)
+        return progress.exit_status(stop)
     return code

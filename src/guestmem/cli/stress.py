@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
         "the kernel offers it. A seed makes every thread's schedule reproducible. The first "
         "violation stops the run and prints the seed, the threads' last operations and a minimal "
         "sequential reproducer when one replays it. Exit status: 0 clean, 1 a violation, 4 the "
-        "kernel cannot run it (no conversion ioctl), 130 Ctrl-C.",
+        "kernel cannot run it (no conversion ioctl), 130 Ctrl-C (143 SIGTERM, 129 SIGHUP).",
         epilog="examples:\n"
         "  guestmem stress --seconds 60\n"
         "  guestmem stress --seed 7 --operations 500 --threads 6 --gmems 3\n"
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
             f"guestmem: stress interrupted after {report.operations} operations (seed {seed})",
             file=sys.stderr,
         )
-        return progress.INTERRUPTED
+        return report.interrupt_status
     if args.format == "json":
         json.dump(report.to_json(), sys.stdout, indent=1)
         print(flush=True)  # written before anything at exit could lose it

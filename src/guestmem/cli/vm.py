@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from guestmem import vmrun
+from guestmem import progress, vmrun
 from guestmem.cli import UsageError
 from guestmem.cli.run import positive_seconds
 from guestmem.printable import printable
@@ -31,7 +31,8 @@ exit status: the command's, or
   {vmrun.EXIT_NO_IOCTL}  the kernel has no KVM_SET_MEMORY_ATTRIBUTES2 or no usable KVM inside
   {vmrun.EXIT_TIMEOUT}  the command did not finish within --timeout
   {vmrun.EXIT_BOOT}  the kernel did not boot in time, or the VM died before the command ended
-  130  interrupted (Ctrl-C); the VM is stopped"""
+  130  interrupted (Ctrl-C); the VM is stopped
+  143  SIGTERM received (129: SIGHUP); the VM is stopped"""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     except vmrun.VmError as err:
         print(f"guestmem vm: {err}", file=sys.stderr)
         return err.status
-    except KeyboardInterrupt:
-        print("guestmem vm: interrupted; the VM was stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        by = f"{stop} received" if isinstance(stop, progress.Stopped) else "interrupted"
+        print(f"guestmem vm: {by}; the VM was stopped", file=sys.stderr)
+        return progress.exit_status(stop)

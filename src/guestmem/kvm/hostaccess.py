@@ -28,6 +28,7 @@ import signal
 import struct
 from collections.abc import Iterator
 
+from guestmem import progress
 from guestmem.errors import HostFault
 from guestmem.kvm import syscalls
 from guestmem.kvm.gmem import Mapping
@@ -83,6 +84,7 @@ def _serve(requests: int, replies: int, address: int) -> None:
     libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     signal.signal(signal.SIGBUS, signal.SIG_DFL)
+    progress.default_stop_signals()
     keep = sorted({requests, replies})
     os.closerange(3, keep[0])  # other helpers' pipes must not stay open here
     os.closerange(keep[0] + 1, keep[-1])

@@ -57,6 +57,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from guestmem import progress
 from guestmem.backend.base import Backend, Outcome
 from guestmem.backend.compare import agree, observed
 from guestmem.backend.model import ModelBackend, ModelMachine
@@ -461,6 +462,8 @@ class Report:
     reproducer: list[Action] | None = None
     reproducer_toml: str | None = None
     interrupted: bool = False
+    #: The exit status the interruption asks for (Ctrl-C 130, SIGTERM 143: progress.exit_status).
+    interrupt_status: int = 0
 
     @property
     def ops_per_second(self) -> float:
@@ -1164,8 +1167,9 @@ class Stress:
                 while t.is_alive() and not hung:
                     t.join(timeout=0.25)
                     hung = report.violation is not None and report.violation.invariant == "no_hang"
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             report.interrupted = True
+            report.interrupt_status = progress.exit_status(stop)
             self.stop.set()
             for t in threads:
                 if t.ident is not None:  # started

@@ -27,6 +27,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from guestmem import progress
 from guestmem.errors import IoctlError
 from guestmem.kvm import syscalls
 from guestmem.uapi.kvm import PAGE_SIZE
@@ -94,6 +95,7 @@ class MemoryErrors:
             try:
                 os.close(read)
                 signal.signal(signal.SIGBUS, signal.SIG_DFL)
+                progress.default_stop_signals()
                 _child(fd, offset - offset % PAGE_SIZE, write)
             finally:
                 os._exit(0)

@@ -58,9 +58,24 @@ B = b"\x22" * PAGE_SIZE
 
 
 @functools.cache
+def _every_default_exploration() -> dict[tuple[str, str], Exploration]:
+    """Every platform and revision's default exploration (2 pages, depth 6), computed once
+    per test session: whole searches side by side, one per process, as analyze runs them."""
+    from guestmem.checker.schedule import Search, run_searches
+
+    searches = [
+        Search(platforms.get(p), abi, DEFAULT_PAGES, DEFAULT_DEPTH)
+        for abi in revisions.REVISIONS
+        for p in platforms.PLATFORMS
+    ]
+    return {
+        (s.platform.name, s.abi): r for s, r in zip(searches, run_searches(searches, workers=2), strict=True)
+    }
+
+
 def explored(platform: str, abi: str) -> Exploration:
-    """The default exploration (2 pages, depth 6), computed once per test session."""
-    return explore(platform, abi, workers=2)
+    """The default exploration of ``platform`` under ``abi``."""
+    return _every_default_exploration()[(platform, abi)]
 
 
 def props(trace: list[Record], platform: str, abi: str = "seed") -> set[Property]:

@@ -242,7 +242,9 @@ def fake_vm_command(tmp_path: Path, mode: str, *args: str) -> tuple[list[str], d
         path.chmod(0o755)
     code = (
         "import sys; from guestmem import vmrun; from guestmem.cli import main; "
-        f"vmrun.find_vng = lambda env=None: {str(vng)!r}; sys.exit(main(sys.argv[1:]))"
+        f"vmrun.find_vng = lambda env=None: {str(vng)!r}; "
+        "vmrun.PORT_WAIT = 1; "  # seconds the script waits for ports that never come here
+        "sys.exit(main(sys.argv[1:]))"
     )
     env = {**os.environ, "FAKE_VNG_MODE": mode, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     kernel = fake_bzimage(tmp_path / "bzImage")

@@ -27,7 +27,7 @@ import pytest
 
 import kernel_boots
 from guestmem.stress.kmsg import find_splats
-from kernel_boots import STRESS_SEED, Inside
+from kernel_boots import EARLY_MEMORY_ERRORS, STRESS_SEED, Inside, stress_seed
 from selftest_pairs import CONVERSIONS, GUEST_MEMFD_TEST, Pair, Verdict, all_cases
 
 #: The cases RFC v5 passes: the two that read nothing back after a conversion.
@@ -103,14 +103,15 @@ def test_each_kernel_gives_the_known_verdicts(paired: Inside) -> None:
 def test_stress_inside_is_clean(inside: Inside) -> None:
     status = int((inside.scratch / "stress.status").read_text())
     said = (inside.scratch / "stress.txt").read_text(errors="replace")
+    seed = stress_seed(inside.series)
     assert (inside.scratch / "stress.json").read_text().strip(), (
-        f"{inside.series}: guestmem stress --seed {STRESS_SEED} exited {status} and wrote no record; "
+        f"{inside.series}: guestmem stress --seed {seed} exited {status} and wrote no record; "
         f"its stderr:\n{said[-6000:]}"
     )
     record = inside.json("stress.json")
     checks = record["checks"]
     sys.stderr.write(
-        f"\n[{inside.series}: guestmem stress --seed {STRESS_SEED}: {record['operations']} operations in "
+        f"\n[{inside.series}: guestmem stress --seed {seed}: {record['operations']} operations in "
         f"{record['seconds']:.0f} s ({record['ops_per_second']} ops/s), checks {checks}, "
         f"injected faults {record['injected_faults']} of {record['injection_attempts']} armed, "
         f"transient references {record['transient_references']}, "
@@ -120,7 +121,7 @@ def test_stress_inside_is_clean(inside: Inside) -> None:
     )
     violation = record["violation"]
     assert status == 0 and violation is None, (
-        f"{inside.series}: guestmem stress --seed {STRESS_SEED}: {json.dumps(violation, indent=1)}\n"
+        f"{inside.series}: guestmem stress --seed {seed}: {json.dumps(violation, indent=1)}\n"
         f"last operations: {json.dumps(record['last_operations'], indent=1)}\n"
         f"reproducer:\n{record['reproducer']}"
     )
@@ -147,10 +148,19 @@ def test_each_boot_runs_the_pairs_and_a_bounded_stress_run() -> None:
     for series, seconds in kernel_boots.STRESS_SECONDS.items():
         script = kernel_boots.inner_script(series)
         assert ("tests/selftest_pairs.py" in script) == (series in PAIRED)
-        assert f"guestmem stress --seconds {seconds} --seed {STRESS_SEED} --format json" in script
+        assert f"guestmem stress --seconds {seconds} --seed {stress_seed(series)} --format json" in script
         # the debug kernel's boot is kept short: no probe, no check, no in-kernel tests
         assert ("pytest" in script) == (series != "v8-debug")
     assert kernel_boots.STRESS_SECONDS["v8-debug"] >= 30
+
+
+def test_the_debug_kernels_seed_opens_with_punch_holes_after_memory_errors() -> None:
+    """So that its short run injects memory errors while the other threads run; the other
+    kernels, which have no memory-failure handling, take the session's seed as it is."""
+    assert stress_seed("v8") == stress_seed("rfc-v5") == STRESS_SEED
+    seed = stress_seed("v8-debug")
+    assert kernel_boots.early_memory_errors(seed) >= EARLY_MEMORY_ERRORS and 0 <= seed < 1 << 32
+    assert kernel_boots.early_memory_errors(2) == 0  # a seed whose threads open otherwise
 
 
 def test_each_phase_inside_is_timed(tmp_path: Path) -> None:

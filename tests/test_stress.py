@@ -847,6 +847,19 @@ def test_some_punch_holes_come_after_a_memory_error() -> None:
     assert first_ops(3, 1, 2000, **shape) == ops  # the seed draws them again
 
 
+def test_an_action_names_a_fault_only_where_one_was_made() -> None:
+    """A report reads what was done: on a kernel without fault injection or memory-failure
+    handling, the faults the schedule asks for are not there."""
+    convert = Op(1, 0, "convert", 0, 0, PAGE_SIZE, to="private", inject="failslab")
+    punch = Op(1, 1, "punch_hole", 0, 0, PAGE_SIZE, memory_error=True)
+    assert Action(convert, "convert", 0, PAGE_SIZE).describe().endswith("to private (default)")
+    armed = Action(convert, "convert", 0, PAGE_SIZE, armed=True)
+    assert armed.describe().endswith("to private (default) with failslab")
+    assert Action(punch, "punch_hole", 0, PAGE_SIZE).describe().endswith("punch_hole gmem0 [0x0, +0x1000)")
+    poisoned = Action(punch, "punch_hole", 0, PAGE_SIZE, poisoned=0)
+    assert poisoned.describe().endswith(" after a memory error (at 0x0)")
+
+
 class Poisonable(ModelMachine):
     """The kernel's answers to a memory error on a shared page (docs/semantics.md §3
     *Memory errors*): a host access to it faults with SIGBUS, a to-private conversion of a

@@ -151,13 +151,17 @@ class Action:
     generation: int = 0
     #: The page a memory error was injected on before a punch hole (-1: none).
     poisoned: int = -1
+    #: Whether the conversion ran with the allocation failure it asks for armed.
+    armed: bool = False
 
     def describe(self) -> str:
+        """What was done: a fault the operation asks for is named only where it was made."""
+        drawn = self.op.describe(faults=self.armed or self.poisoned >= 0)
         error = f" (at {self.poisoned:#x})" if self.poisoned >= 0 else ""
         if self.kind == self.op.kind and self.target in (-1, self.op.target):
-            return self.op.describe() + error
+            return drawn + error
         where = f"gmem{self.target} " if self.target not in (-1, self.op.target) else ""
-        return f"{self.op.describe()} -> {self.kind} {where}[{self.offset:#x}, +{self.size:#x})"
+        return f"{drawn} -> {self.kind} {where}[{self.offset:#x}, +{self.size:#x})"
 
 
 @dataclass
@@ -894,6 +898,7 @@ class Stress:
                 return result
 
             if op.inject and self.injector is not None and op.inject in self.injector.available:
+                action = replace(action, armed=True)
                 got, injected = self.injector.during(op.inject, lambda mark: convert(sut, mark))
             else:
                 got = convert(sut)

@@ -73,14 +73,18 @@ class Op:
     #: A punch hole made after a memory error on a page of its range.
     memory_error: bool = False
 
-    def describe(self) -> str:
+    def describe(self, *, faults: bool = True) -> str:
+        """The drawn operation; ``faults`` False leaves out the fault it asks for (an
+        allocation failure, a memory error), for where none was made."""
         where = f"gmem{self.target} [{self.offset:#x}, +{self.size:#x})"
         extra = ""
         if self.kind == "convert":
-            extra = f" to {self.to} ({self.mode})" + (f" with {self.inject}" if self.inject else "")
+            extra = f" to {self.to} ({self.mode})" + (
+                f" with {self.inject}" if self.inject and faults else ""
+            )
         elif self.data:
             extra = f" data {self.data[:4].hex()}…" if len(self.data) > 4 else f" data {self.data.hex()}"
-        elif self.memory_error:
+        elif self.memory_error and faults:
             extra = " after a memory error"
         return f"t{self.thread}#{self.index} {self.kind} {where}{extra}"
 

@@ -22,6 +22,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -546,6 +547,26 @@ def test_an_unreadable_directory_says_so(
     assert main(["consume", str(work / "fx")]) == 2
     err = capsys.readouterr().err
     assert "cannot list the directory: Permission denied" in err and err.count("\n") == 1
+
+
+def test_a_fresh_directory_is_made_inside_or_refused_in_one_line(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where ``guestmem vm`` keeps its own files in the scratch directory."""
+    with outfile.Directory(work, what="--scratch") as directory:
+        made = Path(directory.fresh(".runner-"))
+        assert made.parent == work and made.name.startswith(".runner-") and made.is_dir()
+
+        def read_only(*args: object, **kwargs: object) -> str:
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+        with pytest.raises(outfile.OutputError) as refused:
+            directory.fresh(".runner-")
+    assert (
+        str(refused.value)
+        == f"--scratch: {work}: cannot create a directory in it: the file system is read-only"
+    )
 
 
 @pytest.mark.parametrize(

@@ -236,7 +236,7 @@ def test_a_failing_seed_replays_the_same_schedule() -> None:
     shape = {"vcpus": 1, "targets": 2, "pages": 16}
     for runner in (one, two):
         for thread in range(5):
-            ran = [a.op for _t, _g, a in runner.history if a.op.thread == thread]
+            ran = [a.op for _t, _g, a, _answer in runner.history if a.op.thread == thread]
             ran = list(dict.fromkeys(ran))  # an unpin and its pin are one drawn op
             assert ran == first_ops(11, thread, len(ran), **shape)
 
@@ -1004,7 +1004,7 @@ def test_a_seed_replays_its_memory_errors() -> None:
     for runner in runs:
         report = runner.run()
         assert report.violation is None and report.memory_errors > 0
-    drawn = [{a.op for _t, _g, a in r.history if a.op.memory_error} for r in runs]
+    drawn = [{a.op for _t, _g, a, _answer in r.history if a.op.memory_error} for r in runs]
     assert drawn[0] == drawn[1] and drawn[0]
 
 

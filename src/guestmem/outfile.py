@@ -25,6 +25,7 @@ import errno
 import os
 import secrets
 import stat
+import tempfile
 from pathlib import Path
 
 from guestmem.errors import GuestmemError
@@ -130,6 +131,14 @@ class Directory:
     def _error(self, path: str, reason: str) -> OutputError:
         prefix = f"{self.what}: " if self.what else ""
         return OutputError(f"{prefix}{shown(path)}: {reason}")
+
+    def fresh(self, prefix: str) -> str:
+        """A new directory inside this one, named ``prefix`` and a part no other name has
+        (private to this user, as ``mkdtemp`` makes it); its path."""
+        try:
+            return tempfile.mkdtemp(prefix=prefix, dir=self.path)
+        except OSError as err:
+            raise self._error(self.path, f"cannot create a directory in it: {_reason(err)}") from None
 
     def where(self, name: str) -> str:
         return os.path.join(self.path, name)

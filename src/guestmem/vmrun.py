@@ -451,15 +451,10 @@ class VmRun:
         accel = self.accel or ("kvm" if host_can_nest() else "tcg")
         with contextlib.ExitStack() as stack:
             scratch = self.scratch or stack.enter_context(tempfile.TemporaryDirectory(prefix="guestmem-vm-"))
-            stack.enter_context(outfile.Directory(scratch, create=True, what="--scratch")).close()
             # the runner's own files go in a fresh directory of their own, removed afterwards:
             # never over a file of the command's, nor left among them
-            try:
-                control = tempfile.mkdtemp(prefix=CONTROL_PREFIX, dir=scratch)
-            except OSError as err:
-                raise VmError(
-                    f"--scratch {scratch}: cannot create a directory there: {err.strerror}"
-                ) from None
+            with outfile.Directory(scratch, create=True, what="--scratch") as shared:
+                control = shared.fresh(CONTROL_PREFIX)
             stack.callback(shutil.rmtree, control, ignore_errors=True)
             end = end_mark()
             script = inside_script(

@@ -539,8 +539,8 @@ class Stress:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.report = Report(settings)
-        self.history: list[tuple[int, int, Action]] = []  # (target, generation, action), oracle order
-        self.answers: list[str] = []  # each history entry with the answer it got
+        #: (target, generation, action, the action with its answer), in the oracle's order
+        self.history: list[tuple[int, int, Action, str]] = []
         self.recent: dict[int, deque[str]] = {}
         self.running: dict[int, tuple[Action | Op, float]] = {}
         self.log_text: list[str] = []
@@ -575,14 +575,12 @@ class Stress:
         started = self.running.get(thread)
         if started is not None and time.monotonic() - started[1] <= self.s.op_limit:
             self.check("no_hang")
+        answered = f"{action.describe()}: {_short(outcome)}"
         with self.lock:
-            self.history.append((target.index, target.generation, action))
-            self.answers.append(f"{action.describe()}: {_short(outcome)}")
+            self.history.append((target.index, target.generation, action, answered))
             self.report.operations += 1
             self.report.kinds[action.kind] += 1
-            self.recent.setdefault(thread, deque(maxlen=LAST_OPS)).append(
-                f"{action.describe()}: {_short(outcome)}"
-            )
+            self.recent.setdefault(thread, deque(maxlen=LAST_OPS)).append(answered)
 
     # --- comparing --------------------------------------------------------------------------
     def compare(self, action: Action, got: Outcome, want: Outcome) -> None:
@@ -1188,17 +1186,13 @@ class Stress:
         if not hung:
             self.read_log()
         report.last = {t: list(q) for t, q in sorted(self.recent.items())}
-        failed = report.violation.action if report.violation is not None else None
-        if failed is not None:
-            report.target_history = [
-                answer
-                for (t, g, _a), answer in zip(self.history, self.answers, strict=True)
-                if (t, g) == (failed.target, failed.generation)
-            ][-HISTORY_KEPT:]
-            got = report.violation.got if report.violation is not None else None  # a violation stops
-            report.target_history.append(
-                f"{failed.describe()}: {'(running)' if got is None else _short(got)}"
-            )
+        failed = report.violation
+        if failed is not None and failed.action is not None:
+            where = (failed.action.target, failed.action.generation)
+            report.target_history = [answer for t, g, _a, answer in self.history if (t, g) == where]
+            del report.target_history[:-HISTORY_KEPT]
+            got = "(running)" if failed.got is None else _short(failed.got)  # a violation stops
+            report.target_history.append(f"{failed.action.describe()}: {got}")
         if self.injector is not None:
             report.injected = dict(self.injector.injected)
             report.injection_attempts = dict(self.injector.attempts)
@@ -1234,7 +1228,7 @@ class Stress:
         ending with the failing one."""
         assert violation.action is not None
         index, generation = violation.action.target, violation.action.generation
-        seq = [a for t, g, a in self.history if t == index and g == generation and a.kind != "reopen"]
+        seq = [a for t, g, a, _ in self.history if t == index and g == generation and a.kind != "reopen"]
         if not seq or seq[-1] != violation.action:
             seq.append(violation.action)
         return seq

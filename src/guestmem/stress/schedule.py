@@ -79,9 +79,8 @@ class Op:
         where = f"gmem{self.target} [{self.offset:#x}, +{self.size:#x})"
         extra = ""
         if self.kind == "convert":
-            extra = f" to {self.to} ({self.mode})" + (
-                f" with {self.inject}" if self.inject and faults else ""
-            )
+            fault = f" with {self.inject}" if self.inject and faults else ""
+            extra = f" to {self.to} ({self.mode}){fault}"
         elif self.data:
             extra = f" data {self.data[:4].hex()}…" if len(self.data) > 4 else f" data {self.data.hex()}"
         elif self.memory_error and faults:
